@@ -1,0 +1,44 @@
+"""Deterministic stand-in for the sentence-transformers encoder.
+
+Each word is mapped to a fixed pseudo-random unit vector (seeded by a hash of the
+word); a sentence is the L2-normalised sum of its words.  Sentences that share
+words are therefore similar, which is enough structure for clustering tests,
+and nothing is downloaded or loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+import numpy as np
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+class FakeEncoder:
+    def __init__(self, dimension: int = 32, model_name: str = "fake-hashing-encoder"):
+        self.dimension = dimension
+        self.model_name = model_name
+        self.precision = "fp32"
+        self._cache: dict[str, np.ndarray] = {}
+
+    def _word(self, word: str) -> np.ndarray:
+        vec = self._cache.get(word)
+        if vec is None:
+            seed = int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "little")
+            vec = np.random.default_rng(seed).standard_normal(self.dimension).astype(np.float32)
+            vec /= np.linalg.norm(vec)
+            self._cache[word] = vec
+        return vec
+
+    def encode(self, texts, show_progress: bool = False) -> np.ndarray:
+        out = np.zeros((len(texts), self.dimension), dtype=np.float32)
+        for i, text in enumerate(texts):
+            words = _WORD.findall(text.lower()) or [text]
+            for w in words:
+                out[i] += self._word(w)
+            norm = np.linalg.norm(out[i])
+            if norm > 0:
+                out[i] /= norm
+        return out
