@@ -1,0 +1,37 @@
+"""Text normalisation and the deduplication key.
+
+Two texts are duplicates when their normalised forms are equal: Unicode NFC, every run of
+whitespace (ASCII and Unicode spaces, tabs, line breaks) collapsed to one ASCII space, and
+leading/trailing whitespace removed. Case and punctuation are preserved, so only exact
+duplicates (up to composition and spacing) collapse.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+
+_WHITESPACE = re.compile(r"[\s\u200b\u2060\ufeff]+")
+
+HASH_ALGORITHM = "blake2b-128"
+
+
+def normalize_text(text: str) -> str:
+    """Return ``text`` in NFC with whitespace runs collapsed to one space and ends stripped.
+
+    Whitespace is anything ``str.isspace`` accepts (including NBSP, the Unicode space
+    separators, line and paragraph separators) plus the zero-width space, word joiner and
+    BOM, which are invisible and would otherwise defeat deduplication.
+    """
+    return _WHITESPACE.sub(" ", unicodedata.normalize("NFC", text)).strip(" ")
+
+
+def text_hash(text: str) -> str:
+    """Return the deduplication key of ``text``: 32 lowercase hex digits.
+
+    The key is BLAKE2b with a 16-byte (128-bit) digest over the UTF-8 encoding of
+    ``normalize_text(text)``; texts that normalise equally get equal keys.
+    """
+    data = normalize_text(text).encode("utf-8")
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
