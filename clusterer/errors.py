@@ -1,0 +1,19 @@
+"""Exceptions raised by the clusterer package.
+
+Every error meant for a user derives from :class:`ClustererError`, so callers (the CLI, later
+the HTTP API) can catch one class and print its message.
+"""
+
+from __future__ import annotations
+
+
+class ClustererError(Exception):
+    """Base class of all errors the clusterer package raises on purpose."""
+
+
+class InvalidParameterError(ClustererError, ValueError):
+    """A parameter is out of range or inconsistent with the data (e.g. k larger than n)."""
+
+
+class TooLargeError(ClustererError):
+    """The input is too large for the requested method; the message names an alternative."""
