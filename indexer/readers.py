@@ -1,0 +1,422 @@
+"""Streaming input readers: plain text, CSV/TSV and JSON Lines.
+
+Inputs are read as bytes one physical line at a time and decoded as strict UTF-8 by us, so a
+decoding error or a NUL byte is reported with its exact file, line and byte column. A UTF-8 BOM
+at the very start of an input is accepted and dropped. Nothing is loaded whole into memory.
+
+Every yielded ``Record`` carries its text already passed through ``normalize_text``. Records
+whose normalised text is empty are skipped and counted, never an error. Records that are
+invalid (bad bytes, malformed JSON, wrong field count, ...) raise ``InputError``, or with
+``skip_invalid=True`` are skipped and counted, the first few messages being kept in
+``ReadStats.errors``. Errors that concern the input as a whole (missing file, CSV header
+without the text column) always raise.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import IO, Any, Iterable, Iterator, Union
+
+from indexer.errors import InputError
+from indexer.normalize import normalize_text
+
+__all__ = ["FORMATS", "ReadStats", "Record", "detect_format", "read_records"]
+
+STDIN_NAME = "<stdin>"
+FORMATS = ("auto", "text", "csv", "tsv", "jsonl")
+MAX_KEPT_ERRORS = 10
+
+_BOM = b"\xef\xbb\xbf"
+_SUFFIX_FORMATS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+}
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One input sentence.
+
+    ``text`` is normalised (see ``indexer.normalize``) and never empty; ``metadata`` holds the
+    other CSV columns (as strings) or JSON fields (any JSON value); ``source`` is the input's
+    name as given, or "<stdin>"; ``line`` is the 1-based physical line where the record starts.
+    """
+
+    text: str
+    metadata: dict
+    source: str
+    line: int
+
+
+@dataclass
+class ReadStats:
+    """Counts kept up to date while a ``read_records`` iterator is consumed.
+
+    ``records`` counts yielded records, ``empty`` skipped empty or whitespace-only records,
+    ``invalid`` records skipped under ``skip_invalid``; ``errors`` keeps the messages of the
+    first ``MAX_KEPT_ERRORS`` skipped invalid records.
+    """
+
+    records: int = 0
+    empty: int = 0
+    invalid: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+class _BadLine(Exception):
+    """A physical line that cannot be decoded; ``reason`` describes why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def detect_format(path: PathLike) -> str:
+    """Return the concrete format ("text", "csv", "tsv" or "jsonl") implied by a path's suffix.
+
+    ".csv" -> csv, ".tsv" -> tsv, ".jsonl"/".ndjson" -> jsonl, anything else (and stdin "-")
+    -> text. The suffix is matched case-insensitively.
+    """
+    name = os.fspath(path)
+    if name == "-":
+        return "text"
+    return _SUFFIX_FORMATS.get(os.path.splitext(name)[1].lower(), "text")
+
+
+def read_records(
+    path: PathLike,
+    format: str = "auto",
+    text_column: str = "text",
+    text_field: str = "text",
+    skip_invalid: bool = False,
+    stats: ReadStats | None = None,
+) -> Iterator[Record]:
+    """Stream the records of one input.
+
+    ``path`` is a file path, or "-" for standard input (read as bytes). ``format`` is "auto"
+    (chosen by ``detect_format``; stdin defaults to text), "text" (one sentence per line, no
+    metadata), "csv" (comma-separated, or tab-separated when the path ends in ".tsv"), "tsv"
+    (tab-separated) or "jsonl" (one JSON object per line).
+
+    CSV/TSV: the first non-blank row is the header and must contain ``text_column``; the other
+    columns become metadata; every row must have as many fields as the header; quoted fields
+    may span lines. JSONL: the value at ``text_field`` must be a string; the other fields
+    become metadata.
+
+    The file is opened, and the arguments checked, when this function is called: a missing
+    or unreadable file or an unknown format raises ``InputError``/``ValueError`` at once.
+    Problems in the content are raised (or skipped and counted) as the iterator advances.
+    ``stats``, when given, is updated in place as records are produced.
+    """
+    if format not in FORMATS:
+        raise ValueError(f"unknown input format {format!r}; expected one of {', '.join(FORMATS)}")
+    if stats is None:
+        stats = ReadStats()
+    name = os.fspath(path)
+    if format == "auto":
+        format = detect_format(name)
+    elif format == "csv" and name != "-" and os.path.splitext(name)[1].lower() == ".tsv":
+        format = "tsv"
+    stream, source, owned = _open(name)
+    return _generate(stream, source, owned, format, text_column, text_field, skip_invalid, stats)
+
+
+def _open(name: str) -> tuple[IO[bytes], str, bool]:
+    if name == "-":
+        buffer = getattr(sys.stdin, "buffer", None)
+        if buffer is None:
+            return _EncodedLines(sys.stdin), STDIN_NAME, False  # type: ignore[return-value]
+        return buffer, STDIN_NAME, False
+    try:
+        return open(name, "rb"), name, True
+    except FileNotFoundError:
+        reason = "no such file"
+    except IsADirectoryError:
+        reason = "is a directory, not a file"
+    except PermissionError:
+        reason = "permission denied"
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+    raise InputError(name, None, reason)
+
+
+class _EncodedLines:
+    """Binary line iterator over a text stream that has no ``buffer`` (e.g. ``io.StringIO``)."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+
+    def __iter__(self) -> Iterator[bytes]:
+        for line in self._stream:
+            yield line.encode("utf-8", "surrogateescape")
+
+
+def _generate(
+    stream: IO[bytes],
+    source: str,
+    owned: bool,
+    format: str,
+    text_column: str,
+    text_field: str,
+    skip_invalid: bool,
+    stats: ReadStats,
+) -> Iterator[Record]:
+    lines = _NumberedLines(stream)
+    try:
+        if format == "text":
+            yield from _read_text(lines, source, skip_invalid, stats)
+        elif format == "jsonl":
+            yield from _read_jsonl(lines, source, text_field, skip_invalid, stats)
+        else:
+            delimiter = "\t" if format == "tsv" else ","
+            yield from _read_csv(lines, source, delimiter, text_column, skip_invalid, stats)
+    except OSError as exc:
+        raise InputError(source, lines.lineno + 1, f"read error: {exc.strerror or exc}") from exc
+    finally:
+        if owned:
+            stream.close()
+
+
+class _NumberedLines:
+    """Iterates the raw byte lines of a stream, remembering the number of the last one read."""
+
+    __slots__ = ("_stream", "lineno")
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+        self.lineno = 0
+
+    def __iter__(self) -> Iterator[tuple[int, bytes]]:
+        stream = iter(self._stream)
+        first = next(stream, None)
+        if first is None:
+            return
+        self.lineno = 1
+        yield 1, first
+        for raw in stream:
+            self.lineno += 1
+            yield self.lineno, raw
+
+
+def _decode(raw: bytes, lineno: int) -> str:
+    """Decode one physical line as strict UTF-8, dropping a leading BOM on line 1."""
+    offset = 0
+    if lineno == 1 and raw.startswith(_BOM):
+        raw = raw[3:]
+        offset = 3
+    if b"\0" in raw:
+        raise _BadLine(f"NUL byte at column {raw.index(0) + 1 + offset}")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _BadLine(
+            f"invalid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1 + offset})"
+        ) from None
+
+
+def _rejecter(skip_invalid: bool, stats: ReadStats):
+    def reject(error: InputError) -> None:
+        if not skip_invalid:
+            raise error
+        stats.invalid += 1
+        if len(stats.errors) < MAX_KEPT_ERRORS:
+            stats.errors.append(str(error))
+
+    return reject
+
+
+def _read_text(
+    lines: _NumberedLines, source: str, skip_invalid: bool, stats: ReadStats
+) -> Iterator[Record]:
+    reject = _rejecter(skip_invalid, stats)
+    for lineno, raw in lines:
+        try:
+            line = _decode(raw, lineno)
+        except _BadLine as exc:
+            reject(InputError(source, lineno, exc.reason))
+            continue
+        text = normalize_text(line)
+        if not text:
+            stats.empty += 1
+            continue
+        stats.records += 1
+        yield Record(text, {}, source, lineno)
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return "a string"
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _read_jsonl(
+    lines: _NumberedLines, source: str, text_field: str, skip_invalid: bool, stats: ReadStats
+) -> Iterator[Record]:
+    reject = _rejecter(skip_invalid, stats)
+    decoder = json.JSONDecoder(parse_constant=_reject_constant)
+    for lineno, raw in lines:
+        try:
+            line = _decode(raw, lineno)
+        except _BadLine as exc:
+            reject(InputError(source, lineno, exc.reason))
+            continue
+        if not line.strip():
+            stats.empty += 1
+            continue
+        try:
+            obj = decoder.decode(line)
+        except json.JSONDecodeError as exc:
+            reject(InputError(source, lineno, f"malformed JSON: {exc.msg} at column {exc.colno}"))
+            continue
+        except ValueError as exc:
+            reject(InputError(source, lineno, f"malformed JSON: {exc}"))
+            continue
+        if not isinstance(obj, dict):
+            reject(InputError(source, lineno, f"expected a JSON object, found {_json_kind(obj)}"))
+            continue
+        if text_field not in obj:
+            reject(InputError(source, lineno, f"missing text field {text_field!r}"))
+            continue
+        value = obj.pop(text_field)
+        if not isinstance(value, str):
+            reject(
+                InputError(
+                    source,
+                    lineno,
+                    f"text field {text_field!r} is {_json_kind(value)}, expected a string",
+                )
+            )
+            continue
+        if "\0" in value:
+            reject(InputError(source, lineno, f"NUL character in text field {text_field!r}"))
+            continue
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            reject(InputError(source, lineno, f"unpaired surrogate in text field {text_field!r}"))
+            continue
+        text = normalize_text(value)
+        if not text:
+            stats.empty += 1
+            continue
+        stats.records += 1
+        yield Record(text, obj, source, lineno)
+
+
+def _read_csv(
+    lines: _NumberedLines,
+    source: str,
+    delimiter: str,
+    text_column: str,
+    skip_invalid: bool,
+    stats: ReadStats,
+) -> Iterator[Record]:
+    reject = _rejecter(skip_invalid, stats)
+    pending: list[InputError] = []
+
+    def decoded() -> Iterable[str]:
+        for lineno, raw in lines:
+            try:
+                yield _decode(raw, lineno)
+            except _BadLine as exc:
+                if not pending:
+                    pending.append(InputError(source, lineno, exc.reason))
+                yield raw.decode("utf-8", "replace").replace("\0", "")
+
+    reader = csv.reader(decoded(), delimiter=delimiter, strict=True)
+    header: list[str] | None = None
+    header_line = 0
+    width = 0
+    text_index = 0
+    meta_columns: list[tuple[int, str]] = []
+    end = 0
+    while True:
+        start = end + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            end = lines.lineno
+            error = pending[0] if pending else _csv_error(source, start, end, exc)
+            pending.clear()
+            if header is None:
+                raise error from None
+            reject(error)
+            continue
+        end = lines.lineno
+        if pending:
+            error = pending[0]
+            pending.clear()
+            if header is None:
+                raise error
+            reject(error)
+            continue
+        if header is None:
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue
+            header, header_line = row, start
+            width = len(header)
+            _check_header(header, header_line, source, text_column)
+            text_index = header.index(text_column)
+            meta_columns = [(i, name) for i, name in enumerate(header) if i != text_index]
+            continue
+        if not row or (len(row) == 1 and not row[0].strip()):
+            stats.empty += 1
+            continue
+        if len(row) != width:
+            reject(
+                InputError(
+                    source,
+                    start,
+                    f"expected {width} field{'s' if width != 1 else ''} "
+                    f"(as in the header on line {header_line}), found {len(row)}",
+                )
+            )
+            continue
+        text = normalize_text(row[text_index])
+        if not text:
+            stats.empty += 1
+            continue
+        stats.records += 1
+        yield Record(text, {name: row[i] for i, name in meta_columns}, source, start)
+
+
+def _csv_error(source: str, start: int, end: int, exc: csv.Error) -> InputError:
+    message = str(exc)
+    if "unexpected end of data" in message:
+        return InputError(source, start, "unterminated quoted field (reaches end of input)")
+    return InputError(source, end, f"malformed CSV: {message}")
+
+
+def _check_header(header: list[str], line: int, source: str, text_column: str) -> None:
+    seen: set[str] = set()
+    for name in header:
+        if name in seen:
+            raise InputError(source, line, f"duplicate column {name!r} in header")
+        seen.add(name)
+    if text_column not in seen:
+        available = ", ".join(repr(name) for name in header)
+        raise InputError(
+            source, line, f"no column {text_column!r} in header; available columns: {available}"
+        )
