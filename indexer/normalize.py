@@ -9,10 +9,10 @@ duplicates (up to composition and spacing) collapse.
 from __future__ import annotations
 
 import hashlib
-import re
 import unicodedata
 
-_WHITESPACE = re.compile(r"[\s\u200b\u2060\ufeff]+")
+_INVISIBLE_SPACES = ("\u200b", "\u2060", "\ufeff")
+_INVISIBLE_TO_SPACE = {ord(c): " " for c in _INVISIBLE_SPACES}
 
 HASH_ALGORITHM = "blake2b-128"
 
@@ -24,7 +24,10 @@ def normalize_text(text: str) -> str:
     separators, line and paragraph separators) plus the zero-width space, word joiner and
     BOM, which are invisible and would otherwise defeat deduplication.
     """
-    return _WHITESPACE.sub(" ", unicodedata.normalize("NFC", text)).strip(" ")
+    text = unicodedata.normalize("NFC", text)
+    if "\u200b" in text or "\u2060" in text or "\ufeff" in text:
+        text = text.translate(_INVISIBLE_TO_SPACE)
+    return " ".join(text.split())
 
 
 def text_hash(text: str) -> str:
