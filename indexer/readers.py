@@ -15,6 +15,7 @@ without the text column) always raise.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
 import sys
@@ -69,14 +70,6 @@ class ReadStats:
     empty: int = 0
     invalid: int = 0
     errors: list[str] = field(default_factory=list)
-
-
-class _BadLine(Exception):
-    """A physical line that cannot be decoded; ``reason`` describes why."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 def detect_format(path: PathLike) -> str:
@@ -169,8 +162,8 @@ def _generate(
     skip_invalid: bool,
     stats: ReadStats,
 ) -> Iterator[Record]:
-    lines = _NumberedLines(stream)
     try:
+        lines = _numbered_lines(stream)
         if format == "text":
             yield from _read_text(lines, source, skip_invalid, stats)
         elif format == "jsonl":
@@ -179,47 +172,35 @@ def _generate(
             delimiter = "\t" if format == "tsv" else ","
             yield from _read_csv(lines, source, delimiter, text_column, skip_invalid, stats)
     except OSError as exc:
-        raise InputError(source, lines.lineno + 1, f"read error: {exc.strerror or exc}") from exc
+        raise InputError(source, None, f"read error: {exc.strerror or exc}") from exc
     finally:
         if owned:
             stream.close()
 
 
-class _NumberedLines:
-    """Iterates the raw byte lines of a stream, remembering the number of the last one read."""
-
-    __slots__ = ("_stream", "lineno")
-
-    def __init__(self, stream: IO[bytes]) -> None:
-        self._stream = stream
-        self.lineno = 0
-
-    def __iter__(self) -> Iterator[tuple[int, bytes]]:
-        stream = iter(self._stream)
-        first = next(stream, None)
-        if first is None:
-            return
-        self.lineno = 1
-        yield 1, first
-        for raw in stream:
-            self.lineno += 1
-            yield self.lineno, raw
+def _numbered_lines(stream: IO[bytes]) -> Iterator[tuple[int, bytes]]:
+    """Pair each raw byte line with its 1-based number, removing a UTF-8 BOM that starts line 1."""
+    it = iter(stream)
+    first = next(it, None)
+    if first is None:
+        return iter(())
+    if first.startswith(_BOM):
+        first = first[len(_BOM) :]
+    return enumerate(itertools.chain((first,), it), 1)
 
 
-def _decode(raw: bytes, lineno: int) -> str:
-    """Decode one physical line as strict UTF-8, dropping a leading BOM on line 1."""
-    offset = 0
-    if lineno == 1 and raw.startswith(_BOM):
-        raw = raw[3:]
-        offset = 3
+def _bad_line(raw: bytes) -> str | None:
+    """Describe why ``raw`` is not an acceptable line (NUL byte, invalid UTF-8), or None.
+
+    Columns are 1-based byte offsets within the line as read (after BOM removal on line 1).
+    """
     if b"\0" in raw:
-        raise _BadLine(f"NUL byte at column {raw.index(0) + 1 + offset}")
+        return f"NUL byte at column {raw.index(0) + 1}"
     try:
-        return raw.decode("utf-8")
+        raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise _BadLine(
-            f"invalid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1 + offset})"
-        ) from None
+        return f"invalid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})"
+    return None
 
 
 def _rejecter(skip_invalid: bool, stats: ReadStats):
@@ -234,14 +215,16 @@ def _rejecter(skip_invalid: bool, stats: ReadStats):
 
 
 def _read_text(
-    lines: _NumberedLines, source: str, skip_invalid: bool, stats: ReadStats
+    lines: Iterator[tuple[int, bytes]], source: str, skip_invalid: bool, stats: ReadStats
 ) -> Iterator[Record]:
     reject = _rejecter(skip_invalid, stats)
     for lineno, raw in lines:
         try:
-            line = _decode(raw, lineno)
-        except _BadLine as exc:
-            reject(InputError(source, lineno, exc.reason))
+            if b"\0" in raw:
+                raise ValueError
+            line = raw.decode("utf-8")
+        except ValueError:
+            reject(InputError(source, lineno, _bad_line(raw) or "unreadable line"))
             continue
         text = normalize_text(line)
         if not text:
@@ -270,15 +253,21 @@ def _reject_constant(name: str) -> Any:
 
 
 def _read_jsonl(
-    lines: _NumberedLines, source: str, text_field: str, skip_invalid: bool, stats: ReadStats
+    lines: Iterator[tuple[int, bytes]],
+    source: str,
+    text_field: str,
+    skip_invalid: bool,
+    stats: ReadStats,
 ) -> Iterator[Record]:
     reject = _rejecter(skip_invalid, stats)
     decoder = json.JSONDecoder(parse_constant=_reject_constant)
     for lineno, raw in lines:
         try:
-            line = _decode(raw, lineno)
-        except _BadLine as exc:
-            reject(InputError(source, lineno, exc.reason))
+            if b"\0" in raw:
+                raise ValueError
+            line = raw.decode("utf-8")
+        except ValueError:
+            reject(InputError(source, lineno, _bad_line(raw) or "unreadable line"))
             continue
         if not line.strip():
             stats.empty += 1
@@ -324,7 +313,7 @@ def _read_jsonl(
 
 
 def _read_csv(
-    lines: _NumberedLines,
+    lines: Iterator[tuple[int, bytes]],
     source: str,
     delimiter: str,
     text_column: str,
@@ -333,73 +322,74 @@ def _read_csv(
 ) -> Iterator[Record]:
     reject = _rejecter(skip_invalid, stats)
     pending: list[InputError] = []
+    position = [0]
 
     def decoded() -> Iterable[str]:
         for lineno, raw in lines:
+            position[0] = lineno
             try:
-                yield _decode(raw, lineno)
-            except _BadLine as exc:
+                if b"\0" in raw:
+                    raise ValueError
+                yield raw.decode("utf-8")
+            except ValueError:
                 if not pending:
-                    pending.append(InputError(source, lineno, exc.reason))
+                    pending.append(InputError(source, lineno, _bad_line(raw) or "unreadable"))
                 yield raw.decode("utf-8", "replace").replace("\0", "")
 
     reader = csv.reader(decoded(), delimiter=delimiter, strict=True)
     header: list[str] | None = None
-    header_line = 0
-    width = 0
-    text_index = 0
-    meta_columns: list[tuple[int, str]] = []
-    end = 0
+    header_line = end = 0
+    try:
+        for row in reader:
+            start, end = end + 1, position[0]
+            if pending:
+                raise pending[0]
+            if row and (len(row) > 1 or row[0].strip()):
+                header, header_line = row, start
+                break
+    except csv.Error as exc:
+        raise (pending[0] if pending else _csv_error(source, end + 1, position[0], exc)) from None
+    if header is None:
+        return
+    _check_header(header, header_line, source, text_column)
+    width = len(header)
+    text_index = header.index(text_column)
+    meta_columns = [(i, name) for i, name in enumerate(header) if i != text_index]
+
     while True:
-        start = end + 1
         try:
-            row = next(reader)
-        except StopIteration:
-            break
+            for row in reader:
+                start, end = end + 1, position[0]
+                if pending:
+                    error = pending[0]
+                    pending.clear()
+                    reject(error)
+                    continue
+                if len(row) != width:
+                    if not row or (len(row) == 1 and not row[0].strip()):
+                        stats.empty += 1
+                        continue
+                    reject(
+                        InputError(
+                            source,
+                            start,
+                            f"expected {width} field{'s' if width != 1 else ''} "
+                            f"(as in the header on line {header_line}), found {len(row)}",
+                        )
+                    )
+                    continue
+                text = normalize_text(row[text_index])
+                if not text:
+                    stats.empty += 1
+                    continue
+                stats.records += 1
+                yield Record(text, {name: row[i] for i, name in meta_columns}, source, start)
+            return
         except csv.Error as exc:
-            end = lines.lineno
+            start, end = end + 1, position[0]
             error = pending[0] if pending else _csv_error(source, start, end, exc)
             pending.clear()
-            if header is None:
-                raise error from None
             reject(error)
-            continue
-        end = lines.lineno
-        if pending:
-            error = pending[0]
-            pending.clear()
-            if header is None:
-                raise error
-            reject(error)
-            continue
-        if header is None:
-            if not row or (len(row) == 1 and not row[0].strip()):
-                continue
-            header, header_line = row, start
-            width = len(header)
-            _check_header(header, header_line, source, text_column)
-            text_index = header.index(text_column)
-            meta_columns = [(i, name) for i, name in enumerate(header) if i != text_index]
-            continue
-        if not row or (len(row) == 1 and not row[0].strip()):
-            stats.empty += 1
-            continue
-        if len(row) != width:
-            reject(
-                InputError(
-                    source,
-                    start,
-                    f"expected {width} field{'s' if width != 1 else ''} "
-                    f"(as in the header on line {header_line}), found {len(row)}",
-                )
-            )
-            continue
-        text = normalize_text(row[text_index])
-        if not text:
-            stats.empty += 1
-            continue
-        stats.records += 1
-        yield Record(text, {name: row[i] for i, name in meta_columns}, source, start)
 
 
 def _csv_error(source: str, start: int, end: int, exc: csv.Error) -> InputError:

@@ -279,3 +279,31 @@ def test_input_error_pickles():
     assert (err.path, err.line, err.reason) == ("f.txt", 3, "bad")
     assert str(InputError("f.txt", None, "gone")) == "f.txt: gone"
 
+
+
+def test_csv_malformed_quote_skipped_and_reader_resumes(tmp_path):
+    p = write(tmp_path / "d.csv", b'id,text\n1,"a"b\n2,ok\n   \n3,"x\ny"\n')
+    with pytest.raises(InputError) as ei:
+        list(read_records(p))
+    assert ei.value.line == 2 and "malformed CSV" in ei.value.reason
+    stats = ReadStats()
+    recs = list(read_records(p, skip_invalid=True, stats=stats))
+    assert texts(recs) == ["ok", "x y"] and [r.line for r in recs] == [3, 5]
+    assert stats.invalid == 1 and stats.empty == 1
+
+
+def test_csv_empty_file_and_leading_blank_lines(tmp_path):
+    assert list(read_records(write(tmp_path / "e.csv", b""))) == []
+    recs = list(read_records(write(tmp_path / "b.csv", b"\n\ntext\nhi\n")))
+    assert recs[0].text == "hi" and recs[0].line == 4
+
+
+def test_csv_duplicate_header_column(tmp_path):
+    with pytest.raises(InputError, match="duplicate column"):
+        list(read_records(write(tmp_path / "d.csv", b"text,a,a\nx,1,2\n")))
+
+
+def test_csv_invalid_header_raises_even_with_skip_invalid(tmp_path):
+    p = write(tmp_path / "d.csv", b"te\xffxt\nhi\n")
+    with pytest.raises(InputError, match="line 1: invalid UTF-8"):
+        list(read_records(p, skip_invalid=True))
