@@ -1,0 +1,279 @@
+"""Topic keywords (class-based TF-IDF), representative members and cohesion of clusters.
+
+Keywords follow c-TF-IDF as BERTopic defines it. All documents of one cluster are treated as a
+single class document; for term ``t`` and class ``c``::
+
+    tf(t, c)  = count(t, c) / sum_t' count(t', c)      # term frequency, normalised by class size
+    idf(t)    = log(1 + A / f(t))                      # A: mean number of terms per class
+                                                       # f(t): count of t over all classes
+    score     = tf(t, c) * idf(t)
+
+The computation needs nothing but per-class term counts, so the counts are what gets stored:
+:func:`count_terms` builds them from texts, :func:`add_counts`, :func:`merge_counts` and
+:func:`subtract_counts` update them incrementally, and :func:`ctfidf_keywords` scores them.
+Because counting is additive over texts (stop words are removed per text before n-grams are
+formed, and no document-frequency cut-offs are used), counts updated incrementally are exactly
+the counts recomputed from scratch, and so are the keywords.
+
+Tokenisation is scikit-learn's ``CountVectorizer`` with its English stop words, lower-casing
+and ``ngram_range=(1, 2)``: terms are words of two or more characters and the bigrams of
+adjacent words left after stop-word removal (bigram terms contain one space).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from clusterer.errors import InvalidParameterError
+
+Counts = dict[str, int]
+ClassCounts = dict[int, dict[str, int]]
+
+NGRAM_RANGE = (1, 2)
+STOP_WORDS = "english"
+
+
+def _vectorizer():
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    return CountVectorizer(stop_words=STOP_WORDS, ngram_range=NGRAM_RANGE)
+
+
+def _count_matrix(texts: Sequence[str]):
+    """Return (document x term CSR matrix, vocabulary array), or (None, None) when no terms."""
+    vectorizer = _vectorizer()
+    try:
+        matrix = vectorizer.fit_transform(list(texts))
+    except ValueError:
+        # CountVectorizer raises on an empty vocabulary (only stop words / empty strings).
+        return None, None
+    return matrix.tocsr(), vectorizer.get_feature_names_out()
+
+
+def term_counts(texts: Iterable[str]) -> Counts:
+    """Term counts of ``texts`` taken together as one class (an empty dict when no terms)."""
+    texts = list(texts)
+    if not texts:
+        return {}
+    matrix, vocab = _count_matrix(texts)
+    if matrix is None:
+        return {}
+    totals = np.asarray(matrix.sum(axis=0)).ravel()
+    nonzero = np.flatnonzero(totals)
+    return {str(vocab[j]): int(totals[j]) for j in nonzero}
+
+
+def count_terms(texts: Sequence[str], labels) -> ClassCounts:
+    """Per-cluster term counts: ``{label: {term: count}}``.
+
+    ``labels[i]`` is the cluster of ``texts[i]``; label -1 (unassigned) is ignored. Every other
+    label present gets an entry, an empty dict when its texts have no terms.
+    """
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    if len(labels) != len(texts):
+        raise InvalidParameterError(
+            f"texts and labels differ in length ({len(texts)} != {len(labels)})"
+        )
+    keep = np.flatnonzero(labels != -1)
+    if keep.size == 0:
+        return {}
+    kept_labels = labels[keep]
+    classes, rows = np.unique(kept_labels, return_inverse=True)
+    result: ClassCounts = {int(c): {} for c in classes}
+    matrix, vocab = _count_matrix([texts[i] for i in keep])
+    if matrix is None:
+        return result
+
+    from scipy import sparse
+
+    indicator = sparse.csr_matrix(
+        (np.ones(len(rows), dtype=np.int64), (rows, np.arange(len(rows)))),
+        shape=(len(classes), len(rows)),
+    )
+    per_class = (indicator @ matrix.astype(np.int64)).tocsr()
+    per_class.sum_duplicates()
+    for r, label in enumerate(classes):
+        start, end = per_class.indptr[r], per_class.indptr[r + 1]
+        cols, data = per_class.indices[start:end], per_class.data[start:end]
+        result[int(label)] = {str(vocab[j]): int(v) for j, v in zip(cols, data) if v}
+    return result
+
+
+def add_counts(counts: Mapping[str, int], texts: Iterable[str]) -> Counts:
+    """One cluster's counts after adding ``texts`` to it (a new dict; ``counts`` is unchanged)."""
+    result = dict(counts)
+    for term, n in term_counts(texts).items():
+        result[term] = result.get(term, 0) + n
+    return result
+
+
+def merge_counts(a: Mapping[int, Mapping[str, int]], b: Mapping[int, Mapping[str, int]]) -> ClassCounts:
+    """Cluster-wise sum of two ``{label: {term: count}}`` mappings (new dicts, inputs unchanged)."""
+    result: ClassCounts = {label: dict(terms) for label, terms in a.items()}
+    for label, terms in b.items():
+        target = result.setdefault(label, {})
+        for term, n in terms.items():
+            target[term] = target.get(term, 0) + n
+    return result
+
+
+def subtract_counts(counts: Mapping[str, int], removed: Mapping[str, int]) -> Counts:
+    """One cluster's counts minus ``removed`` (e.g. ``term_counts`` of texts that left it).
+
+    Terms whose count reaches zero are dropped. Raises :class:`InvalidParameterError` when a
+    count would become negative, which means the stored counts and the texts disagree.
+    """
+    result = dict(counts)
+    for term, n in removed.items():
+        left = result.get(term, 0) - n
+        if left < 0:
+            raise InvalidParameterError(
+                f"cannot remove {n} occurrence(s) of {term!r}: only {result.get(term, 0)} counted"
+            )
+        if left:
+            result[term] = left
+        else:
+            result.pop(term, None)
+    return result
+
+
+def ctfidf_scores(counts: Mapping[int, Mapping[str, int]]):
+    """c-TF-IDF of per-class counts as ``(labels, vocabulary, scores)``.
+
+    ``scores`` is a ``len(labels) x len(vocabulary)`` SciPy CSR matrix (float64) whose row ``i``
+    scores class ``labels[i]``. ``A``, the average number of terms per class, is taken over the
+    classes with at least one term; classes without terms get an empty row. The result does not
+    depend on the order of the mappings.
+    """
+    from scipy import sparse
+
+    labels = sorted(counts)
+    vocab_index: dict[str, int] = {}
+    row_lengths = np.zeros(len(labels), dtype=np.int64)
+    cols: list[int] = []
+    data: list[int] = []
+    for r, label in enumerate(labels):
+        n = 0
+        for term, c in counts[label].items():
+            if c <= 0:
+                continue
+            j = vocab_index.get(term)
+            if j is None:
+                j = vocab_index[term] = len(vocab_index)
+            cols.append(j)
+            data.append(c)
+            n += 1
+        row_lengths[r] = n
+    vocabulary = np.array(list(vocab_index), dtype=object)
+    indptr = np.concatenate([[0], np.cumsum(row_lengths)])
+    matrix = sparse.csr_matrix(
+        (np.asarray(data, dtype=np.int64), np.asarray(cols, dtype=np.int64), indptr),
+        shape=(len(labels), len(vocabulary)),
+    )
+    matrix.sum_duplicates()
+    if matrix.nnz == 0:
+        return labels, vocabulary, matrix.astype(np.float64)
+
+    class_sizes = np.asarray(matrix.sum(axis=1)).ravel()
+    term_freq = np.asarray(matrix.sum(axis=0)).ravel()
+    average = class_sizes[class_sizes > 0].sum() / np.count_nonzero(class_sizes)
+    idf = np.log1p(average / term_freq)
+
+    scores = matrix.astype(np.float64)
+    row_of = np.repeat(np.arange(len(labels)), np.diff(scores.indptr))
+    scores.data = scores.data / class_sizes[row_of] * idf[scores.indices]
+    return labels, vocabulary, scores
+
+
+def ctfidf_keywords(
+    counts: Mapping[int, Mapping[str, int]],
+    top_n: int = 10,
+    dedupe: bool = True,
+) -> dict[int, list[tuple[str, float]]]:
+    """Top ``top_n`` c-TF-IDF keywords per class: ``{label: [(term, score), ...]}``.
+
+    Keywords are ordered by decreasing score; ties put bigrams before unigrams, then go by
+    term. With ``dedupe``, a unigram is left out when a bigram containing it is already ranked
+    higher, and the next term takes its place. A unigram that occurs only inside one bigram
+    has exactly that bigram's score, so ``"credit card"`` then replaces ``"credit"`` instead of
+    repeating it. Classes without terms map to ``[]``.
+    Works from stored counts alone; the score of a term in one class depends on all classes
+    through ``A`` and ``f(t)``, so pass the counts of every cluster of the clustering.
+    """
+    if top_n < 0:
+        raise InvalidParameterError(f"top_n must be >= 0, got {top_n}")
+    labels, vocabulary, scores = ctfidf_scores(counts)
+    result: dict[int, list[tuple[str, float]]] = {}
+    for r, label in enumerate(labels):
+        start, end = scores.indptr[r], scores.indptr[r + 1]
+        cols, values = scores.indices[start:end], scores.data[start:end]
+        terms = vocabulary[cols]
+        if len(cols):
+            names = terms.astype(str)
+            order = np.lexsort((names, -np.char.count(names, " "), -values))
+        else:
+            order = np.empty(0, dtype=np.int64)
+        keywords: list[tuple[str, float]] = []
+        covered: set[str] = set()
+        for i in order:
+            if len(keywords) >= top_n:
+                break
+            term = str(terms[i])
+            words = term.split(" ")
+            if dedupe:
+                if len(words) == 1 and term in covered:
+                    continue
+                covered.update(words)
+            keywords.append((term, float(values[i])))
+        result[label] = keywords
+    return result
+
+
+def _normalise(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return vectors / np.where(norms > 0, norms, 1.0)
+
+
+def normalised_centroid(vectors: np.ndarray) -> np.ndarray:
+    """L2-normalised mean of the L2-normalised ``vectors`` (float32)."""
+    vectors = np.asarray(vectors)
+    if vectors.ndim != 2 or len(vectors) == 0:
+        raise InvalidParameterError("normalised_centroid needs a non-empty 2-D array of vectors")
+    return _normalise(_normalise(vectors).mean(axis=0))
+
+
+def representatives(
+    embeddings: np.ndarray,
+    members: Sequence[int],
+    centroid: np.ndarray | None = None,
+    n: int = 3,
+) -> list[int]:
+    """The (at most) ``n`` members closest to the cluster centroid by cosine similarity.
+
+    ``members`` are row indices into ``embeddings``; the result is a list of those indices,
+    most central first (ties keep the order of ``members``). ``centroid`` defaults to the
+    normalised mean of the members' normalised embeddings.
+    """
+    members = np.asarray(members, dtype=np.int64).reshape(-1)
+    if len(members) == 0 or n <= 0:
+        return []
+    vectors = _normalise(np.asarray(embeddings)[members])
+    center = _normalise(vectors.mean(axis=0) if centroid is None else np.asarray(centroid).reshape(-1))
+    sims = vectors @ center
+    order = np.argsort(-sims, kind="stable")[:n]
+    return [int(members[i]) for i in order]
+
+
+def cohesion(embeddings: np.ndarray) -> float:
+    """Mean cosine similarity of the given member embeddings to their normalised centroid.
+
+    1.0 for a single member or identical directions; lower for looser clusters.
+    """
+    vectors = np.asarray(embeddings)
+    if vectors.ndim != 2 or len(vectors) == 0:
+        raise InvalidParameterError("cohesion needs a non-empty 2-D array of member embeddings")
+    unit = _normalise(vectors)
+    return float(np.mean(unit @ _normalise(unit.mean(axis=0))))
