@@ -1,0 +1,17 @@
+"""Exceptions raised by the storage layer."""
+
+
+class StorageError(Exception):
+    """Base class for database problems the caller can act on."""
+
+
+class DatabaseUnavailableError(StorageError):
+    """The database could not be opened or reached."""
+
+
+class ModelMismatchError(StorageError):
+    """The store was created with another embedding model or dimension."""
+
+
+class NotFoundError(StorageError):
+    """A requested row does not exist."""

@@ -1,0 +1,177 @@
+"""SQLAlchemy 2 typed models.
+
+The database is the source of truth: every sentence keeps its embedding, so the
+FAISS file can always be rebuilt without re-embedding.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Optional
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class StoreInfo(Base):
+    """One row: the embedding model and dimension the store was created with."""
+
+    __tablename__ = "store_info"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(500))
+    dimension: Mapped[int] = mapped_column(Integer)
+    embedding_dtype: Mapped[str] = mapped_column(String(16), default="float32")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class IndexState(Base):
+    """One row: what the FAISS file on disk covers.
+
+    ``watermark`` is the highest sentence sequence number in the file,
+    ``checksum`` the digest of the file's bytes.  ``dirty`` is set in the same
+    transaction as a deletion and cleared once the file reflects it.
+    """
+
+    __tablename__ = "index_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    watermark: Mapped[int] = mapped_column(BigInteger, default=0)
+    checksum: Mapped[Optional[str]] = mapped_column(String(64), nullable=True)
+    ntotal: Mapped[int] = mapped_column(BigInteger, default=0)
+    index_type: Mapped[Optional[str]] = mapped_column(String(64), nullable=True)
+    dirty: Mapped[bool] = mapped_column(default=False)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Sentence(Base):
+    __tablename__ = "sentences"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    text: Mapped[str] = mapped_column(Text)
+    text_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    meta: Mapped[Optional[dict[str, Any]]] = mapped_column("metadata", JSON, nullable=True)
+    source_file: Mapped[Optional[str]] = mapped_column(String(1000), nullable=True)
+    source_line: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    seq: Mapped[int] = mapped_column(BigInteger, unique=True)
+    embedding: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class IngestLog(Base):
+    """One row per ingest call: where the sentences came from and what was skipped."""
+
+    __tablename__ = "ingests"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    source: Mapped[str] = mapped_column(String(1000))
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    finished_at: Mapped[Optional[dt.datetime]] = mapped_column(DateTime, nullable=True)
+    added: Mapped[int] = mapped_column(Integer, default=0)
+    duplicates: Mapped[int] = mapped_column(Integer, default=0)
+    empty: Mapped[int] = mapped_column(Integer, default=0)
+    invalid: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Run(Base):
+    """A clustering run: method, parameters, timing and what it covered.
+
+    ``max_seq`` is the highest sentence sequence number the run has seen; it
+    grows as incremental updates assign new sentences to the run.
+    """
+
+    __tablename__ = "runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    method: Mapped[str] = mapped_column(String(32))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    finished_at: Mapped[Optional[dt.datetime]] = mapped_column(DateTime, nullable=True)
+    updated_at: Mapped[Optional[dt.datetime]] = mapped_column(DateTime, nullable=True)
+    n_sentences: Mapped[int] = mapped_column(BigInteger, default=0)
+    n_clusters: Mapped[int] = mapped_column(Integer, default=0)
+    n_assigned: Mapped[int] = mapped_column(BigInteger, default=0)
+    max_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    error: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
+
+
+class Cluster(Base):
+    """A cluster of one run.  ``label`` is the user-facing id, stable across runs."""
+
+    __tablename__ = "clusters"
+    __table_args__ = (Index("ix_clusters_run_label", "run_id", "label", unique=True),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    label: Mapped[int] = mapped_column(Integer)
+    size: Mapped[int] = mapped_column(Integer, default=0)
+    centre_id: Mapped[Optional[int]] = mapped_column(BigInteger, nullable=True)
+    cohesion: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
+    keywords: Mapped[Optional[list[Any]]] = mapped_column(JSON, nullable=True)
+    representatives: Mapped[Optional[list[int]]] = mapped_column(JSON, nullable=True)
+    centroid: Mapped[Optional[bytes]] = mapped_column(LargeBinary, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Assignment(Base):
+    """Which cluster a sentence is in for a run; ``label`` is NULL when unassigned."""
+
+    __tablename__ = "assignments"
+    __table_args__ = (Index("ix_assignments_run_label", "run_id", "label"),)
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    sentence_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    label: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    similarity: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
+    assigned_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class ClusterTerm(Base):
+    """Per-cluster term counts, so keywords can be updated without recounting."""
+
+    __tablename__ = "cluster_terms"
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    label: Mapped[int] = mapped_column(Integer, primary_key=True)
+    term: Mapped[str] = mapped_column(String(200), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class ClusterEvent(Base):
+    """Birth, growth, merge, split, death or carry-over of a cluster id."""
+
+    __tablename__ = "cluster_events"
+    __table_args__ = (Index("ix_cluster_events_label", "label"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    label: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))
+    size: Mapped[int] = mapped_column(Integer, default=0)
+    related: Mapped[Optional[list[int]]] = mapped_column(JSON, nullable=True)
+    detail: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON, nullable=True)
+    at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)

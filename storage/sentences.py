@@ -1,0 +1,237 @@
+"""Queries on sentences, the store's model record, the index state and ingest log."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.orm import Session
+
+from storage.models import IndexState, IngestLog, Sentence, StoreInfo, utcnow
+
+HASH_CHUNK = 500
+
+
+@dataclass
+class NewSentence:
+    text: str
+    text_hash: str
+    embedding: bytes
+    metadata: dict[str, Any] | None = None
+    source_file: str | None = None
+    source_line: int | None = None
+
+
+def get_info(session: Session) -> StoreInfo | None:
+    return session.get(StoreInfo, 1)
+
+
+def init_info(session: Session, model_name: str, dimension: int, dtype: str = "float32") -> StoreInfo:
+    info = StoreInfo(id=1, model_name=model_name, dimension=dimension, embedding_dtype=dtype)
+    session.add(info)
+    session.add(IndexState(id=1, watermark=0, ntotal=0, dirty=False))
+    session.flush()
+    return info
+
+
+def existing_hashes(session: Session, hashes: Iterable[str]) -> set[str]:
+    """The subset of ``hashes`` already stored."""
+    hashes = list(hashes)
+    found: set[str] = set()
+    for start in range(0, len(hashes), HASH_CHUNK):
+        chunk = hashes[start : start + HASH_CHUNK]
+        found.update(session.scalars(select(Sentence.text_hash).where(Sentence.text_hash.in_(chunk))))
+    return found
+
+
+def max_seq(session: Session) -> int:
+    return session.scalar(select(func.coalesce(func.max(Sentence.seq), 0))) or 0
+
+
+def insert_sentences(session: Session, rows: Sequence[NewSentence]) -> tuple[list[int], list[int]]:
+    """Insert rows with consecutive sequence numbers; returns (ids, seqs) in row order."""
+    if not rows:
+        return [], []
+    first = max_seq(session) + 1
+    now = utcnow()
+    values = [
+        {
+            "text": r.text,
+            "text_hash": r.text_hash,
+            "meta": r.metadata or None,
+            "source_file": r.source_file,
+            "source_line": r.source_line,
+            "created_at": now,
+            "seq": first + i,
+            "embedding": r.embedding,
+        }
+        for i, r in enumerate(rows)
+    ]
+    result = session.execute(
+        insert(Sentence).returning(Sentence.id, Sentence.seq, sort_by_parameter_order=True), values
+    )
+    pairs = result.all()
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def count_sentences(session: Session) -> int:
+    return session.scalar(select(func.count()).select_from(Sentence)) or 0
+
+
+def count_up_to(session: Session, seq: int) -> int:
+    return session.scalar(select(func.count()).select_from(Sentence).where(Sentence.seq <= seq)) or 0
+
+
+def all_ids(session: Session, up_to_seq: int | None = None) -> np.ndarray:
+    query = select(Sentence.id).order_by(Sentence.id)
+    if up_to_seq is not None:
+        query = query.where(Sentence.seq <= up_to_seq)
+    return np.fromiter(session.scalars(query), dtype=np.int64)
+
+
+def iter_embeddings(
+    session: Session,
+    dimension: int,
+    dtype: str = "float32",
+    after_seq: int = 0,
+    up_to_seq: int | None = None,
+    batch_size: int = 20_000,
+) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
+    """Yield (ids, float32 matrix, max seq) batches of stored embeddings in seq order."""
+    last = after_seq
+    while True:
+        query = (
+            select(Sentence.id, Sentence.seq, Sentence.embedding)
+            .where(Sentence.seq > last)
+            .order_by(Sentence.seq)
+            .limit(batch_size)
+        )
+        if up_to_seq is not None:
+            query = query.where(Sentence.seq <= up_to_seq)
+        rows = session.execute(query).all()
+        if not rows:
+            return
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        matrix = decode_embeddings([r[2] for r in rows], dimension, dtype)
+        last = rows[-1][1]
+        yield ids, matrix, last
+
+
+def decode_embeddings(blobs: Sequence[bytes], dimension: int, dtype: str = "float32") -> np.ndarray:
+    if not blobs:
+        return np.zeros((0, dimension), dtype=np.float32)
+    raw = np.frombuffer(b"".join(blobs), dtype=np.dtype(dtype))
+    return raw.reshape(len(blobs), dimension).astype(np.float32, copy=False)
+
+
+def encode_embeddings(matrix: np.ndarray, dtype: str = "float32") -> list[bytes]:
+    arr = np.ascontiguousarray(matrix, dtype=np.dtype(dtype))
+    return [row.tobytes() for row in arr]
+
+
+def embeddings_for(session: Session, ids: Sequence[int], dimension: int, dtype: str = "float32") -> np.ndarray:
+    """Embeddings of ``ids`` in the given order; unknown ids raise KeyError."""
+    found: dict[int, bytes] = {}
+    ids = list(ids)
+    for start in range(0, len(ids), HASH_CHUNK):
+        chunk = ids[start : start + HASH_CHUNK]
+        found.update(session.execute(select(Sentence.id, Sentence.embedding).where(Sentence.id.in_(chunk))).tuples())
+    missing = [i for i in ids if i not in found]
+    if missing:
+        raise KeyError(missing[0])
+    return decode_embeddings([found[i] for i in ids], dimension, dtype)
+
+
+def get_sentences(session: Session, ids: Sequence[int]) -> dict[int, Sentence]:
+    out: dict[int, Sentence] = {}
+    ids = list(ids)
+    for start in range(0, len(ids), HASH_CHUNK):
+        chunk = ids[start : start + HASH_CHUNK]
+        for row in session.scalars(select(Sentence).where(Sentence.id.in_(chunk))):
+            out[row.id] = row
+    return out
+
+
+def texts_for(session: Session, ids: Sequence[int]) -> dict[int, str]:
+    out: dict[int, str] = {}
+    ids = list(ids)
+    for start in range(0, len(ids), HASH_CHUNK):
+        chunk = ids[start : start + HASH_CHUNK]
+        out.update(session.execute(select(Sentence.id, Sentence.text).where(Sentence.id.in_(chunk))).tuples())
+    return out
+
+
+def find_by_hash(session: Session, text_hash: str) -> Sentence | None:
+    return session.scalars(select(Sentence).where(Sentence.text_hash == text_hash)).first()
+
+
+def delete_sentences(session: Session, ids: Sequence[int]) -> list[int]:
+    """Delete the rows of ``ids`` that exist; returns the ids actually deleted."""
+    ids = list(ids)
+    present: list[int] = []
+    for start in range(0, len(ids), HASH_CHUNK):
+        chunk = ids[start : start + HASH_CHUNK]
+        present.extend(session.scalars(select(Sentence.id).where(Sentence.id.in_(chunk))))
+        session.execute(delete(Sentence).where(Sentence.id.in_(chunk)))
+    return sorted(present)
+
+
+def get_index_state(session: Session) -> IndexState:
+    state = session.get(IndexState, 1)
+    if state is None:
+        state = IndexState(id=1, watermark=0, ntotal=0, dirty=False)
+        session.add(state)
+        session.flush()
+    return state
+
+
+def set_index_state(
+    session: Session, *, watermark: int, checksum: str | None, ntotal: int, index_type: str | None, dirty: bool = False
+) -> None:
+    get_index_state(session)
+    session.execute(
+        update(IndexState)
+        .where(IndexState.id == 1)
+        .values(
+            watermark=watermark,
+            checksum=checksum,
+            ntotal=ntotal,
+            index_type=index_type,
+            dirty=dirty,
+            updated_at=utcnow(),
+        )
+    )
+
+
+def mark_index_dirty(session: Session) -> None:
+    get_index_state(session)
+    session.execute(update(IndexState).where(IndexState.id == 1).values(dirty=True, updated_at=utcnow()))
+
+
+def start_ingest(session: Session, source: str) -> int:
+    log = IngestLog(source=source)
+    session.add(log)
+    session.flush()
+    return log.id
+
+
+def update_ingest(session: Session, ingest_id: int, *, finished: bool = False, **counts: int) -> None:
+    values: dict[str, Any] = {k: IngestLog.__table__.c[k] + v for k, v in counts.items()}
+    if finished:
+        values["finished_at"] = utcnow()
+    session.execute(update(IngestLog).where(IngestLog.id == ingest_id).values(**values))
+
+
+def ingest_totals(session: Session) -> dict[str, int]:
+    row = session.execute(
+        select(
+            func.count(IngestLog.id),
+            func.coalesce(func.sum(IngestLog.added), 0),
+            func.coalesce(func.sum(IngestLog.duplicates), 0),
+            func.coalesce(func.sum(IngestLog.empty), 0),
+            func.coalesce(func.sum(IngestLog.invalid), 0),
+        )
+    ).one()
+    return {"ingests": row[0], "added": row[1], "duplicates": row[2], "empty": row[3], "invalid": row[4]}
