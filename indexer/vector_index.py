@@ -1,0 +1,208 @@
+"""The persistent FAISS index whose ids are the database's sentence ids.
+
+Index type by size: an exact ``IndexIDMap2(IndexFlatIP)`` while the store holds
+at most ``FLAT_MAX`` vectors, above that an ``IndexIVFFlat`` (inner product)
+with ``nlist ~ 4 sqrt(n)`` lists, trained on a sample of the stored vectors.
+Both support ``add_with_ids``, ``remove_ids`` and range search, which the
+clustering needs; HNSW was ruled out because it cannot remove vectors.  The
+IVF recall knob is ``nprobe`` (default ``DEFAULT_NPROBE``).
+
+Files are written atomically (temporary file, fsync, rename, fsync of the
+folder) and identified by a BLAKE2b checksum that the database records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from indexer.errors import IndexerError
+
+FLAT_MAX = 200_000
+DEFAULT_NPROBE = 32
+TRAIN_SAMPLE = 100_000
+
+
+class IndexFileError(IndexerError):
+    """The index file is missing, truncated, corrupt or does not match the database."""
+
+
+def checksum_bytes(data) -> str:
+    return hashlib.blake2b(memoryview(data), digest_size=16).hexdigest()
+
+
+def _faiss():
+    import faiss
+
+    return faiss
+
+
+def nlist_for(n: int) -> int:
+    return max(64, min(65536, int(4 * math.sqrt(max(n, 1)))))
+
+
+@dataclass
+class SearchResult:
+    similarities: np.ndarray
+    ids: np.ndarray
+
+
+class VectorIndex:
+    """A FAISS index over L2-normalised vectors with sentence ids."""
+
+    def __init__(self, index, dimension: int):
+        self.index = index
+        self.dimension = dimension
+
+    @classmethod
+    def flat(cls, dimension: int) -> "VectorIndex":
+        faiss = _faiss()
+        return cls(faiss.IndexIDMap2(faiss.IndexFlatIP(dimension)), dimension)
+
+    @classmethod
+    def ivf(cls, dimension: int, training: np.ndarray, nlist: int | None = None, nprobe: int = DEFAULT_NPROBE) -> "VectorIndex":
+        faiss = _faiss()
+        nlist = nlist or nlist_for(len(training))
+        nlist = max(1, min(nlist, len(training) // 39 or 1))
+        quantizer = faiss.IndexFlatIP(dimension)
+        index = faiss.IndexIVFFlat(quantizer, dimension, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.train(np.ascontiguousarray(training, dtype=np.float32))
+        index.nprobe = min(nprobe, nlist)
+        index.set_direct_map_type(faiss.DirectMap.Hashtable)
+        return cls(index, dimension)
+
+    @classmethod
+    def for_size(cls, dimension: int, n: int, sample: np.ndarray | None = None, flat_max: int = FLAT_MAX) -> "VectorIndex":
+        if n <= flat_max or sample is None or len(sample) < 1000:
+            return cls.flat(dimension)
+        return cls.ivf(dimension, sample)
+
+    @property
+    def kind(self) -> str:
+        faiss = _faiss()
+        if isinstance(self.index, faiss.IndexIVF):
+            return f"IVFFlat(nlist={self.index.nlist},nprobe={self.index.nprobe})"
+        return "Flat"
+
+    @property
+    def is_exact(self) -> bool:
+        return self.kind == "Flat"
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    def set_nprobe(self, nprobe: int) -> None:
+        faiss = _faiss()
+        if isinstance(self.index, faiss.IndexIVF):
+            self.index.nprobe = max(1, min(int(nprobe), self.index.nlist))
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        if len(ids) == 0:
+            return
+        self.index.add_with_ids(
+            np.ascontiguousarray(vectors, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64)
+        )
+
+    def remove(self, ids) -> int:
+        faiss = _faiss()
+        ids = np.ascontiguousarray(np.asarray(list(ids), dtype=np.int64))
+        if len(ids) == 0:
+            return 0
+        selector = faiss.IDSelectorArray(len(ids), faiss.swig_ptr(ids))
+        return int(self.index.remove_ids(selector))
+
+    def search(self, queries: np.ndarray, k: int) -> SearchResult:
+        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        k = max(1, min(k, max(self.ntotal, 1)))
+        sims, ids = self.index.search(queries, k)
+        return SearchResult(sims, ids)
+
+    def range_search(self, queries: np.ndarray, threshold: float):
+        """(lims, similarities, ids) of every stored vector with similarity >= threshold."""
+        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        lims, sims, ids = self.index.range_search(queries, float(threshold))
+        return lims, sims, ids
+
+    def ids(self) -> np.ndarray:
+        """Every id stored in the index (unordered)."""
+        faiss = _faiss()
+        if isinstance(self.index, faiss.IndexIDMap):
+            return faiss.vector_to_array(self.index.id_map).astype(np.int64)
+        invlists = self.index.invlists
+        parts = []
+        for lst in range(self.index.nlist):
+            size = invlists.list_size(lst)
+            if size:
+                parts.append(faiss.rev_swig_ptr(invlists.get_ids(lst), size).copy())
+        return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
+
+    def reconstruct(self, ids) -> np.ndarray:
+        ids = [int(i) for i in ids]
+        if not ids:
+            return np.zeros((0, self.dimension), np.float32)
+        return np.vstack([self.index.reconstruct(i) for i in ids])
+
+    def vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of everything in the index, in id order."""
+        ids = np.sort(self.ids())
+        return ids, self.reconstruct(ids)
+
+    def to_bytes(self) -> np.ndarray:
+        return _faiss().serialize_index(self.index)
+
+    @classmethod
+    def from_bytes(cls, data: np.ndarray | bytes) -> "VectorIndex":
+        faiss = _faiss()
+        arr = np.frombuffer(data, dtype=np.uint8) if isinstance(data, (bytes, bytearray)) else data
+        try:
+            index = faiss.deserialize_index(arr)
+        except Exception as exc:
+            raise IndexFileError(f"cannot read FAISS index: {exc}".splitlines()[0]) from exc
+        return cls(index, index.d)
+
+    def save(self, path: str | Path) -> str:
+        """Write atomically to ``path``; returns the checksum of what was written."""
+        data = self.to_bytes()
+        write_atomic(Path(path), data)
+        return checksum_bytes(data)
+
+
+def write_atomic(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(memoryview(data))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def load_index(path: str | Path, expected_checksum: str | None) -> VectorIndex:
+    """Read and check an index file; raises IndexFileError on any mismatch or damage."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise IndexFileError(f"{path}: index file is missing") from None
+    except OSError as exc:
+        raise IndexFileError(f"{path}: cannot read index file: {exc.strerror}") from exc
+    if not data:
+        raise IndexFileError(f"{path}: index file is empty")
+    if expected_checksum is not None and checksum_bytes(data) != expected_checksum:
+        raise IndexFileError(f"{path}: checksum does not match the database record")
+    return VectorIndex.from_bytes(data)
