@@ -1,0 +1,27 @@
+"""The ``clusterer`` admin command line."""
+
+from __future__ import annotations
+
+import click
+
+from clusterer.cli.common import CLIGroup
+
+
+@click.group(cls=CLIGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="clusterer")
+def cli() -> None:
+    """Cluster sentences at scale: ingest, search, cluster and look up."""
+
+
+def _register() -> None:
+    from clusterer.cli import store_commands
+
+    for command in store_commands.COMMANDS:
+        cli.add_command(command)
+
+
+_register()
+
+
+def main() -> None:
+    cli(prog_name="clusterer")

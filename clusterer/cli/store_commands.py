@@ -1,0 +1,162 @@
+"""Commands over the sentence store: ingest, stats, search, verify, rebuild-index, delete."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from clusterer.cli.common import emit, open_store, settings_from, store_options
+
+LINE_COUNT_LIMIT = 2 << 30
+
+
+def _count_lines(path: str) -> int | None:
+    """Lines in a regular file (for the progress bar's total), None for stdin or huge files."""
+    if path == "-" or not os.path.isfile(path) or os.path.getsize(path) > LINE_COUNT_LIMIT:
+        return None
+    count = 0
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            count += block.count(b"\n")
+    return count
+
+
+def _progress_bar(desc: str, total: int | None):
+    from tqdm import tqdm
+
+    return tqdm(desc=desc, total=total, unit=" sent", unit_scale=True, file=sys.stderr,
+                dynamic_ncols=True, mininterval=0.5, disable=None if not os.environ.get("CLUSTERER_PROGRESS") else False)
+
+
+@click.command()
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--format", "fmt", type=click.Choice(["auto", "text", "csv", "tsv", "jsonl"]), default="auto",
+              show_default=True, help="Input format; auto picks by suffix (.csv .tsv .jsonl, else text).")
+@click.option("--text-column", default="text", show_default=True, help="CSV/TSV column holding the sentence.")
+@click.option("--text-field", default="text", show_default=True, help="JSONL field holding the sentence.")
+@click.option("--skip-invalid", is_flag=True, help="Skip and count bad records instead of stopping.")
+@store_options
+def ingest(inputs, fmt, text_column, text_field, skip_invalid, as_json, **kwargs):
+    """Embed and store sentences from files (one per line, CSV, JSONL) or - for stdin."""
+    settings = settings_from(kwargs)
+    reports = []
+    with open_store(settings, create=True) as store:
+        for path in inputs:
+            with _progress_bar(os.path.basename(path) if path != "-" else "<stdin>", _count_lines(path)) as bar:
+                report = store.ingest_file(path, format=fmt, text_column=text_column, text_field=text_field,
+                                           skip_invalid=skip_invalid, progress=bar.update)
+            reports.append(report)
+    data = {"inputs": [r.to_dict() for r in reports],
+            "added": sum(r.added for r in reports),
+            "duplicates": sum(r.duplicates for r in reports),
+            "empty": sum(r.empty for r in reports),
+            "invalid": sum(r.invalid for r in reports)}
+
+    def human(d):
+        for r in reports:
+            line = (f"{r.source}: {r.added} added, {r.duplicates} duplicates, {r.empty} empty"
+                    f"{f', {r.invalid} invalid skipped' if r.invalid else ''} "
+                    f"({r.rate:,.0f} sentences/s)")
+            click.echo(line)
+            for err in r.errors:
+                click.echo(f"  skipped: {err}", err=True)
+
+    emit(data, as_json, human)
+
+
+@click.command()
+@store_options
+def stats(as_json, **kwargs):
+    """Sentences, duplicates skipped, model, and the state of the index."""
+    settings = settings_from(kwargs)
+    with open_store(settings, recover=False) as store:
+        data = store.stats()
+
+    def human(d):
+        idx = d["index"]
+        click.echo(f"sentences:          {d['sentences']:,}")
+        click.echo(f"duplicates skipped: {d['duplicates_skipped']:,}")
+        click.echo(f"empty skipped:      {d['empty_skipped']:,}")
+        click.echo(f"invalid skipped:    {d['invalid_skipped']:,}")
+        click.echo(f"model:              {d['model']} ({d['dimension']}-d)")
+        click.echo(f"database:           {d['database']}")
+        click.echo(f"index:              {idx['type']}, {idx['indexed']:,} vectors, "
+                   f"{idx['bytes']:,} bytes, watermark {idx['watermark']}, {idx['pending']} pending"
+                   f"{', DIRTY' if idx['dirty'] else ''}")
+
+    emit(data, as_json, human)
+
+
+@click.command()
+@click.argument("text")
+@click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="How many neighbours.")
+@store_options
+def search(text, k, as_json, **kwargs):
+    """The stored sentences most similar to TEXT."""
+    settings = settings_from(kwargs)
+    with open_store(settings) as store:
+        hits = store.search(text, k)
+    data = {"query": text, "hits": [h.to_dict() for h in hits]}
+
+    def human(d):
+        for h in hits:
+            click.echo(f"{h.similarity:.3f}  [{h.id}] {h.text}")
+
+    emit(data, as_json, human)
+
+
+@click.command()
+@click.option("--repair", is_flag=True, help="Bring the index up to date (replay or rebuild), then check again.")
+@store_options
+def verify(repair, as_json, **kwargs):
+    """Check that the index file and the database agree (exit 1 if not)."""
+    settings = settings_from(kwargs)
+    with open_store(settings, recover=False) as store:
+        if repair:
+            store.rebuild_index() if not store.verify().ok else store.recover()
+        report = store.verify()
+    data = report.to_dict()
+
+    def human(d):
+        if report.ok:
+            click.echo(f"OK: {report.sentences:,} sentences, {report.indexed:,} indexed (watermark {report.watermark})")
+        for p in report.problems:
+            click.echo(f"problem: {p}")
+
+    emit(data, as_json, human)
+    if not report.ok:
+        sys.exit(1)
+
+
+@click.command("rebuild-index")
+@store_options
+def rebuild_index(as_json, **kwargs):
+    """Rebuild the FAISS file from the stored embeddings (no re-embedding)."""
+    settings = settings_from(kwargs)
+    with open_store(settings, recover=False) as store:
+        data = store.rebuild_index()
+    emit(data, as_json, lambda d: click.echo(f"rebuilt {d['index_type']} index of {d['indexed']:,} vectors in {d['seconds']:.2f} s"))
+
+
+@click.command()
+@click.argument("ids", nargs=-1, type=int, required=True)
+@store_options
+def delete(ids, as_json, **kwargs):
+    """Remove sentences by id from the database and the index."""
+    settings = settings_from(kwargs)
+    with open_store(settings) as store:
+        removed = store.delete(ids)
+    missing = sorted(set(ids) - set(removed))
+    data = {"deleted": removed, "not_found": missing}
+
+    def human(d):
+        click.echo(f"deleted {len(removed)} sentence(s)" + (f"; not found: {', '.join(map(str, missing))}" if missing else ""))
+
+    emit(data, as_json, human)
+    if missing and not removed:
+        sys.exit(1)
+
+
+COMMANDS = [ingest, stats, search, verify, rebuild_index, delete]

@@ -1,0 +1,52 @@
+"""Settings: command-line options over environment variables over defaults, in one place."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+ENV_PREFIX = "CLUSTERER_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = Path("clusterer-data")
+    db: str | None = None
+    model: str | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    lock_timeout: float = 30.0
+    batch_size: int = 4096
+
+    @classmethod
+    def resolve(cls, options: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> "Settings":
+        """Options that are not None win; then ``CLUSTERER_<NAME>`` variables; then defaults."""
+        options = options or {}
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            value = options.get(f.name)
+            if value is None:
+                value = environ.get(ENV_PREFIX + f.name.upper()) or None
+            if value is None:
+                continue
+            if f.name == "data_dir":
+                value = Path(value)
+            elif f.name == "lock_timeout":
+                value = float(value)
+            elif f.name == "batch_size":
+                value = int(value)
+            values[f.name] = value
+        return cls(**values)
+
+    def store_kwargs(self) -> dict[str, Any]:
+        return {
+            "db_url": self.db,
+            "model": self.model,
+            "device": self.device,
+            "precision": self.precision,
+            "lock_timeout": self.lock_timeout,
+            "batch_size": self.batch_size,
+        }
