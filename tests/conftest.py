@@ -1,0 +1,68 @@
+"""Shared fixtures: a fake encoder everywhere unless a test asks for the real model,
+and database URLs for SQLite and (when a server answers) PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+from tests.fakes import FakeEncoder
+
+PG_URL = os.environ.get("CLUSTERER_TEST_PG_URL", "postgresql://127.0.0.1:5432/test")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "real_model: uses the bundled sentence-transformers model")
+
+
+@pytest.fixture(autouse=True)
+def _fake_model(request, monkeypatch):
+    """Every store builds a FakeEncoder unless the test is marked ``real_model``."""
+    if request.node.get_closest_marker("real_model") is None:
+        monkeypatch.setattr("indexer.store.make_encoder", lambda *a, **k: FakeEncoder())
+
+
+@pytest.fixture
+def fake_encoder():
+    return FakeEncoder()
+
+
+def _pg_available() -> str | None:
+    try:
+        import psycopg
+
+        with psycopg.connect(PG_URL.replace("postgresql+psycopg", "postgresql"), connect_timeout=3):
+            return None
+    except Exception as exc:  # any failure means: skip, with the reason
+        return f"no PostgreSQL server reachable at {PG_URL}: {str(exc).splitlines()[0]}"
+
+
+@pytest.fixture(scope="session")
+def pg_skip_reason():
+    return _pg_available()
+
+
+@pytest.fixture
+def pg_url(pg_skip_reason):
+    """A PostgreSQL URL whose search_path is a fresh schema, dropped afterwards."""
+    if pg_skip_reason:
+        pytest.skip(pg_skip_reason)
+    import psycopg
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    sep = "&" if "?" in PG_URL else "?"
+    yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    """Run a test once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    return request.getfixturevalue("pg_url")
