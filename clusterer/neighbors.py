@@ -1,0 +1,418 @@
+"""Thresholded neighbour graphs: the search step of community detection.
+
+For L2-normalised embeddings ``E`` (float32, one row per point), a threshold ``t`` and a minimum
+size ``m``, the neighbourhood of point ``i`` is ``N(i) = {j : sim(i, j) >= t}`` where ``sim`` is
+the float32 inner product and ``t`` is rounded to float32 first (as
+``sentence_transformers.util.community_detection`` does with ``torch.tensor(threshold)``).
+A point is a *candidate* when ``|N(i)| >= m``; it normally belongs to its own neighbourhood
+(self-similarity ~1), except when ``t`` exceeds its rounded self-similarity.
+
+A :class:`NeighborGraph` keeps the neighbourhoods of the candidates only, in CSR form, each list
+sorted by decreasing similarity with ties broken by lower position. Two backends build it:
+
+* :func:`faiss_neighbor_graph` -- a kNN search with ``k = m`` finds the candidates, then a range
+  search over the candidates only collects their neighbourhoods. With the default exact
+  ``IndexFlatIP`` the result equals a dense ``E @ E.T >= t`` in torch float32: faiss' inner
+  products differ from torch's matmul by a few ulps, so the search runs with a margin
+  ``eps`` below ``t`` and every pair whose faiss similarity lies within ``eps`` of ``t`` is
+  recomputed with a torch float32 matmul before the ``>= t`` test. Any faiss index whose ids are
+  positions ``0..n-1`` may be passed instead (IVF, HNSW, ...); its recall settings are the
+  caller's.
+* :func:`torch_neighbor_graph` -- chunked dense matmul on a torch device (CUDA or CPU), top-k
+  for the candidate test and a threshold mask for the lists.
+
+Neither builds the ``n x n`` similarity matrix; memory is bounded by the batch sizes and the
+number of edges kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+BORDER_EPS = 1e-5
+"""Margin around the threshold inside which faiss similarities are recomputed in torch."""
+
+_TORCH_CHUNK_ELEMENTS = 1 << 26
+
+
+@dataclass(frozen=True)
+class NeighborGraph:
+    """Neighbourhoods of the candidate points, in CSR form.
+
+    ``centres[k]`` is the position (row in the embedding matrix) of the k-th candidate, in
+    increasing order; its neighbours are ``neighbors[lims[k]:lims[k+1]]`` with similarities
+    ``similarities[lims[k]:lims[k+1]]``, sorted by decreasing similarity, ties by lower position.
+    Every list has at least ``min_size`` entries, all with similarity ``>= float32(threshold)``.
+    ``n`` is the number of points the graph was built over.
+    """
+
+    centres: np.ndarray
+    lims: np.ndarray
+    neighbors: np.ndarray
+    similarities: np.ndarray
+    n: int
+    threshold: float
+    min_size: int
+
+    def __len__(self) -> int:
+        return len(self.centres)
+
+    def __iter__(self) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """Yield ``(centre, neighbour positions, similarities)`` for every candidate."""
+        for k, centre in enumerate(self.centres.tolist()):
+            a, b = self.lims[k], self.lims[k + 1]
+            yield centre, self.neighbors[a:b], self.similarities[a:b]
+
+    @property
+    def list_sizes(self) -> np.ndarray:
+        """Neighbourhood size of every candidate, aligned with ``centres``."""
+        return np.diff(self.lims)
+
+    @property
+    def max_list_size(self) -> int:
+        """Size of the largest neighbourhood (0 for an empty graph)."""
+        return int(self.list_sizes.max()) if len(self.centres) else 0
+
+    @property
+    def total_edges(self) -> int:
+        """Number of (centre, neighbour) pairs stored, self-pairs included."""
+        return int(self.lims[-1])
+
+    @classmethod
+    def empty(cls, n: int, threshold: float, min_size: int) -> NeighborGraph:
+        """A graph without candidates over ``n`` points."""
+        return cls(
+            centres=np.zeros(0, np.int64),
+            lims=np.zeros(1, np.int64),
+            neighbors=np.zeros(0, np.int64),
+            similarities=np.zeros(0, np.float32),
+            n=int(n),
+            threshold=float(threshold),
+            min_size=int(min_size),
+        )
+
+
+@dataclass(frozen=True)
+class GraphEstimate:
+    """Sample-based estimate of a neighbour graph's size (see :func:`estimate_graph`)."""
+
+    n: int
+    sample_size: int
+    candidate_fraction: float
+    expected_edges: float
+    expected_bytes: float
+    max_neighborhood_fraction: float
+    mean_neighborhood_size: float
+
+
+def _as_matrix(embeddings) -> np.ndarray:
+    x = np.asarray(embeddings, dtype=np.float32)
+    if x.ndim == 1:
+        x = x[None, :] if x.size else x.reshape(0, 0)
+    if x.ndim != 2:
+        raise ValueError(f"embeddings must be a 2-d array, got shape {x.shape}")
+    return np.ascontiguousarray(x)
+
+
+def _check(threshold: float, min_size: int) -> None:
+    if min_size < 1:
+        raise ValueError(f"min_size must be >= 1, got {min_size}")
+    if not np.isfinite(threshold):
+        raise ValueError(f"threshold must be finite, got {threshold}")
+
+
+def _pair_similarities(embeddings: np.ndarray, rows: np.ndarray, cols: np.ndarray, block: int = 64) -> np.ndarray:
+    """``sim(rows[p], cols[p])`` in torch float32 matmul arithmetic (the diagonal of block matmuls)."""
+    import torch
+
+    out = np.empty(len(rows), np.float32)
+    if not len(rows):
+        return out
+    x = torch.from_numpy(embeddings)
+    for s in range(0, len(rows), block):
+        r = rows[s : s + block]
+        c = cols[s : s + block]
+        m = len(r)
+        if m < block:
+            r = np.concatenate([r, np.full(block - m, r[0], r.dtype)])
+            c = np.concatenate([c, np.full(block - m, c[0], c.dtype)])
+        prod = x[torch.from_numpy(r)] @ x[torch.from_numpy(c)].T
+        out[s : s + m] = torch.diagonal(prod).numpy()[:m]
+    return out
+
+
+def _assemble(
+    rows: np.ndarray,
+    cols: np.ndarray,
+    sims: np.ndarray,
+    n: int,
+    threshold: float,
+    min_size: int,
+) -> NeighborGraph:
+    """Sort pairs per centre (decreasing similarity, then position) and keep lists >= min_size."""
+    if not len(rows):
+        return NeighborGraph.empty(n, threshold, min_size)
+    order = np.lexsort((cols, -sims, rows))
+    rows, cols, sims = rows[order], cols[order], sims[order]
+    centres, starts, counts = np.unique(rows, return_index=True, return_counts=True)
+    keep = counts >= min_size
+    if not keep.all():
+        edge_keep = np.repeat(keep, counts)
+        rows, cols, sims = rows[edge_keep], cols[edge_keep], sims[edge_keep]
+        centres, counts = centres[keep], counts[keep]
+    lims = np.zeros(len(centres) + 1, np.int64)
+    np.cumsum(counts, out=lims[1:])
+    return NeighborGraph(
+        centres=centres.astype(np.int64),
+        lims=lims,
+        neighbors=cols.astype(np.int64),
+        similarities=sims.astype(np.float32),
+        n=int(n),
+        threshold=float(threshold),
+        min_size=int(min_size),
+    )
+
+
+def build_flat_index(embeddings: np.ndarray):
+    """An exact inner-product faiss index over ``embeddings`` (ids are positions)."""
+    import faiss
+
+    x = _as_matrix(embeddings)
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(x)
+    return index
+
+
+def build_ivf_index(embeddings: np.ndarray, nlist: int | None = None, nprobe: int = 16, train_size: int = 100_000, seed: int = 0):
+    """An approximate inverted-file inner-product index over ``embeddings`` (ids are positions).
+
+    ``nlist`` defaults to about ``4 * sqrt(n)`` cells, trained on at most ``train_size`` rows;
+    ``nprobe`` (cells visited per query) is the recall knob.
+    """
+    import faiss
+
+    x = _as_matrix(embeddings)
+    n, d = x.shape
+    if nlist is None:
+        nlist = max(1, min(int(4 * np.sqrt(n)), n // 39 or 1))
+    quantizer = faiss.IndexFlatIP(d)
+    index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+    rng = np.random.default_rng(seed)
+    train = x if n <= train_size else x[np.sort(rng.choice(n, train_size, replace=False))]
+    index.train(train)
+    index.add(x)
+    index.nprobe = nprobe
+    return index
+
+
+def _range_search(index, queries: np.ndarray, radius: float):
+    """``(lims, sims, ids)`` of ``index`` points with similarity > radius, by range search or growing kNN."""
+    try:
+        lims, sims, ids = index.range_search(queries, float(radius))
+        return lims.astype(np.int64), sims, ids.astype(np.int64)
+    except RuntimeError:
+        pass
+    k = min(64, index.ntotal)
+    while True:
+        sims, ids = index.search(queries, k)
+        if k >= index.ntotal or not (sims[:, -1] > radius).any():
+            break
+        k = min(2 * k, index.ntotal)
+    mask = (sims > radius) & (ids >= 0)
+    lims = np.zeros(len(queries) + 1, np.int64)
+    np.cumsum(mask.sum(1), out=lims[1:])
+    return lims, sims[mask], ids[mask].astype(np.int64)
+
+
+def faiss_neighbor_graph(
+    embeddings: np.ndarray,
+    threshold: float,
+    min_size: int,
+    index=None,
+    batch_size: int = 4096,
+    show_progress: bool = False,
+    eps: float = BORDER_EPS,
+) -> NeighborGraph:
+    """Neighbour graph of ``embeddings`` from faiss kNN (candidates) and range search (lists).
+
+    ``index`` defaults to an exact ``IndexFlatIP`` built here; otherwise it must hold exactly the
+    rows of ``embeddings`` with ids ``0..n-1``. Queries run in batches of ``batch_size`` rows.
+    Pairs whose faiss similarity is within ``eps`` of the threshold are recomputed in torch
+    float32 matmul arithmetic, so with an exact index the lists equal those of a dense
+    ``E @ E.T >= float32(threshold)``. Similarities of the other pairs are faiss' (a few ulps
+    from torch's).
+    """
+    _check(threshold, min_size)
+    x = _as_matrix(embeddings)
+    n = len(x)
+    if n < min_size or n == 0:
+        return NeighborGraph.empty(n, threshold, min_size)
+    if index is None:
+        index = build_flat_index(x)
+    elif index.ntotal != n:
+        raise ValueError(f"index holds {index.ntotal} vectors, embeddings have {n} rows")
+    t32 = np.float32(threshold)
+    low = float(t32) - eps
+    k = min(min_size, n)
+
+    from tqdm.auto import tqdm
+
+    batches = range(0, n, batch_size)
+    rows_parts, cols_parts, sims_parts = [], [], []
+    for start in tqdm(batches, desc="Neighbour search", disable=not show_progress):
+        q = x[start : start + batch_size]
+        kth, _ = index.search(q, k)
+        maybe = np.flatnonzero(kth[:, k - 1] >= low)
+        if not len(maybe):
+            continue
+        lims, sims, ids = _range_search(index, q[maybe], low)
+        counts = np.diff(lims)
+        rows = np.repeat(maybe.astype(np.int64) + start, counts)
+        border = np.flatnonzero(np.abs(sims - t32) <= eps)
+        if len(border):
+            sims = sims.copy()
+            sims[border] = _pair_similarities(x, rows[border], ids[border])
+        keep = sims >= t32
+        rows_parts.append(rows[keep])
+        cols_parts.append(ids[keep])
+        sims_parts.append(sims[keep].astype(np.float32))
+    if not rows_parts:
+        return NeighborGraph.empty(n, threshold, min_size)
+    return _assemble(
+        np.concatenate(rows_parts),
+        np.concatenate(cols_parts),
+        np.concatenate(sims_parts),
+        n,
+        threshold,
+        min_size,
+    )
+
+
+def torch_neighbor_graph(
+    embeddings,
+    threshold: float,
+    min_size: int,
+    device: str = "cpu",
+    batch_size: int = 1024,
+    show_progress: bool = False,
+) -> NeighborGraph:
+    """Neighbour graph of ``embeddings`` by chunked dense matmul on a torch ``device``.
+
+    Rows are processed ``batch_size`` at a time (fewer when ``batch_size * n`` would exceed
+    ~64M similarities); ``embeddings`` may be a numpy array or a torch tensor.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    _check(threshold, min_size)
+    if isinstance(embeddings, torch.Tensor):
+        x = embeddings.detach().to(device=device, dtype=torch.float32)
+        if x.ndim == 1:
+            x = x[None, :]
+    else:
+        x = torch.from_numpy(_as_matrix(embeddings)).to(device)
+    n = len(x)
+    if n < min_size or n == 0:
+        return NeighborGraph.empty(n, threshold, min_size)
+    t = torch.tensor(threshold, dtype=torch.float32, device=x.device)
+    rows_per_chunk = max(1, min(batch_size, _TORCH_CHUNK_ELEMENTS // n))
+    rows_parts, cols_parts, sims_parts = [], [], []
+    for start in tqdm(range(0, n, rows_per_chunk), desc="Neighbour search", disable=not show_progress):
+        scores = x[start : start + rows_per_chunk] @ x.T
+        kth = scores.topk(k=min_size, dim=1, largest=True).values[:, -1]
+        cand = torch.nonzero(kth >= t, as_tuple=True)[0]
+        if not len(cand):
+            continue
+        sub = scores[cand]
+        r, c = torch.nonzero(sub >= t, as_tuple=True)
+        rows_parts.append((cand[r] + start).cpu().numpy().astype(np.int64))
+        cols_parts.append(c.cpu().numpy().astype(np.int64))
+        sims_parts.append(sub[r, c].cpu().numpy())
+    if not rows_parts:
+        return NeighborGraph.empty(n, threshold, min_size)
+    return _assemble(
+        np.concatenate(rows_parts),
+        np.concatenate(cols_parts),
+        np.concatenate(sims_parts),
+        n,
+        threshold,
+        min_size,
+    )
+
+
+def neighbor_graph(
+    embeddings,
+    threshold: float,
+    min_size: int,
+    device: str = "auto",
+    index=None,
+    batch_size: int | None = None,
+    show_progress: bool = False,
+) -> NeighborGraph:
+    """Neighbour graph with the backend chosen by ``device``.
+
+    ``"auto"``: torch on CUDA when available (and no ``index`` is given), else faiss on CPU;
+    ``"cuda"``: torch on CUDA; ``"cpu"``: faiss (with ``index`` when given).
+    """
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    if device == "auto":
+        import torch
+
+        device = "cuda" if index is None and torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        return torch_neighbor_graph(
+            embeddings, threshold, min_size, device="cuda", batch_size=batch_size or 4096, show_progress=show_progress
+        )
+    return faiss_neighbor_graph(
+        embeddings, threshold, min_size, index=index, batch_size=batch_size or 4096, show_progress=show_progress
+    )
+
+
+def estimate_graph(
+    embeddings: np.ndarray,
+    threshold: float,
+    min_size: int,
+    sample_size: int = 2000,
+    seed: int = 0,
+    batch_size: int = 256,
+) -> GraphEstimate:
+    """Estimate the size of the neighbour graph from ``sample_size`` random rows.
+
+    For each sampled point the exact neighbourhood size ``|N(i)|`` over all ``n`` points is
+    counted; ``candidate_fraction`` is the share with ``|N(i)| >= min_size``,
+    ``expected_edges`` is ``n`` times the mean of ``|N(i)|`` over candidates (zero elsewhere),
+    ``expected_bytes`` the memory those edges take in a :class:`NeighborGraph` (int64 id and
+    float32 similarity, plus the CSR offsets) and ``max_neighborhood_fraction`` the largest
+    sampled ``|N(i)| / n``. No policy is applied here.
+    """
+    _check(threshold, min_size)
+    x = _as_matrix(embeddings)
+    n = len(x)
+    if n == 0:
+        return GraphEstimate(0, 0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(n, min(sample_size, n), replace=False))
+    t32 = np.float32(threshold)
+    counts = np.zeros(len(sample), np.int64)
+    rows_per_step = max(1, min(batch_size, _TORCH_CHUNK_ELEMENTS // max(n, 1)))
+    col_step = max(1, _TORCH_CHUNK_ELEMENTS // rows_per_step)
+    for s in range(0, len(sample), rows_per_step):
+        q = x[sample[s : s + rows_per_step]]
+        for c in range(0, n, col_step):
+            counts[s : s + len(q)] += (q @ x[c : c + col_step].T >= t32).sum(1)
+    is_cand = counts >= min_size
+    cand_fraction = float(is_cand.mean())
+    edges = float(n * np.where(is_cand, counts, 0).mean())
+    return GraphEstimate(
+        n=n,
+        sample_size=len(sample),
+        candidate_fraction=cand_fraction,
+        expected_edges=edges,
+        expected_bytes=edges * 12.0 + cand_fraction * n * 16.0,
+        max_neighborhood_fraction=float(counts.max() / n),
+        mean_neighborhood_size=float(counts.mean()),
+    )
