@@ -9,7 +9,7 @@ import numpy as np
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from storage.models import IndexState, IngestLog, Sentence, StoreInfo, utcnow
+from storage.models import Assignment, IndexState, IngestLog, Sentence, StoreInfo, utcnow
 
 HASH_CHUNK = 500
 
@@ -174,6 +174,7 @@ def delete_sentences(session: Session, ids: Sequence[int]) -> list[int]:
     for start in range(0, len(ids), HASH_CHUNK):
         chunk = ids[start : start + HASH_CHUNK]
         present.extend(session.scalars(select(Sentence.id).where(Sentence.id.in_(chunk))))
+        session.execute(delete(Assignment).where(Assignment.sentence_id.in_(chunk)))
         session.execute(delete(Sentence).where(Sentence.id.in_(chunk)))
     return sorted(present)
 

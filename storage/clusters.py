@@ -1,0 +1,230 @@
+"""Queries on clustering runs, clusters, assignments, term counts and cluster events."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
+
+from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy.orm import Session
+
+from storage.models import Assignment, Cluster, ClusterEvent, ClusterTerm, Run, Sentence, utcnow
+
+CHUNK = 500
+INSERT_CHUNK = 10_000
+
+
+@dataclass
+class ClusterRow:
+    label: int
+    size: int
+    centre_id: int | None
+    cohesion: float | None
+    keywords: list | None
+    representatives: list[int] | None
+    centroid: bytes | None = None
+
+
+def create_run(session: Session, method: str, params: dict[str, Any]) -> Run:
+    run = Run(method=method, params=params, status="running")
+    session.add(run)
+    session.flush()
+    return run
+
+
+def finish_run(session: Session, run_id: int, *, n_sentences: int, n_clusters: int, n_assigned: int, max_seq: int) -> None:
+    now = utcnow()
+    session.execute(
+        update(Run)
+        .where(Run.id == run_id)
+        .values(status="done", finished_at=now, updated_at=now, n_sentences=n_sentences,
+                n_clusters=n_clusters, n_assigned=n_assigned, max_seq=max_seq)
+    )
+
+
+def fail_run(session: Session, run_id: int, error: str) -> None:
+    session.execute(update(Run).where(Run.id == run_id).values(status="failed", error=error, finished_at=utcnow()))
+
+
+def latest_run(session: Session) -> Run | None:
+    return session.scalars(select(Run).where(Run.status == "done").order_by(Run.id.desc()).limit(1)).first()
+
+
+def get_run(session: Session, run_id: int) -> Run | None:
+    return session.get(Run, run_id)
+
+
+def list_runs(session: Session, limit: int = 50) -> list[Run]:
+    return list(session.scalars(select(Run).order_by(Run.id.desc()).limit(limit)))
+
+
+def insert_clusters(session: Session, run_id: int, rows: Sequence[ClusterRow]) -> None:
+    if not rows:
+        return
+    now = utcnow()
+    session.execute(
+        insert(Cluster),
+        [
+            {"run_id": run_id, "label": r.label, "size": r.size, "centre_id": r.centre_id, "cohesion": r.cohesion,
+             "keywords": r.keywords, "representatives": r.representatives, "centroid": r.centroid,
+             "created_at": now, "updated_at": now}
+            for r in rows
+        ],
+    )
+
+
+def update_cluster(session: Session, run_id: int, label: int, **values: Any) -> None:
+    values.setdefault("updated_at", utcnow())
+    session.execute(update(Cluster).where(Cluster.run_id == run_id, Cluster.label == label).values(**values))
+
+
+def insert_assignments(
+    session: Session, run_id: int, sentence_ids: Sequence[int], labels: Sequence[int | None], similarities: Sequence[float | None]
+) -> None:
+    now = utcnow()
+    rows = [
+        {"run_id": run_id, "sentence_id": int(s), "label": None if lab is None else int(lab),
+         "similarity": None if sim is None else float(sim), "assigned_at": now}
+        for s, lab, sim in zip(sentence_ids, labels, similarities)
+    ]
+    for start in range(0, len(rows), INSERT_CHUNK):
+        session.execute(insert(Assignment), rows[start : start + INSERT_CHUNK])
+
+
+def set_assignments(session: Session, run_id: int, sentence_ids: Sequence[int], labels: Sequence[int | None], similarities: Sequence[float | None]) -> None:
+    """Replace the assignments of ``sentence_ids`` in a run."""
+    ids = [int(s) for s in sentence_ids]
+    for start in range(0, len(ids), CHUNK):
+        session.execute(delete(Assignment).where(Assignment.run_id == run_id, Assignment.sentence_id.in_(ids[start : start + CHUNK])))
+    insert_assignments(session, run_id, ids, labels, similarities)
+
+
+def insert_terms(session: Session, run_id: int, counts: Mapping[int, Mapping[str, int]]) -> None:
+    rows = [
+        {"run_id": run_id, "label": int(label), "term": term, "count": int(c)}
+        for label, terms in counts.items()
+        for term, c in terms.items()
+    ]
+    for start in range(0, len(rows), INSERT_CHUNK):
+        session.execute(insert(ClusterTerm), rows[start : start + INSERT_CHUNK])
+
+
+def add_terms(session: Session, run_id: int, label: int, counts: Mapping[str, int]) -> None:
+    """Add ``counts`` to the stored term counts of one cluster."""
+    if not counts:
+        return
+    existing = dict(
+        session.execute(
+            select(ClusterTerm.term, ClusterTerm.count).where(
+                ClusterTerm.run_id == run_id, ClusterTerm.label == label, ClusterTerm.term.in_(list(counts))
+            )
+        ).tuples()
+    )
+    new = [{"run_id": run_id, "label": label, "term": t, "count": int(c)} for t, c in counts.items() if t not in existing]
+    for term, c in counts.items():
+        if term in existing:
+            session.execute(
+                update(ClusterTerm)
+                .where(ClusterTerm.run_id == run_id, ClusterTerm.label == label, ClusterTerm.term == term)
+                .values(count=existing[term] + int(c))
+            )
+    if new:
+        session.execute(insert(ClusterTerm), new)
+
+
+def term_counts(session: Session, run_id: int, labels: Iterable[int] | None = None) -> dict[int, dict[str, int]]:
+    query = select(ClusterTerm.label, ClusterTerm.term, ClusterTerm.count).where(ClusterTerm.run_id == run_id)
+    if labels is not None:
+        query = query.where(ClusterTerm.label.in_(list(labels)))
+    out: dict[int, dict[str, int]] = {}
+    for label, term, count in session.execute(query):
+        out.setdefault(label, {})[term] = count
+    return out
+
+
+def clusters_of_run(session: Session, run_id: int, order_by_size: bool = True) -> list[Cluster]:
+    query = select(Cluster).where(Cluster.run_id == run_id)
+    query = query.order_by(Cluster.size.desc(), Cluster.label) if order_by_size else query.order_by(Cluster.label)
+    return list(session.scalars(query))
+
+
+def get_cluster(session: Session, run_id: int, label: int) -> Cluster | None:
+    return session.scalars(select(Cluster).where(Cluster.run_id == run_id, Cluster.label == label)).first()
+
+
+def members(session: Session, run_id: int, label: int | None, offset: int = 0, limit: int | None = 50) -> list[tuple[Sentence, float | None]]:
+    """Sentences of a cluster (or the unassigned ones for ``label=None``), most similar to the centre first."""
+    cond = Assignment.label.is_(None) if label is None else Assignment.label == label
+    query = (
+        select(Sentence, Assignment.similarity)
+        .join(Assignment, and_(Assignment.sentence_id == Sentence.id, Assignment.run_id == run_id))
+        .where(cond)
+        .order_by(Assignment.similarity.desc().nulls_last() if label is not None else Sentence.id, Sentence.id)
+        .offset(offset)
+    )
+    if limit is not None:
+        query = query.limit(limit)
+    return [(row[0], row[1]) for row in session.execute(query)]
+
+
+def count_members(session: Session, run_id: int, label: int | None) -> int:
+    cond = Assignment.label.is_(None) if label is None else Assignment.label == label
+    return session.scalar(select(func.count()).select_from(Assignment).where(Assignment.run_id == run_id, cond)) or 0
+
+
+def label_sizes(session: Session, run_id: int) -> dict[int | None, int]:
+    rows = session.execute(
+        select(Assignment.label, func.count()).where(Assignment.run_id == run_id).group_by(Assignment.label)
+    )
+    return {label: n for label, n in rows}
+
+
+def assignments_of_run(session: Session, run_id: int) -> tuple[list[int], list[int | None], list[float | None]]:
+    rows = session.execute(
+        select(Assignment.sentence_id, Assignment.label, Assignment.similarity)
+        .where(Assignment.run_id == run_id)
+        .order_by(Assignment.sentence_id)
+    ).all()
+    return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
+
+
+def assignment_of(session: Session, run_id: int, sentence_id: int) -> Assignment | None:
+    return session.get(Assignment, (run_id, sentence_id))
+
+
+def assignment_history(session: Session, sentence_id: int) -> list[tuple[Run, Assignment]]:
+    rows = session.execute(
+        select(Run, Assignment)
+        .join(Assignment, Assignment.run_id == Run.id)
+        .where(Assignment.sentence_id == sentence_id)
+        .order_by(Run.id)
+    )
+    return [(r[0], r[1]) for r in rows]
+
+
+def unassigned_after(session: Session, run_id: int, seq: int) -> list[int]:
+    """Ids of sentences with a sequence number above ``seq`` (not yet seen by the run)."""
+    return list(session.scalars(select(Sentence.id).where(Sentence.seq > seq).order_by(Sentence.seq)))
+
+
+def record_event(session: Session, run_id: int, label: int, kind: str, size: int, related: list[int] | None = None, detail: dict | None = None) -> None:
+    session.add(ClusterEvent(run_id=run_id, label=label, kind=kind, size=size, related=related, detail=detail))
+
+
+def events(session: Session, label: int | None = None) -> list[ClusterEvent]:
+    query = select(ClusterEvent).order_by(ClusterEvent.id)
+    if label is not None:
+        query = query.where(ClusterEvent.label == label)
+    return list(session.scalars(query))
+
+
+def max_label(session: Session) -> int:
+    """The highest cluster label ever used, so new clusters never reuse an id."""
+    a = session.scalar(select(func.max(Cluster.label)))
+    b = session.scalar(select(func.max(ClusterEvent.label)))
+    return max(x for x in (a, b, -1) if x is not None)
+
+
+def touch_run(session: Session, run_id: int, **values: Any) -> None:
+    values.setdefault("updated_at", utcnow())
+    session.execute(update(Run).where(Run.id == run_id).values(**values))
