@@ -101,6 +101,10 @@ class Database:
             try:
                 yield session
             finally:
+                # Detach what was loaded first: a rollback expires every instance in
+                # the session, which would leave the rows returned to callers (e.g.
+                # SentenceStore.get) unreadable once the session is closed.
+                session.expunge_all()
                 session.rollback()
 
     @contextlib.contextmanager
