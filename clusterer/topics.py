@@ -23,6 +23,7 @@ adjacent words left after stop-word removal (bigram terms contain one space).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from itertools import chain
 
 import numpy as np
 
@@ -144,34 +145,29 @@ def ctfidf_scores(counts: Mapping[int, Mapping[str, int]]):
 
     ``scores`` is a ``len(labels) x len(vocabulary)`` SciPy CSR matrix (float64) whose row ``i``
     scores class ``labels[i]``. ``A``, the average number of terms per class, is taken over the
-    classes with at least one term; classes without terms get an empty row. The result does not
-    depend on the order of the mappings.
+    classes with at least one term; classes without terms get an empty row. ``vocabulary`` is
+    sorted, counts <= 0 are ignored, and the result does not depend on the order of the
+    mappings.
     """
     from scipy import sparse
 
     labels = sorted(counts)
-    vocab_index: dict[str, int] = {}
-    row_lengths = np.zeros(len(labels), dtype=np.int64)
-    cols: list[int] = []
-    data: list[int] = []
-    for r, label in enumerate(labels):
-        n = 0
-        for term, c in counts[label].items():
-            if c <= 0:
-                continue
-            j = vocab_index.get(term)
-            if j is None:
-                j = vocab_index[term] = len(vocab_index)
-            cols.append(j)
-            data.append(c)
-            n += 1
-        row_lengths[r] = n
-    vocabulary = np.array(list(vocab_index), dtype=object)
-    indptr = np.concatenate([[0], np.cumsum(row_lengths)])
-    matrix = sparse.csr_matrix(
-        (np.asarray(data, dtype=np.int64), np.asarray(cols, dtype=np.int64), indptr),
-        shape=(len(labels), len(vocabulary)),
+    rows = [counts[label] for label in labels]
+    vocabulary_list = sorted(dict.fromkeys(chain.from_iterable(rows)))
+    vocab_index = {term: j for j, term in enumerate(vocabulary_list)}
+    vocabulary = np.empty(len(vocabulary_list), dtype=object)
+    vocabulary[:] = vocabulary_list
+    nnz = sum(len(row) for row in rows)
+    cols = np.fromiter(
+        map(vocab_index.__getitem__, chain.from_iterable(rows)), dtype=np.int64, count=nnz
     )
+    data = np.fromiter(
+        chain.from_iterable(row.values() for row in rows), dtype=np.int64, count=nnz
+    )
+    indptr = np.concatenate([[0], np.cumsum([len(row) for row in rows], dtype=np.int64)])
+    matrix = sparse.csr_matrix((data, cols, indptr), shape=(len(labels), len(vocabulary)))
+    matrix.data[matrix.data < 0] = 0
+    matrix.eliminate_zeros()
     matrix.sum_duplicates()
     if matrix.nnz == 0:
         return labels, vocabulary, matrix.astype(np.float64)
@@ -205,27 +201,22 @@ def ctfidf_keywords(
     if top_n < 0:
         raise InvalidParameterError(f"top_n must be >= 0, got {top_n}")
     labels, vocabulary, scores = ctfidf_scores(counts)
+    n_words = np.fromiter((t.count(" ") + 1 for t in vocabulary), dtype=np.int64, count=len(vocabulary))
     result: dict[int, list[tuple[str, float]]] = {}
     for r, label in enumerate(labels):
         start, end = scores.indptr[r], scores.indptr[r + 1]
         cols, values = scores.indices[start:end], scores.data[start:end]
-        terms = vocabulary[cols]
-        if len(cols):
-            names = terms.astype(str)
-            order = np.lexsort((names, -np.char.count(names, " "), -values))
-        else:
-            order = np.empty(0, dtype=np.int64)
+        order = np.lexsort((cols, -n_words[cols], -values))
         keywords: list[tuple[str, float]] = []
         covered: set[str] = set()
         for i in order:
             if len(keywords) >= top_n:
                 break
-            term = str(terms[i])
-            words = term.split(" ")
+            term = str(vocabulary[cols[i]])
             if dedupe:
-                if len(words) == 1 and term in covered:
+                if n_words[cols[i]] == 1 and term in covered:
                     continue
-                covered.update(words)
+                covered.update(term.split(" "))
             keywords.append((term, float(values[i])))
         result[label] = keywords
     return result
