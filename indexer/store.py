@@ -477,8 +477,9 @@ class SentenceStore:
         with self.db.read() as session:
             return q.get_sentences(session, ids)
 
-    def embeddings(self, ids: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, float32 embeddings) from the database, all of them when ``ids`` is None."""
+    def embeddings(self, ids: Sequence[int] | None = None, up_to_seq: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, float32 embeddings) from the database: ``ids`` in that order, else all
+        sentences (up to sequence number ``up_to_seq``) in insertion order."""
         if self.dimension is None:
             return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
         with self.db.read() as session:
@@ -486,7 +487,9 @@ class SentenceStore:
                 ids = np.asarray(list(ids), dtype=np.int64)
                 return ids, q.embeddings_for(session, ids.tolist(), self.dimension, self.embedding_dtype)
             id_parts, parts = [], []
-            for batch_ids, matrix, _ in q.iter_embeddings(session, self.dimension, self.embedding_dtype):
+            for batch_ids, matrix, _ in q.iter_embeddings(
+                session, self.dimension, self.embedding_dtype, up_to_seq=up_to_seq
+            ):
                 id_parts.append(batch_ids)
                 parts.append(matrix)
         if not parts:

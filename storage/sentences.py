@@ -137,7 +137,7 @@ def embeddings_for(session: Session, ids: Sequence[int], dimension: int, dtype: 
     ids = list(ids)
     for start in range(0, len(ids), HASH_CHUNK):
         chunk = ids[start : start + HASH_CHUNK]
-        found.update(session.execute(select(Sentence.id, Sentence.embedding).where(Sentence.id.in_(chunk))).tuples())
+        found.update(session.execute(select(Sentence.id, Sentence.embedding).where(Sentence.id.in_(chunk))).all())
     missing = [i for i in ids if i not in found]
     if missing:
         raise KeyError(missing[0])
@@ -159,7 +159,7 @@ def texts_for(session: Session, ids: Sequence[int]) -> dict[int, str]:
     ids = list(ids)
     for start in range(0, len(ids), HASH_CHUNK):
         chunk = ids[start : start + HASH_CHUNK]
-        out.update(session.execute(select(Sentence.id, Sentence.text).where(Sentence.id.in_(chunk))).tuples())
+        out.update(session.execute(select(Sentence.id, Sentence.text).where(Sentence.id.in_(chunk))).all())
     return out
 
 

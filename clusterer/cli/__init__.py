@@ -14,10 +14,11 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from clusterer.cli import store_commands
+    from clusterer.cli import cluster_commands, store_commands
 
-    for command in store_commands.COMMANDS:
-        cli.add_command(command)
+    for module in (store_commands, cluster_commands):
+        for command in module.COMMANDS:
+            cli.add_command(command)
 
 
 _register()

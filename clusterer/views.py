@@ -1,0 +1,84 @@
+"""Plain result objects handed to API users and the CLI (no ORM objects leak out)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat(timespec="seconds") + "Z" if value else None
+
+
+@dataclass
+class RunInfo:
+    id: int
+    method: str
+    params: dict[str, Any]
+    status: str
+    started_at: str | None
+    finished_at: str | None
+    updated_at: str | None
+    sentences: int
+    clusters: int
+    assigned: int
+    unassigned: int
+    seconds: float | None
+    error: str | None = None
+
+    @classmethod
+    def from_row(cls, run) -> "RunInfo":
+        seconds = (run.finished_at - run.started_at).total_seconds() if run.finished_at else None
+        return cls(run.id, run.method, dict(run.params or {}), run.status, _iso(run.started_at), _iso(run.finished_at),
+                   _iso(run.updated_at), run.n_sentences, run.n_clusters, run.n_assigned,
+                   run.n_sentences - run.n_assigned, round(seconds, 3) if seconds is not None else None, run.error)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Member:
+    id: int
+    text: str
+    similarity: float | None
+    metadata: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ClusterInfo:
+    id: int
+    run_id: int
+    size: int
+    keywords: list[str]
+    centre_id: int | None
+    centre_text: str | None
+    cohesion: float | None
+    representatives: list[Member] = field(default_factory=list)
+    members: list[Member] = field(default_factory=list)
+    keyword_scores: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Event:
+    cluster_id: int
+    run_id: int
+    kind: str
+    size: int
+    related: list[int]
+    detail: dict[str, Any]
+    at: str | None
+
+    @classmethod
+    def from_row(cls, row) -> "Event":
+        return cls(row.label, row.run_id, row.kind, row.size, list(row.related or []), dict(row.detail or {}), _iso(row.at))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
