@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from indexer import readers
-from indexer.errors import IndexerError
+from indexer.errors import IndexerError, InputError
 from indexer.lock import WriterLock
 from indexer.normalize import normalize_text, text_hash
 from indexer.vector_index import FLAT_MAX, TRAIN_SAMPLE, IndexFileError, VectorIndex, load_index
@@ -90,11 +90,18 @@ class VerifyReport:
 
 def _batched(items: Iterable, size: int) -> Iterator[list]:
     batch: list = []
-    for item in items:
-        batch.append(item)
-        if len(batch) >= size:
+    try:
+        for item in items:
+            batch.append(item)
+            if len(batch) >= size:
+                yield batch
+                batch = []
+    except InputError:
+        # Bad input at line N: hand over the rows read before it, so that they are
+        # committed, then raise.
+        if batch:
             yield batch
-            batch = []
+        raise
     if batch:
         yield batch
 
