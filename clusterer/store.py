@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
+from clusterer import incremental
 from clusterer import runs as run_service
 from clusterer.errors import ClustererError
 from clusterer.runs import NoRunError
@@ -23,7 +24,29 @@ class UnknownClusterError(ClustererError):
 
 
 class Store(SentenceStore):
-    """A sentence store that also runs and maintains clusterings."""
+    """A sentence store that also runs and maintains clusterings.
+
+    Sentences ingested after a run are assigned to it as they arrive (see
+    :mod:`clusterer.incremental`), in the same transaction that stores them.
+    """
+
+    _state: incremental.RunState | None = None
+
+    def _run_state(self, session) -> incremental.RunState | None:
+        latest = cq.latest_run(session)
+        if latest is None:
+            self._state = None
+        elif self._state is None or self._state.run_id != latest.id:
+            self._state = incremental.load_state(session, self.dimension, self.embedding_dtype)
+        return self._state
+
+    def _on_insert(self, session, ids, vectors, texts, max_seq):
+        state = self._run_state(session)
+        if state is None:
+            return None
+        outcome, centres, centroids = incremental.update_batch(
+            session, state, self.index, ids, vectors, texts, max_seq, self.dimension, self.embedding_dtype)
+        return lambda: outcome.apply(state, ids, centres, centroids)
 
     def cluster(self, method: str = "community", *, device: str | None = None, force: bool = False,
                 progress=None, show_progress: bool = False, **params: Any) -> RunInfo:
@@ -33,9 +56,11 @@ class Store(SentenceStore):
         kmeans: ``k`` (50), ``seed`` (0); agglomerative: ``distance_threshold`` (1.5), ``linkage``.
         """
         with self.lock:
+            self.refresh()
             run_id, _ = run_service.run_clustering(
                 self, method, device=device or self._device, force=force, progress=progress,
                 show_progress=show_progress, **params)
+            self._state = None
         return self.run(run_id)
 
     def _run_row(self, session, run_id: int | None):

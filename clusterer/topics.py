@@ -140,7 +140,11 @@ def subtract_counts(counts: Mapping[str, int], removed: Mapping[str, int]) -> Co
     return result
 
 
-def ctfidf_scores(counts: Mapping[int, Mapping[str, int]]):
+def ctfidf_scores(
+    counts: Mapping[int, Mapping[str, int]],
+    term_totals: Mapping[str, int] | None = None,
+    average: float | None = None,
+):
     """c-TF-IDF of per-class counts as ``(labels, vocabulary, scores)``.
 
     ``scores`` is a ``len(labels) x len(vocabulary)`` SciPy CSR matrix (float64) whose row ``i``
@@ -148,6 +152,10 @@ def ctfidf_scores(counts: Mapping[int, Mapping[str, int]]):
     classes with at least one term; classes without terms get an empty row. ``vocabulary`` is
     sorted, counts <= 0 are ignored, and the result does not depend on the order of the
     mappings.
+
+    ``term_totals`` (``f(t)`` over all classes) and ``average`` (``A``) may be given when
+    ``counts`` holds only some of the classes, e.g. the clusters an incremental update touched;
+    otherwise both are computed from ``counts``.
     """
     from scipy import sparse
 
@@ -174,7 +182,11 @@ def ctfidf_scores(counts: Mapping[int, Mapping[str, int]]):
 
     class_sizes = np.asarray(matrix.sum(axis=1)).ravel()
     term_freq = np.asarray(matrix.sum(axis=0)).ravel()
-    average = class_sizes[class_sizes > 0].sum() / np.count_nonzero(class_sizes)
+    if term_totals is not None:
+        given = np.array([term_totals.get(t, 0) for t in vocabulary_list], dtype=np.float64)
+        term_freq = np.maximum(given, term_freq)
+    if average is None:
+        average = class_sizes[class_sizes > 0].sum() / np.count_nonzero(class_sizes)
     idf = np.log1p(average / term_freq)
 
     scores = matrix.astype(np.float64)
@@ -187,6 +199,8 @@ def ctfidf_keywords(
     counts: Mapping[int, Mapping[str, int]],
     top_n: int = 10,
     dedupe: bool = True,
+    term_totals: Mapping[str, int] | None = None,
+    average: float | None = None,
 ) -> dict[int, list[tuple[str, float]]]:
     """Top ``top_n`` c-TF-IDF keywords per class: ``{label: [(term, score), ...]}``.
 
@@ -200,7 +214,7 @@ def ctfidf_keywords(
     """
     if top_n < 0:
         raise InvalidParameterError(f"top_n must be >= 0, got {top_n}")
-    labels, vocabulary, scores = ctfidf_scores(counts)
+    labels, vocabulary, scores = ctfidf_scores(counts, term_totals, average)
     n_words = np.fromiter((t.count(" ") + 1 for t in vocabulary), dtype=np.int64, count=len(vocabulary))
     result: dict[int, list[tuple[str, float]]] = {}
     for r, label in enumerate(labels):

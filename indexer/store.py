@@ -432,14 +432,20 @@ class SentenceStore:
         with self.db.write() as session:
             ids, seqs = q.insert_sentences(session, rows)
             q.update_ingest(session, ingest_id, added=len(ids), duplicates=dups)
-            self._on_insert(session, np.asarray(ids, dtype=np.int64), vectors)
+            after_commit = self._on_insert(session, np.asarray(ids, dtype=np.int64), vectors,
+                                           [r.text for r in recs], int(seqs[-1]))
+        if after_commit is not None:
+            after_commit()
         index.add(np.asarray(ids, dtype=np.int64), vectors)
         self._index_seq = max(self._index_seq, int(seqs[-1]))
         report.added += len(ids)
         report.ids.extend(ids)
 
-    def _on_insert(self, session, ids: np.ndarray, vectors: np.ndarray) -> None:
-        """Hook for layers above: runs inside the transaction that inserts a batch."""
+    def _on_insert(self, session, ids: np.ndarray, vectors: np.ndarray, texts: list[str], max_seq: int):
+        """Hook for layers above: runs inside the transaction that inserts a batch
+        (before the batch is added to the index) and may return a callable to run
+        once that transaction has committed."""
+        return None
 
     def delete(self, ids: Sequence[int]) -> list[int]:
         """Remove sentences from the database and the index; returns the ids removed."""

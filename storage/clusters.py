@@ -118,16 +118,13 @@ def add_terms(session: Session, run_id: int, label: int, counts: Mapping[str, in
             select(ClusterTerm.term, ClusterTerm.count).where(
                 ClusterTerm.run_id == run_id, ClusterTerm.label == label, ClusterTerm.term.in_(list(counts))
             )
-        ).tuples()
+        ).all()
     )
+    changed = [{"run_id": run_id, "label": label, "term": t, "count": existing[t] + int(c)}
+               for t, c in counts.items() if t in existing]
     new = [{"run_id": run_id, "label": label, "term": t, "count": int(c)} for t, c in counts.items() if t not in existing]
-    for term, c in counts.items():
-        if term in existing:
-            session.execute(
-                update(ClusterTerm)
-                .where(ClusterTerm.run_id == run_id, ClusterTerm.label == label, ClusterTerm.term == term)
-                .values(count=existing[term] + int(c))
-            )
+    if changed:
+        session.execute(update(ClusterTerm), changed)
     if new:
         session.execute(insert(ClusterTerm), new)
 
@@ -228,3 +225,25 @@ def max_label(session: Session) -> int:
 def touch_run(session: Session, run_id: int, **values: Any) -> None:
     values.setdefault("updated_at", utcnow())
     session.execute(update(Run).where(Run.id == run_id).values(**values))
+
+
+def term_totals(session: Session, run_id: int, terms: Iterable[str]) -> tuple[dict[str, int], float]:
+    """Total count of each of ``terms`` over all clusters of a run, and the average
+    number of term occurrences per cluster (over clusters with any terms)."""
+    terms = list(terms)
+    totals: dict[str, int] = {}
+    for start in range(0, len(terms), CHUNK):
+        chunk = terms[start : start + CHUNK]
+        totals.update(
+            (t, int(c))
+            for t, c in session.execute(
+                select(ClusterTerm.term, func.sum(ClusterTerm.count))
+                .where(ClusterTerm.run_id == run_id, ClusterTerm.term.in_(chunk))
+                .group_by(ClusterTerm.term)
+            )
+        )
+    total, classes = session.execute(
+        select(func.coalesce(func.sum(ClusterTerm.count), 0), func.count(func.distinct(ClusterTerm.label)))
+        .where(ClusterTerm.run_id == run_id)
+    ).one()
+    return totals, (float(total) / classes if classes else 0.0)

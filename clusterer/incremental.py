@@ -1,0 +1,290 @@
+"""Keeping the latest run current as sentences arrive.
+
+Rules (the same the full run used):
+
+- community runs: a new sentence joins the cluster with which it has the most
+  members at similarity >= threshold, ties going to the cluster holding the
+  most similar member; the similarity recorded is the one to the cluster's
+  centre sentence, as for members found by the full run.  A sentence with no
+  such member stays unassigned.  Then new communities are looked for among the
+  unassigned sentences of the batch and their unassigned neighbours (the same
+  threshold and minimum size), never touching settled clusters.
+- k-means and agglomerative runs: nearest centroid, and the centroid moves to
+  the running mean of its members.
+
+The vote itself (:func:`vote`) is a pure function over neighbour arrays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from clusterer import topics
+from storage import clusters as cq
+from storage import sentences as sq
+
+
+@dataclass
+class RunState:
+    """What assigning needs from the latest run, held in memory between batches."""
+
+    run_id: int
+    method: str
+    params: dict[str, Any]
+    ids: np.ndarray
+    labels: np.ndarray
+    centres: dict[int, np.ndarray] = field(default_factory=dict)
+    centroids: dict[int, np.ndarray] = field(default_factory=dict)
+    sizes: dict[int, int] = field(default_factory=dict)
+
+    def labels_of(self, ids: np.ndarray) -> np.ndarray:
+        """Label of each id (-1 when unassigned or unknown to the run)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if len(self.ids) == 0 or len(ids) == 0:
+            return np.full(len(ids), -1, dtype=np.int64)
+        pos = np.searchsorted(self.ids, ids)
+        pos = np.minimum(pos, len(self.ids) - 1)
+        found = self.ids[pos] == ids
+        return np.where(found, self.labels[pos], -1)
+
+    def add(self, ids: np.ndarray, labels: np.ndarray) -> None:
+        ids = np.asarray(ids, dtype=np.int64)
+        labels = np.asarray(labels, dtype=np.int64)
+        merged_ids = np.concatenate([self.ids, ids])
+        merged_labels = np.concatenate([self.labels, labels])
+        order = np.argsort(merged_ids, kind="stable")
+        self.ids, self.labels = merged_ids[order], merged_labels[order]
+
+    def relabel(self, ids: np.ndarray, labels: np.ndarray) -> None:
+        pos = np.searchsorted(self.ids, np.asarray(ids, dtype=np.int64))
+        self.labels[pos] = labels
+
+
+def load_state(session, dimension: int, dtype: str = "float32") -> RunState | None:
+    """The latest finished run as a RunState, or None when there is none."""
+    run = cq.latest_run(session)
+    if run is None:
+        return None
+    ids, labels, _ = cq.assignments_of_run(session, run.id)
+    ids_arr = np.asarray(ids, dtype=np.int64)
+    labels_arr = np.asarray([-1 if l is None else l for l in labels], dtype=np.int64)
+    order = np.argsort(ids_arr, kind="stable")
+    state = RunState(run.id, run.method, dict(run.params or {}), ids_arr[order], labels_arr[order])
+    rows = cq.clusters_of_run(session, run.id)
+    centre_ids = [c.centre_id for c in rows if c.centre_id is not None]
+    centre_vecs = sq.embeddings_for(session, centre_ids, dimension, dtype) if centre_ids else np.zeros((0, dimension))
+    by_id = dict(zip(centre_ids, centre_vecs))
+    for c in rows:
+        state.sizes[c.label] = c.size
+        if c.centre_id in by_id:
+            state.centres[c.label] = by_id[c.centre_id]
+        if c.centroid:
+            state.centroids[c.label] = np.frombuffer(c.centroid, dtype=np.float32).copy()
+    return state
+
+
+def vote(neighbor_labels: np.ndarray, neighbor_sims: np.ndarray) -> tuple[int, float, int]:
+    """(label, best similarity, votes): the label held by most neighbours, ties to the
+    label with the most similar neighbour, then to the smaller label; (-1, nan, 0) if none."""
+    labels = np.asarray(neighbor_labels)
+    sims = np.asarray(neighbor_sims, dtype=np.float32)
+    keep = labels >= 0
+    if not keep.any():
+        return -1, float("nan"), 0
+    labels, sims = labels[keep], sims[keep]
+    uniq, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    best = np.full(len(uniq), -np.inf, dtype=np.float32)
+    np.maximum.at(best, inverse, sims)
+    order = np.lexsort((uniq, -best, -counts))
+    k = order[0]
+    return int(uniq[k]), float(best[k]), int(counts[k])
+
+
+def neighbours(index, vectors: np.ndarray, threshold: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per query: (ids, similarities) of indexed vectors at similarity >= threshold."""
+    if len(vectors) == 0 or index.ntotal == 0:
+        return [(np.zeros(0, np.int64), np.zeros(0, np.float32)) for _ in range(len(vectors))]
+    lims, sims, ids = index.range_search(vectors, threshold)
+    return [(ids[lims[i]:lims[i + 1]], sims[lims[i]:lims[i + 1]]) for i in range(len(vectors))]
+
+
+def assign_by_neighbours(state: RunState, ids: np.ndarray, vectors: np.ndarray, index, threshold: float):
+    """Labels and centre similarities for a batch of a community run.
+
+    Neighbours are the indexed sentences plus the batch itself (which is not in
+    the index yet); batch members only vote once they have been assigned, so
+    the result does not depend on the batch's order beyond that rule.
+    """
+    found = neighbours(index, vectors, threshold)
+    labels = np.full(len(ids), -1, dtype=np.int64)
+    sims = np.full(len(ids), np.nan, dtype=np.float32)
+    for i, (n_ids, n_sims) in enumerate(found):
+        label, _, votes = vote(state.labels_of(n_ids), n_sims)
+        if votes:
+            labels[i] = label
+    centre_sims(state, labels, vectors, sims)
+    unassigned_neighbours = {
+        int(i): set(int(x) for x, l in zip(n_ids, state.labels_of(n_ids)) if l < 0)
+        for i, (n_ids, _) in zip(ids, found)
+    }
+    return labels, sims, unassigned_neighbours
+
+
+def centre_sims(state: RunState, labels: np.ndarray, vectors: np.ndarray, out: np.ndarray) -> None:
+    for i, label in enumerate(labels):
+        ref = state.centres.get(int(label))
+        if ref is None:
+            ref = state.centroids.get(int(label))
+        if label >= 0 and ref is not None:
+            out[i] = float(vectors[i] @ ref)
+
+
+def assign_to_centroids(state: RunState, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if not state.centroids or len(vectors) == 0:
+        return np.full(len(vectors), -1, np.int64), np.full(len(vectors), np.nan, np.float32)
+    labels = np.array(sorted(state.centroids), dtype=np.int64)
+    matrix = np.vstack([state.centroids[l] for l in labels]).astype(np.float32)
+    sims = vectors @ matrix.T
+    best = sims.argmax(axis=1)
+    return labels[best], sims[np.arange(len(vectors)), best].astype(np.float32)
+
+
+def update_keywords(session, run_id: int, touched: set[int], top_n: int = 10) -> None:
+    """Recompute the keywords of ``touched`` clusters from stored counts.
+
+    Term totals and the average class size come from SQL aggregates over all
+    clusters, so only the touched clusters' counts are read.
+    """
+    if not touched:
+        return
+    counts = cq.term_counts(session, run_id, touched)
+    terms = set().union(*[set(c) for c in counts.values()]) if counts else set()
+    totals, average = cq.term_totals(session, run_id, terms)
+    scored = topics.ctfidf_keywords(counts, top_n=top_n, term_totals=totals, average=average)
+    for label in touched:
+        kw = scored.get(label, [])
+        cq.update_cluster(session, run_id, label, keywords=[[t, round(s, 6)] for t, s in kw])
+
+
+@dataclass
+class BatchOutcome:
+    """What one batch did to the run; ``apply`` updates the in-memory state after commit."""
+
+    labels: np.ndarray
+    similarities: np.ndarray
+    touched: set[int]
+    born: list[int]
+    relabelled: dict[int, int]
+
+    def apply(self, state: RunState, ids: np.ndarray, centres: dict[int, np.ndarray], centroids: dict[int, np.ndarray]) -> None:
+        state.add(ids, self.labels)
+        if self.relabelled:
+            old = np.array(sorted(self.relabelled), dtype=np.int64)
+            state.relabel(old, np.array([self.relabelled[i] for i in old], dtype=np.int64))
+        for label in self.touched | set(self.born):
+            state.sizes[label] = int(np.count_nonzero(state.labels == label))
+        state.centres.update(centres)
+        state.centroids.update(centroids)
+
+
+def _new_communities(session, state: RunState, pool_ids: list[int], batch_vecs: dict[int, np.ndarray],
+                     dimension: int, dtype: str, threshold: float, min_size: int):
+    """Communities among the unassigned pool; returns a list of (member ids, centre id, sims)."""
+    from clusterer.community import detect_communities
+
+    existing = [i for i in pool_ids if i not in batch_vecs]
+    vecs = dict(batch_vecs)
+    if existing:
+        vecs.update(zip(existing, sq.embeddings_for(session, existing, dimension, dtype)))
+    order = sorted(pool_ids)
+    matrix = np.vstack([vecs[i] for i in order]).astype(np.float32)
+    found = detect_communities(matrix, threshold, min_size, device="cpu", normalize=False)
+    return [([order[p] for p in c.members], order[c.centre], c.similarities) for c in found], vecs
+
+
+def update_batch(session, state: RunState, index, ids: np.ndarray, vectors: np.ndarray, texts: list[str],
+                 max_seq: int, dimension: int, dtype: str = "float32"):
+    """Assign a freshly inserted batch to the latest run inside the inserting transaction.
+
+    Returns (outcome, centres, centroids) of which the caller applies the last
+    two to the in-memory state once the transaction has committed.
+    """
+    ids = np.asarray(ids, dtype=np.int64)
+    run_id = state.run_id
+    born: list[int] = []
+    relabelled: dict[int, int] = {}
+    new_centres: dict[int, np.ndarray] = {}
+    new_centroids: dict[int, np.ndarray] = {}
+    text_of = dict(zip(ids.tolist(), texts))
+    if state.method == "community":
+        threshold = float(state.params.get("threshold", 0.75))
+        min_size = int(state.params.get("min_size", 10))
+        labels, sims, unassigned_nb = assign_by_neighbours(state, ids, vectors, index, threshold)
+        fresh = [int(i) for i, l in zip(ids, labels) if l < 0]
+        pool = set(fresh)
+        for i in fresh:
+            pool |= unassigned_nb.get(i, set())
+        if fresh and len(pool) >= min_size:
+            batch_vecs = {int(i): v for i, v in zip(ids, vectors) if int(i) in pool}
+            found, vecs = _new_communities(session, state, sorted(pool), batch_vecs, dimension, dtype, threshold, min_size)
+            next_label = cq.max_label(session) + 1
+            pos_of = {int(i): p for p, i in enumerate(ids)}
+            for members, centre, member_sims in found:
+                label = next_label
+                next_label += 1
+                born.append(label)
+                old_members = [m for m in members if m not in pos_of]
+                if old_members:
+                    member_text = sq.texts_for(session, old_members)
+                    text_of.update(member_text)
+                for m, s in zip(members, member_sims):
+                    if m in pos_of:
+                        labels[pos_of[m]] = label
+                        sims[pos_of[m]] = s
+                    else:
+                        relabelled[m] = label
+                old_sims = [s for m, s in zip(members, member_sims) if m not in pos_of]
+                if old_members:
+                    cq.set_assignments(session, run_id, old_members, [label] * len(old_members), old_sims)
+                member_vecs = np.vstack([vecs[m] for m in members])
+                centroid = topics.normalised_centroid(member_vecs)
+                reps = topics.representatives(member_vecs, list(range(len(members))), centroid, n=3)
+                counts = topics.term_counts([text_of[m] for m in members])
+                cq.insert_clusters(session, run_id, [cq.ClusterRow(
+                    label=label, size=len(members), centre_id=int(centre),
+                    cohesion=round(topics.cohesion(member_vecs), 6), keywords=[],
+                    representatives=[int(members[r]) for r in reps], centroid=centroid.tobytes())])
+                cq.insert_terms(session, run_id, {label: counts})
+                cq.record_event(session, run_id, label, "birth", len(members), None,
+                                {"incremental": True, "from_unassigned": len(old_members)})
+                new_centres[label] = vecs[centre]
+                new_centroids[label] = centroid
+    else:
+        labels, sims = assign_to_centroids(state, vectors)
+    cq.insert_assignments(session, run_id, ids.tolist(),
+                          [int(l) if l >= 0 else None for l in labels],
+                          [float(s) if l >= 0 and np.isfinite(s) else None for l, s in zip(labels, sims)])
+    touched: set[int] = set()
+    for label in {int(l) for l in labels if l >= 0} - set(born):
+        pos = np.flatnonzero(labels == label)
+        touched.add(label)
+        size = state.sizes.get(label, 0) + len(pos)
+        values: dict[str, Any] = {"size": size}
+        if state.method != "community" and label in state.centroids:
+            from clusterer.kmeans import update_centroid
+
+            centroid, _ = update_centroid(state.centroids[label], state.sizes.get(label, 0), vectors[pos])
+            values["centroid"] = centroid.tobytes()
+            new_centroids[label] = centroid
+        cq.update_cluster(session, run_id, label, **values)
+        cq.add_terms(session, run_id, label, topics.term_counts([texts[p] for p in pos]))
+        cq.record_event(session, run_id, label, "growth", size, None, {"added": int(len(pos))})
+    update_keywords(session, run_id, touched | set(born))
+    assigned = int(np.count_nonzero(labels >= 0)) + len(relabelled)
+    run = cq.get_run(session, run_id)
+    cq.touch_run(session, run_id, n_sentences=run.n_sentences + len(ids), n_assigned=run.n_assigned + assigned,
+                 n_clusters=run.n_clusters + len(born), max_seq=max(run.max_seq, max_seq))
+    return BatchOutcome(labels, sims, touched, born, relabelled), new_centres, new_centroids
