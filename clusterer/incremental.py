@@ -179,7 +179,7 @@ class BatchOutcome:
     born: list[int]
     relabelled: dict[int, int]
 
-    def apply(self, state: RunState, ids: np.ndarray, centres: dict[int, np.ndarray], centroids: dict[int, np.ndarray]) -> None:
+    def apply(self, state: RunState, ids: np.ndarray, centres: dict[int, np.ndarray], centroids: dict[int, np.ndarray]) -> dict[str, int]:
         state.add(ids, self.labels)
         if self.relabelled:
             old = np.array(sorted(self.relabelled), dtype=np.int64)
@@ -188,6 +188,11 @@ class BatchOutcome:
             state.sizes[label] = int(np.count_nonzero(state.labels == label))
         state.centres.update(centres)
         state.centroids.update(centroids)
+        return {
+            "assigned": int(np.count_nonzero(self.labels >= 0)),
+            "unassigned": int(np.count_nonzero(self.labels < 0)),
+            "new_clusters": len(self.born),
+        }
 
 
 def _new_communities(session, state: RunState, pool_ids: list[int], batch_vecs: dict[int, np.ndarray],

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
+import numpy as np
+
 from clusterer import incremental
 from clusterer import runs as run_service
 from clusterer.errors import ClustererError
 from clusterer.runs import NoRunError
-from clusterer.views import ClusterInfo, Member, RunInfo
+from clusterer.views import ClusterInfo, Event, Member, RunInfo
 from indexer.store import SentenceStore
 from storage import clusters as cq
 from storage import sentences as sq
@@ -21,6 +23,13 @@ from storage import sentences as sq
 
 class UnknownClusterError(ClustererError):
     """No cluster with that id in the run."""
+
+
+class UnknownSentenceError(ClustererError):
+    """No stored sentence with that id."""
+
+
+LOOKUP_NEIGHBOURS = 10
 
 
 class Store(SentenceStore):
@@ -129,3 +138,110 @@ class Store(SentenceStore):
                     sim = sims[start + i]
                     yield {"id": sid, "text": s.text, "metadata": s.meta, "cluster": labels[start + i],
                            "similarity": None if sim is None else round(float(sim), 6)}
+
+    # -- lookups -------------------------------------------------------------------
+
+    def lookup(self, text: str, *, members: int = 5) -> dict[str, Any]:
+        """Which cluster ``text`` would join under the latest run, without storing anything.
+
+        Returns the cluster (or None), the similarity to its centre, how many of
+        its members are above the run's threshold (community runs), keywords, a
+        few members, and the nearest stored sentences.
+        """
+        vector = self.embed([text])[0]
+        return self.lookup_vector(vector, members=members)
+
+    def lookup_vector(self, vector: np.ndarray, *, members: int = 5) -> dict[str, Any]:
+        self.refresh()
+        with self.db.read() as session:
+            state = self._run_state(session)
+            if state is None:
+                raise NoRunError("no clustering run yet: run `clusterer cluster` first")
+            vec = np.asarray(vector, dtype=np.float32)[None, :]
+            label, sim, votes = -1, None, 0
+            if state.method == "community":
+                threshold = float(state.params.get("threshold", 0.75))
+                (n_ids, n_sims), = incremental.neighbours(self.index, vec, threshold)
+                label, _, votes = incremental.vote(state.labels_of(n_ids), n_sims)
+            else:
+                labels, sims = incremental.assign_to_centroids(state, vec)
+                label = int(labels[0])
+            if label >= 0:
+                out = np.full(1, np.nan, np.float32)
+                incremental.centre_sims(state, np.array([label]), vec, out)
+                sim = None if np.isnan(out[0]) else round(float(out[0]), 6)
+            near = self.index.search(vec, LOOKUP_NEIGHBOURS)
+            near_ids = [int(i) for i in near.ids[0] if i >= 0]
+            near_labels = state.labels_of(np.asarray(near_ids, dtype=np.int64))
+            texts = sq.texts_for(session, near_ids)
+            nearest = [{"id": i, "text": texts.get(i, ""), "similarity": round(float(s), 6),
+                        "cluster": int(l) if l >= 0 else None}
+                       for i, s, l in zip(near_ids, near.similarities[0], near_labels)]
+            cluster = None
+            if label >= 0:
+                row = cq.get_cluster(session, state.run_id, label)
+                rows = cq.members(session, state.run_id, label, limit=members)
+                cluster = self._info(session, row, self._members(rows)).to_dict() if row else None
+        return {"run_id": state.run_id, "method": state.method, "cluster": cluster,
+                "cluster_id": label if label >= 0 else None, "similarity": sim, "votes": votes,
+                "nearest": nearest}
+
+    def cluster_of(self, sentence_id: int) -> dict[str, Any]:
+        """The cluster of a stored sentence under the latest run, and under every earlier run."""
+        with self.db.read() as session:
+            row = sq.get_sentences(session, [sentence_id]).get(sentence_id)
+            if row is None:
+                raise UnknownSentenceError(f"no sentence with id {sentence_id}")
+            run = self._run_row(session, None)
+            current = cq.assignment_of(session, run.id, sentence_id)
+            history = [{"run_id": r.id, "method": r.method, "started_at": RunInfo.from_row(r).started_at,
+                        "cluster": a.label, "similarity": a.similarity}
+                       for r, a in cq.assignment_history(session, sentence_id)]
+            cluster = None
+            if current is not None and current.label is not None:
+                c = cq.get_cluster(session, run.id, current.label)
+                cluster = self._info(session, c).to_dict() if c else None
+            return {"sentence": {"id": row.id, "text": row.text, "metadata": row.meta,
+                                 "source": row.source_file, "line": row.source_line},
+                    "run_id": run.id,
+                    "cluster_id": None if current is None else current.label,
+                    "similarity": None if current is None else current.similarity,
+                    "pending": current is None,
+                    "cluster": cluster, "history": history}
+
+    def members(self, cluster_id: int, *, offset: int = 0, limit: int = 50, run_id: int | None = None) -> list[Member]:
+        """Members of a cluster, most similar to its centre first."""
+        with self.db.read() as session:
+            run = self._run_row(session, run_id)
+            if cq.get_cluster(session, run.id, cluster_id) is None:
+                raise UnknownClusterError(f"no cluster {cluster_id} in run {run.id}")
+            return self._members(cq.members(session, run.id, cluster_id, offset=offset, limit=limit))
+
+    def unassigned(self, *, offset: int = 0, limit: int = 50, run_id: int | None = None) -> tuple[int, list[Member]]:
+        """(how many, a page of) sentences the run left in no cluster."""
+        with self.db.read() as session:
+            run = self._run_row(session, run_id)
+            total = cq.count_members(session, run.id, None)
+            return total, self._members(cq.members(session, run.id, None, offset=offset, limit=limit))
+
+    def recluster(self, **kwargs: Any) -> RunInfo:
+        """A full run with the latest run's method and parameters; ids carry over."""
+        with self.db.read() as session:
+            run = self._run_row(session, None)
+            method, params = run.method, {k: v for k, v in (run.params or {}).items() if k != "stats"}
+        params.update({k: v for k, v in kwargs.items() if v is not None and k not in ("device", "force", "progress", "show_progress")})
+        extra = {k: kwargs[k] for k in ("device", "force", "progress", "show_progress") if k in kwargs}
+        return self.cluster(method, **extra, **params)
+
+    def events(self, run_id: int) -> list[Event]:
+        """Every event a run recorded."""
+        with self.db.read() as session:
+            return [Event.from_row(r) for r in cq.events(session, run_id=run_id)]
+
+    def history(self, cluster_id: int) -> list[Event]:
+        """Births, growth, merges, splits and deaths of a cluster id, oldest first."""
+        with self.db.read() as session:
+            rows = cq.events(session, cluster_id)
+            if not rows:
+                raise UnknownClusterError(f"cluster {cluster_id} never existed")
+            return [Event.from_row(r) for r in rows]

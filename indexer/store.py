@@ -50,6 +50,7 @@ class IngestReport:
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
     ids: list[int] = field(default_factory=list)
+    clustering: dict[str, int] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
@@ -435,7 +436,8 @@ class SentenceStore:
             after_commit = self._on_insert(session, np.asarray(ids, dtype=np.int64), vectors,
                                            [r.text for r in recs], int(seqs[-1]))
         if after_commit is not None:
-            after_commit()
+            for key, value in (after_commit() or {}).items():
+                report.clustering[key] = report.clustering.get(key, 0) + value
         index.add(np.asarray(ids, dtype=np.int64), vectors)
         self._index_seq = max(self._index_seq, int(seqs[-1]))
         report.added += len(ids)
@@ -444,7 +446,8 @@ class SentenceStore:
     def _on_insert(self, session, ids: np.ndarray, vectors: np.ndarray, texts: list[str], max_seq: int):
         """Hook for layers above: runs inside the transaction that inserts a batch
         (before the batch is added to the index) and may return a callable to run
-        once that transaction has committed."""
+        once that transaction has committed; what that callable returns (a dict
+        of counts) is summed into the report's ``clustering``."""
         return None
 
     def delete(self, ids: Sequence[int]) -> list[int]:

@@ -208,10 +208,12 @@ def record_event(session: Session, run_id: int, label: int, kind: str, size: int
     session.add(ClusterEvent(run_id=run_id, label=label, kind=kind, size=size, related=related, detail=detail))
 
 
-def events(session: Session, label: int | None = None) -> list[ClusterEvent]:
+def events(session: Session, label: int | None = None, run_id: int | None = None) -> list[ClusterEvent]:
     query = select(ClusterEvent).order_by(ClusterEvent.id)
     if label is not None:
         query = query.where(ClusterEvent.label == label)
+    if run_id is not None:
+        query = query.where(ClusterEvent.run_id == run_id)
     return list(session.scalars(query))
 
 

@@ -154,6 +154,7 @@ class ClusterTerm(Base):
     """Per-cluster term counts, so keywords can be updated without recounting."""
 
     __tablename__ = "cluster_terms"
+    __table_args__ = (Index("ix_cluster_terms_run_term", "run_id", "term"),)
 
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
     label: Mapped[int] = mapped_column(Integer, primary_key=True)
