@@ -1,0 +1,3 @@
+from clusterer.cli import main
+
+main()
