@@ -81,7 +81,7 @@ def run_mix50k(settings: list[tuple[float, int]], nprobe: int) -> None:
         )
 
 
-def synthetic(n: int, d: int = 384, centres: int = 5000, clustered: float = 0.5, noise: float = 0.025, seed: int = 0) -> np.ndarray:
+def synthetic(n: int, d: int = 384, centres: int = 5000, clustered: float = 0.5, noise: float = 0.02, seed: int = 0) -> np.ndarray:
     """``n`` unit vectors: a ``clustered`` share around ``centres`` gaussian centres, the rest uniform."""
     rng = np.random.default_rng(seed)
     c = rng.standard_normal((centres, d), dtype=np.float32)
@@ -144,7 +144,7 @@ def main() -> None:
     p.add_argument("--nlist", type=int, default=None)
     a = p.parse_args()
     if a.synthetic:
-        run_synthetic(a.synthetic, a.threshold, a.min_size, a.nprobe or 2, a.nlist or 2048)
+        run_synthetic(a.synthetic, a.threshold, a.min_size, a.nprobe or 8, a.nlist or 2048)
     else:
         run_mix50k([(0.75, 25), (0.75, 10)], a.nprobe or 16)
 
