@@ -31,6 +31,8 @@ DB_FILE = "clusterer.db"
 INDEX_FILE = "index.faiss"
 LOCK_FILE = "writer.lock"
 SAVE_INTERVAL_S = 60.0
+SMALL_INDEX = 100_000
+UNSAVED_FRACTION = 0.02
 
 Progress = Callable[[int], None]
 
@@ -149,6 +151,7 @@ class SentenceStore:
         self._precision = precision
         self._index: VectorIndex | None = None
         self._index_seq = 0
+        self._saved_seq = 0
         self._last_save = time.monotonic()
         self.lock = WriterLock(self.data_dir / LOCK_FILE, timeout=lock_timeout)
         if not create and db_url is None and not (self.data_dir / DB_FILE).exists():
@@ -246,9 +249,9 @@ class SentenceStore:
                 index = None
         if index is None or index.dimension != self.dimension:
             return self._build_from_db(persist=self.lock.held)
-        self._index_seq = watermark
+        self._index_seq = self._saved_seq = watermark
         if self._replay(index) and self.lock.held:
-            self._save(index, self._index_seq)
+            self._save_if_due(index)
         return index
 
     def _replay(self, index: VectorIndex) -> int:
@@ -305,6 +308,21 @@ class SentenceStore:
         with self.db.write() as session:
             q.set_index_state(session, watermark=watermark, checksum=checksum, ntotal=index.ntotal, index_type=index.kind)
         self._last_save = time.monotonic()
+        self._saved_seq = watermark
+
+    def _save_if_due(self, index: VectorIndex) -> None:
+        """Save after a write unless the unsaved tail is a small part of a large index.
+
+        Rows past the file's watermark are safe in the database and replayed on
+        open, so a 1,000-sentence batch on a million-sentence store need not
+        rewrite a gigabyte-sized file; small indexes are always saved.
+        """
+        unsaved = self._index_seq - self._saved_seq
+        if unsaved <= 0 and self.index_path.exists():
+            return
+        if (index.ntotal <= SMALL_INDEX or unsaved >= UNSAVED_FRACTION * index.ntotal
+                or time.monotonic() - self._last_save > SAVE_INTERVAL_S):
+            self._save(index)
 
     def rebuild_index(self) -> dict[str, Any]:
         """Rebuild the FAISS file from the stored embeddings (no re-embedding)."""
@@ -313,9 +331,11 @@ class SentenceStore:
             self._index = self._build_from_db(persist=True)
         return {"indexed": self._index.ntotal, "index_type": self._index.kind, "seconds": round(time.perf_counter() - started, 3)}
 
-    def _maybe_upgrade_index(self) -> None:
+    def _maybe_upgrade_index(self) -> bool:
         if self._index is not None and self._index.is_exact and self._index.ntotal > self.flat_max:
             self._index = self._build_from_db(persist=False)
+            return True
+        return False
 
     # -- writing -------------------------------------------------------------------
 
@@ -400,11 +420,13 @@ class SentenceStore:
             finally:
                 if stats is not None:
                     report.empty, report.invalid, report.errors = stats.empty, stats.invalid, list(stats.errors)
-                report.seconds = time.perf_counter() - started
                 with self.db.write() as session:
                     q.update_ingest(session, ingest_id, finished=True, empty=report.empty, invalid=report.invalid)
-                self._maybe_upgrade_index()
-                self._save(self._index)
+                if self._maybe_upgrade_index():
+                    self._save(self._index)
+                else:
+                    self._save_if_due(self._index)
+                report.seconds = time.perf_counter() - started
         return report
 
     def _ingest_batch(self, batch: list[readers.Record], index: VectorIndex, report: IngestReport, ingest_id: int) -> None:
