@@ -39,6 +39,7 @@ class RunState:
     centres: dict[int, np.ndarray] = field(default_factory=dict)
     centroids: dict[int, np.ndarray] = field(default_factory=dict)
     sizes: dict[int, int] = field(default_factory=dict)
+    term_mass: tuple[int, int] | None = None
 
     def labels_of(self, ids: np.ndarray) -> np.ndarray:
         """Label of each id (-1 when unassigned or unknown to the run)."""
@@ -152,21 +153,28 @@ def assign_to_centroids(state: RunState, vectors: np.ndarray) -> tuple[np.ndarra
     return labels[best], sims[np.arange(len(vectors)), best].astype(np.float32)
 
 
-def update_keywords(session, run_id: int, touched: set[int], top_n: int = 10) -> None:
+def update_keywords(session, state: RunState, touched: set[int], pending_mass: tuple[int, int] = (0, 0),
+                    top_n: int = 10) -> None:
     """Recompute the keywords of ``touched`` clusters from stored counts.
 
-    Term totals and the average class size come from SQL aggregates over all
-    clusters, so only the touched clusters' counts are read.
+    Per-term totals come from an indexed SQL aggregate over the touched
+    clusters' terms; the run's total term mass and class count are read once
+    and then kept up to date in ``state`` (``pending_mass`` is what this batch
+    adds before it commits), so only the touched clusters' counts are read.
     """
     if not touched:
         return
-    counts = cq.term_counts(session, run_id, touched)
+    if state.term_mass is None:
+        mass, classes = cq.term_mass(session, state.run_id)
+        state.term_mass = (mass - pending_mass[0], classes - pending_mass[1])
+    counts = cq.term_counts(session, state.run_id, touched)
     terms = set().union(*[set(c) for c in counts.values()]) if counts else set()
-    totals, average = cq.term_totals(session, run_id, terms)
-    scored = topics.ctfidf_keywords(counts, top_n=top_n, term_totals=totals, average=average)
+    totals = cq.term_totals(session, state.run_id, terms)
+    mass, classes = state.term_mass[0] + pending_mass[0], state.term_mass[1] + pending_mass[1]
+    scored = topics.ctfidf_keywords(counts, top_n=top_n, term_totals=totals, average=mass / classes if classes else None)
     for label in touched:
         kw = scored.get(label, [])
-        cq.update_cluster(session, run_id, label, keywords=[[t, round(s, 6)] for t, s in kw])
+        cq.update_cluster(session, state.run_id, label, keywords=[[t, round(s, 6)] for t, s in kw])
 
 
 @dataclass
@@ -178,6 +186,7 @@ class BatchOutcome:
     touched: set[int]
     born: list[int]
     relabelled: dict[int, int]
+    added_mass: tuple[int, int] = (0, 0)
 
     def apply(self, state: RunState, ids: np.ndarray, centres: dict[int, np.ndarray], centroids: dict[int, np.ndarray]) -> dict[str, int]:
         state.add(ids, self.labels)
@@ -188,6 +197,8 @@ class BatchOutcome:
             state.sizes[label] = int(np.count_nonzero(state.labels == label))
         state.centres.update(centres)
         state.centroids.update(centroids)
+        if state.term_mass is not None:
+            state.term_mass = (state.term_mass[0] + self.added_mass[0], state.term_mass[1] + self.added_mass[1])
         return {
             "assigned": int(np.count_nonzero(self.labels >= 0)),
             "unassigned": int(np.count_nonzero(self.labels < 0)),
@@ -224,6 +235,7 @@ def update_batch(session, state: RunState, index, ids: np.ndarray, vectors: np.n
     new_centres: dict[int, np.ndarray] = {}
     new_centroids: dict[int, np.ndarray] = {}
     text_of = dict(zip(ids.tolist(), texts))
+    mass_added, classes_added = 0, 0
     if state.method == "community":
         threshold = float(state.params.get("threshold", 0.75))
         min_size = int(state.params.get("min_size", 10))
@@ -263,6 +275,8 @@ def update_batch(session, state: RunState, index, ids: np.ndarray, vectors: np.n
                     cohesion=round(topics.cohesion(member_vecs), 6), keywords=[],
                     representatives=[int(members[r]) for r in reps], centroid=centroid.tobytes())])
                 cq.insert_terms(session, run_id, {label: counts})
+                mass_added += sum(counts.values())
+                classes_added += 1 if counts else 0
                 cq.record_event(session, run_id, label, "birth", len(members), None,
                                 {"incremental": True, "from_unassigned": len(old_members)})
                 new_centres[label] = vecs[centre]
@@ -285,11 +299,13 @@ def update_batch(session, state: RunState, index, ids: np.ndarray, vectors: np.n
             values["centroid"] = centroid.tobytes()
             new_centroids[label] = centroid
         cq.update_cluster(session, run_id, label, **values)
-        cq.add_terms(session, run_id, label, topics.term_counts([texts[p] for p in pos]))
+        added = topics.term_counts([texts[p] for p in pos])
+        cq.add_terms(session, run_id, label, added)
+        mass_added += sum(added.values())
         cq.record_event(session, run_id, label, "growth", size, None, {"added": int(len(pos))})
-    update_keywords(session, run_id, touched | set(born))
+    update_keywords(session, state, touched | set(born), (mass_added, classes_added))
     assigned = int(np.count_nonzero(labels >= 0)) + len(relabelled)
     run = cq.get_run(session, run_id)
     cq.touch_run(session, run_id, n_sentences=run.n_sentences + len(ids), n_assigned=run.n_assigned + assigned,
                  n_clusters=run.n_clusters + len(born), max_seq=max(run.max_seq, max_seq))
-    return BatchOutcome(labels, sims, touched, born, relabelled), new_centres, new_centroids
+    return BatchOutcome(labels, sims, touched, born, relabelled, (mass_added, classes_added)), new_centres, new_centroids

@@ -229,9 +229,8 @@ def touch_run(session: Session, run_id: int, **values: Any) -> None:
     session.execute(update(Run).where(Run.id == run_id).values(**values))
 
 
-def term_totals(session: Session, run_id: int, terms: Iterable[str]) -> tuple[dict[str, int], float]:
-    """Total count of each of ``terms`` over all clusters of a run, and the average
-    number of term occurrences per cluster (over clusters with any terms)."""
+def term_totals(session: Session, run_id: int, terms: Iterable[str]) -> dict[str, int]:
+    """Total count of each of ``terms`` over all clusters of a run."""
     terms = list(terms)
     totals: dict[str, int] = {}
     for start in range(0, len(terms), CHUNK):
@@ -244,8 +243,13 @@ def term_totals(session: Session, run_id: int, terms: Iterable[str]) -> tuple[di
                 .group_by(ClusterTerm.term)
             )
         )
+    return totals
+
+
+def term_mass(session: Session, run_id: int) -> tuple[int, int]:
+    """(all term occurrences, clusters with any terms) of a run."""
     total, classes = session.execute(
         select(func.coalesce(func.sum(ClusterTerm.count), 0), func.count(func.distinct(ClusterTerm.label)))
         .where(ClusterTerm.run_id == run_id)
     ).one()
-    return totals, (float(total) / classes if classes else 0.0)
+    return int(total), int(classes)
