@@ -1,0 +1,157 @@
+"""Incremental assignment and lookup latency on a store of a million sentences.
+
+Builds a store of ``--synthetic`` (default 1,000,000) synthetic 384-d sentences with cluster
+structure plus the mix50k corpus (real embeddings of the bundled model, cached by
+bench/_data.py), clusters it once, then measures:
+
+- the time to ingest and assign batches of 1,000 new sentences (half near existing synthetic
+  clusters, half held-out real questions), excluding their embedding time (the encoder used
+  for ingestion returns precomputed vectors; its time is measured and subtracted);
+- the latency of 1,000 ``store.lookup(text)`` calls with the real model, embedding included
+  (p50, p99).
+
+The peer for lookups is what users do today without a store: ``model.encode`` of the query
+plus a brute-force ``util.semantic_search`` over all embeddings, with the same model; its
+latency is printed beside ours.
+
+    python bench/incremental.py [--synthetic N] [--method community|kmeans]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._data import load_mix50k, mix50k  # noqa: E402
+
+DIM = 384
+
+
+def synthetic(n: int, per_cluster: int = 50, noise: float = 0.45, seed: int = 0) -> np.ndarray:
+    """``n`` unit vectors in clusters of ``per_cluster`` around random centres."""
+    rng = np.random.default_rng(seed)
+    k = max(1, n // per_cluster)
+    centres = rng.standard_normal((k, DIM)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    out = np.empty((n, DIM), dtype=np.float32)
+    step = 100_000
+    for start in range(0, n, step):
+        m = min(step, n - start)
+        which = (np.arange(start, start + m) // per_cluster) % k
+        x = centres[which] + noise * rng.standard_normal((m, DIM)).astype(np.float32) / np.sqrt(DIM)
+        out[start : start + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return out
+
+
+class TableEncoder:
+    """Returns precomputed vectors for known texts (ingestion without a model)."""
+
+    def __init__(self, table: dict[str, np.ndarray], model_name: str):
+        self.table = table
+        self.model_name = model_name
+        self.dimension = DIM
+        self.precision = "precomputed"
+        self.seconds = 0.0
+
+    def encode(self, texts, show_progress=False):
+        start = time.perf_counter()
+        out = np.vstack([self.table[t] for t in texts]) if texts else np.zeros((0, DIM), np.float32)
+        self.seconds += time.perf_counter() - start
+        return out
+
+
+def peak_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--synthetic", type=int, default=1_000_000)
+    parser.add_argument("--method", choices=["community", "kmeans"], default="community")
+    parser.add_argument("--batches", type=int, default=5)
+    parser.add_argument("--queries", type=int, default=1000)
+    args = parser.parse_args()
+
+    from clusterer.store import Store
+    from indexer.encoder import DEFAULT_MODEL, Encoder
+
+    texts, _ = load_mix50k()
+    real, _ = mix50k()
+    n_real_base = len(texts) - args.batches * 500 - args.queries
+    syn = synthetic(args.synthetic + args.batches * 500)
+    syn_texts = [f"synthetic sentence {i} in group {i // 50}" for i in range(len(syn))]
+    base_texts = syn_texts[: args.synthetic] + texts[:n_real_base]
+    table = dict(zip(syn_texts, syn))
+    table.update(zip(texts, real))
+    encoder = TableEncoder(table, DEFAULT_MODEL)
+
+    with tempfile.TemporaryDirectory(dir=str(Path(__file__).resolve().parent)) as tmp:
+        store = Store.open(Path(tmp) / "store", encoder=encoder)
+        t0 = time.perf_counter()
+        store.ingest(base_texts)
+        print(f"built store of {store.count():,} sentences in {time.perf_counter() - t0:.0f} s "
+              f"({store.index.kind}), peak RSS {peak_gib():.1f} GiB", flush=True)
+
+        t0 = time.perf_counter()
+        params = {"threshold": 0.75, "min_size": 10} if args.method == "community" else {"k": 2000}
+        run = store.cluster(args.method, **params)
+        print(f"{args.method} run {params}: {run.clusters:,} clusters, {run.assigned:,} assigned, "
+              f"{time.perf_counter() - t0:.0f} s, peak RSS {peak_gib():.1f} GiB", flush=True)
+
+        batch_times = []
+        for b in range(args.batches):
+            new = (syn_texts[args.synthetic + b * 500 : args.synthetic + (b + 1) * 500]
+                   + texts[n_real_base + b * 500 : n_real_base + (b + 1) * 500])
+            encoder.seconds = 0.0
+            t0 = time.perf_counter()
+            report = store.ingest(new)
+            total = time.perf_counter() - t0
+            batch_times.append(total - encoder.seconds)
+            print(f"batch {b + 1}: {report.added} added, {report.clustering}, "
+                  f"{batch_times[-1]:.3f} s excluding embedding", flush=True)
+        steady = batch_times[1:] or batch_times
+        print(f"ingest+assign 1,000 sentences: first batch {batch_times[0]:.3f} s (loads the run state), "
+              f"then median {np.median(steady):.3f} s, max {max(steady):.3f} s")
+
+        store._encoder = Encoder().load()
+        queries = texts[len(texts) - args.queries :]
+        store.lookup(queries[0])
+        lat = []
+        for q in queries:
+            t0 = time.perf_counter()
+            store.lookup(q)
+            lat.append(time.perf_counter() - t0)
+        lat_ms = np.array(lat) * 1000
+        print(f"lookup (embedding included), {len(queries)} queries: p50 {np.percentile(lat_ms, 50):.1f} ms, "
+              f"p99 {np.percentile(lat_ms, 99):.1f} ms")
+
+        from sentence_transformers import util
+
+        model = store._encoder._model
+        ids, corpus = store.embeddings()
+        import torch
+
+        corpus_t = torch.from_numpy(corpus)
+        peer = []
+        for q in queries[:200]:
+            t0 = time.perf_counter()
+            qv = model.encode([q], convert_to_tensor=True, normalize_embeddings=True).float()
+            util.semantic_search(qv, corpus_t, top_k=10)
+            peer.append(time.perf_counter() - t0)
+        peer_ms = np.array(peer) * 1000
+        print(f"peer encode + util.semantic_search over {len(ids):,}: p50 {np.percentile(peer_ms, 50):.1f} ms, "
+              f"p99 {np.percentile(peer_ms, 99):.1f} ms; ratio p50 {np.percentile(peer_ms, 50) / np.percentile(lat_ms, 50):.1f}x")
+        print(f"peak RSS {peak_gib():.1f} GiB")
+        store.close()
+
+
+if __name__ == "__main__":
+    main()
