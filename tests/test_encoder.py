@@ -1,0 +1,137 @@
+"""Encoder tests against the real bundled all-MiniLM-L6-v2 model (no download)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from indexer.encoder import DEFAULT_MODEL, Encoder, bundled_model_path, resolve_model
+from indexer.errors import EncodingError, IndexerError, ModelLoadError
+
+SENTENCES = [
+    "How do I reset my online banking password?",
+    "I forgot my internet banking password, how can I change it?",
+    "The cat sat quietly on the warm windowsill.",
+    "What is the capital of Australia?",
+    "Stock markets fell sharply after the rate rise.",
+    "hello",
+]
+
+
+@pytest.fixture(scope="module")
+def encoder() -> Encoder:
+    return Encoder(precision="fp32").load()
+
+
+def test_import_is_cheap():
+    code = "import sys, indexer.encoder; print('torch' in sys.modules, 'sentence_transformers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_resolve_default_model():
+    path = Path(resolve_model(None))
+    assert path == bundled_model_path()
+    assert (path / "modules.json").is_file()
+    assert resolve_model(DEFAULT_MODEL) == str(path)
+    assert resolve_model("sentence-transformers/all-MiniLM-L6-v2") == str(path)
+    assert resolve_model("/some/other/model") == "/some/other/model"
+
+
+def test_lazy_load_and_names():
+    enc = Encoder()
+    assert not enc.loaded
+    assert enc.model_name == DEFAULT_MODEL
+    assert Encoder(DEFAULT_MODEL).model_name == DEFAULT_MODEL
+
+
+def test_dimension_and_attributes(encoder):
+    assert encoder.dimension == 384
+    assert encoder.device == "cpu"
+    assert encoder.precision == "fp32"
+    assert encoder.model_name == DEFAULT_MODEL
+
+
+def test_shape_dtype_normalised(encoder):
+    emb = encoder.encode(SENTENCES)
+    assert emb.shape == (len(SENTENCES), 384)
+    assert emb.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+
+
+def test_order_preserved_and_batching_independent(encoder):
+    texts = SENTENCES + ["a much longer sentence " * 20]
+    whole = encoder.encode(texts)
+    singles = np.vstack([encoder.encode([t]) for t in texts])
+    np.testing.assert_allclose(whole, singles, atol=1e-4)
+    rev = encoder.encode(texts[::-1])[::-1]
+    np.testing.assert_allclose(whole, rev, atol=1e-4)
+
+
+def test_empty_input(encoder):
+    emb = encoder.encode([])
+    assert emb.shape == (0, 384)
+    assert emb.dtype == np.float32
+
+
+def test_rejects_non_str(encoder):
+    with pytest.raises(EncodingError):
+        encoder.encode(["ok", 3])
+    with pytest.raises(EncodingError):
+        encoder.encode("a single string")
+    with pytest.raises(IndexerError):
+        encoder.encode([None])
+
+
+def test_similar_closer_than_unrelated(encoder):
+    a, b, c, d = encoder.encode(SENTENCES[:4])
+    assert a @ b > 0.6
+    assert a @ b > a @ c + 0.3
+    assert a @ b > a @ d + 0.3
+
+
+def test_no_stdout_output(capfd):
+    enc = Encoder(precision="fp32")
+    enc.encode(["quiet please"], show_progress=True)
+    out, _ = capfd.readouterr()
+    assert out == ""
+
+
+@pytest.mark.slow
+def test_bf16_fidelity(encoder):
+    bf16 = Encoder(precision="bf16").load()
+    assert bf16.precision == "bf16"
+    assert bf16.fidelity is not None and bf16.fidelity >= 0.99
+    x, y = encoder.encode(SENTENCES), bf16.encode(SENTENCES)
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(y, axis=1), 1.0, atol=1e-5)
+    assert float((x * y).sum(axis=1).min()) >= 0.99
+
+
+def test_auto_precision_is_valid():
+    enc = Encoder().load()
+    assert enc.precision in ("fp32", "bf16")
+    if enc.precision == "bf16":
+        assert enc.fidelity >= 0.99
+
+
+def test_missing_model_path_raises(tmp_path):
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        Encoder(str(tmp_path / "no-such-model")).load()
+
+
+def test_broken_local_model_raises(tmp_path):
+    (tmp_path / "modules.json").write_text("not json")
+    with pytest.raises(ModelLoadError):
+        Encoder(str(tmp_path)).encode(["x"])
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError):
+        Encoder(precision="int4")
+    with pytest.raises(ValueError):
+        Encoder(batch_size=0)
