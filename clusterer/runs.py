@@ -104,13 +104,15 @@ def community_labels(x: np.ndarray, threshold: float, min_size: int, device: str
     n = len(x)
     labels = np.full(n, -1, dtype=np.int64)
     sims = np.full(n, np.nan, dtype=np.float32)
-    if n == 0:
+    if n == 0 or n < min_size:
+        # fewer sentences than min_size: no community can be big enough (the reference clamps
+        # min_size to n instead, which would turn any tiny store into one community)
         return Labels(labels, sims)
     index = None
     exact = n <= EXACT_SEARCH_MAX or device == "cuda"
     if not exact:
         index = build_ivf_index(x, nprobe=nprobe or 16)
-    graph = neighbor_graph(x, threshold, min(min_size, n), device=device, index=index, show_progress=show_progress)
+    graph = neighbor_graph(x, threshold, min_size, device=device, index=index, show_progress=show_progress)
     communities = community_detection(graph)
     centres: dict[int, int] = {}
     for k, com in enumerate(communities):
