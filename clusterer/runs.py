@@ -69,6 +69,14 @@ def default_params(method: str, **given: Any) -> dict[str, Any]:
     return params
 
 
+def _raise_threshold_hint(threshold: float) -> str:
+    """What to suggest; never a "higher" threshold that is not above the current one."""
+    higher = min(0.95, threshold + 0.1)
+    if higher > threshold:
+        return f"Raise --threshold (e.g. {higher:.2f}) or pass --force."
+    return "Pass --force to run anyway."
+
+
 def check_community_guards(x: np.ndarray, threshold: float, min_size: int, max_bytes: int = MAX_GRAPH_BYTES) -> dict[str, Any]:
     """Estimate the neighbour graph from a sample; raise GuardRailError if it is unreasonable."""
     from clusterer.neighbors import estimate_graph
@@ -85,13 +93,12 @@ def check_community_guards(x: np.ndarray, threshold: float, min_size: int, max_b
         raise GuardRailError(
             f"threshold {threshold} would build a neighbour graph of about {est.expected_bytes / 2**30:.1f} GiB "
             f"(limit {max_bytes / 2**30:.1f} GiB; {est.mean_neighborhood_size:.0f} neighbours per sentence on average). "
-            f"Raise --threshold (e.g. {min(0.95, threshold + 0.1):.2f}) or pass --force."
+            f"{_raise_threshold_hint(threshold)}"
         )
     if est.max_neighborhood_fraction > MAX_COMMUNITY_FRACTION:
         raise GuardRailError(
             f"at threshold {threshold} one sentence is similar to {est.max_neighborhood_fraction:.0%} of the store, "
-            f"so most sentences would land in one community. Raise --threshold "
-            f"(e.g. {min(0.95, threshold + 0.1):.2f}) or pass --force."
+            f"so most sentences would land in one community. {_raise_threshold_hint(threshold)}"
         )
     return facts
 
