@@ -186,6 +186,17 @@ def test_threshold_one_only_clusters_identical_vectors(store):
     assert len(groups[None]) == len(TOPICS) * PER_TOPIC
 
 
+def test_guard_hint_never_suggests_a_lower_threshold(store):
+    store.ingest(VARIANTS)
+    with pytest.raises(GuardRailError) as err:
+        store.cluster("community", threshold=0.97, min_size=2)
+    msg = str(err.value)
+    assert "--force" in msg
+    assert "e.g. 0.95" not in msg and "Raise --threshold" not in msg
+    with pytest.raises(GuardRailError, match=r"Raise --threshold \(e.g. 0.60\)"):
+        store.cluster("community", threshold=0.5, min_size=2)
+
+
 def test_threshold_zero_needs_force(topic_store):
     with pytest.raises(GuardRailError) as err:
         topic_store.cluster("community", threshold=0.0, min_size=2)
