@@ -267,14 +267,19 @@ class SentenceStore:
         return added
 
     def refresh(self) -> None:
-        """Catch up with what other processes committed since the index was loaded."""
+        """Catch up with what other processes committed since the index was loaded.
+
+        New rows are replayed; if rows the index holds were deleted meanwhile
+        (the count no longer adds up), the index is loaded afresh.
+        """
         if self._index is None:
             return
         with self.db.read() as session:
-            last, n = q.max_seq(session), q.count_sentences(session)
-        if n < self._index.ntotal:
+            n = q.count_sentences(session)
+            new = n - q.count_up_to(session, self._index_seq)
+        if n != self._index.ntotal + new:
             self._index = self._load_index()
-        elif last > self._index_seq:
+        elif new > 0:
             self._replay(self._index)
 
     def _training_sample(self, session, n: int) -> np.ndarray | None:

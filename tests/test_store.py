@@ -322,3 +322,16 @@ def test_switches_to_ivf_above_flat_max(open_store):
     assert reopened.verify().ok
     assert reopened.search("late7 addition on topic7", k=1)[0].id == more.ids[7]
     assert reopened.search(texts[42], k=1)[0].id == report.ids[42]
+
+
+def test_reader_reloads_when_another_writer_deleted_and_added(tmp_path):
+    writer = SentenceStore(tmp_path)
+    writer.ingest([f"alpha {i} beta" for i in range(20)])
+    reader = SentenceStore(tmp_path)
+    assert len(reader.search("alpha 3 beta", 5)) == 5
+    writer.delete([1, 2, 3, 4])
+    writer.ingest([f"gamma {i} delta" for i in range(4)])
+    hits = reader.search("alpha 3 beta", 20)
+    assert len(hits) == 20
+    assert not {1, 2, 3, 4} & {h.id for h in hits}
+    assert reader.index.ntotal == 20
