@@ -36,6 +36,12 @@ def corpus() -> list[str]:
 N = len(TOPICS) * PER_TOPIC + NOISE
 
 
+@pytest.fixture(autouse=True)
+def _cpu(monkeypatch):
+    # the faiss backend (no torch import) keeps the file fast; results are the same
+    monkeypatch.setenv("CLUSTERER_DEVICE", "cpu")
+
+
 @pytest.fixture
 def runner():
     return CliRunner()
@@ -63,6 +69,7 @@ def templates(tmp_path_factory):
     runner = CliRunner()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("indexer.store.make_encoder", lambda *a, **k: FakeEncoder())
+        mp.setenv("CLUSTERER_DEVICE", "cpu")
         path = base / "corpus.txt"
         path.write_text("\n".join(corpus()) + "\n", encoding="utf-8")
         out = run_json(runner, ["ingest", str(path)], base / "ingested")
