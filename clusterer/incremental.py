@@ -4,7 +4,9 @@ Rules (the same the full run used):
 
 - community runs: a new sentence joins the cluster with which it has the most
   members at similarity >= threshold, ties going to the cluster holding the
-  most similar member; the similarity recorded is the one to the cluster's
+  most similar member, among the clusters whose centre is itself within the
+  threshold (a community of the full run is the ball around its centre; see
+  :func:`community_vote`); the similarity recorded is the one to the cluster's
   centre sentence, as for members found by the full run.  A sentence with no
   such member stays unassigned.  Then new communities are looked for among the
   unassigned sentences of the batch and their unassigned neighbours (the same
@@ -104,6 +106,27 @@ def vote(neighbor_labels: np.ndarray, neighbor_sims: np.ndarray) -> tuple[int, f
     return int(uniq[k]), float(best[k]), int(counts[k])
 
 
+def community_vote(state: RunState, neighbor_labels: np.ndarray, neighbor_sims: np.ndarray, vector: np.ndarray,
+                   threshold: float) -> tuple[int, float, int]:
+    """:func:`vote` among the clusters the sentence could belong to under the full run's rule.
+
+    A community of the full run is the ball ``sim(member, centre) >= threshold``
+    around its centre, so a neighbour's cluster only counts when the sentence is
+    also within ``threshold`` of that cluster's centre.  Without this a cluster
+    grows by chaining (a member's neighbour's neighbour ...) far past the radius
+    the full run gives it; on the BANKING77 sample streamed in 10 batches this
+    raised the agreement with a full run (ARI) from 0.41 to 0.52 at 0.7/8 and from
+    0.50 to 0.64 at 0.75/5.  Clusters without a stored centre keep the plain vote.
+    """
+    labels = np.asarray(neighbor_labels).copy()
+    vec = np.asarray(vector, dtype=np.float32)
+    for label in {int(l) for l in labels if l >= 0}:
+        ref = state.centres.get(label)
+        if ref is not None and float(vec @ ref) < np.float32(threshold):
+            labels[labels == label] = -1
+    return vote(labels, neighbor_sims)
+
+
 def neighbours(index, vectors: np.ndarray, threshold: float) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per query: (ids, similarities) of indexed vectors at similarity >= threshold."""
     if len(vectors) == 0 or index.ntotal == 0:
@@ -123,7 +146,7 @@ def assign_by_neighbours(state: RunState, ids: np.ndarray, vectors: np.ndarray, 
     labels = np.full(len(ids), -1, dtype=np.int64)
     sims = np.full(len(ids), np.nan, dtype=np.float32)
     for i, (n_ids, n_sims) in enumerate(found):
-        label, _, votes = vote(state.labels_of(n_ids), n_sims)
+        label, _, votes = community_vote(state, state.labels_of(n_ids), n_sims, vectors[i], threshold)
         if votes:
             labels[i] = label
     centre_sims(state, labels, vectors, sims)
