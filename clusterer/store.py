@@ -162,7 +162,7 @@ class Store(SentenceStore):
             if state.method == "community":
                 threshold = float(state.params.get("threshold", 0.75))
                 (n_ids, n_sims), = incremental.neighbours(self.index, vec, threshold)
-                label, _, votes = incremental.vote(state.labels_of(n_ids), n_sims)
+                label, _, votes = incremental.community_vote(state, state.labels_of(n_ids), n_sims, vec[0], threshold)
             else:
                 labels, sims = incremental.assign_to_centroids(state, vec)
                 label = int(labels[0])
