@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-DATA_ROOT = Path(os.environ.get("CLUSTERER_SHARED_DATA", "/work/shared/data"))
+DATA_ROOT = Path(os.environ.get("CLUSTERER_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 CACHE_DIR = Path(__file__).resolve().parent / ".cache"
 
 QUORA = DATA_ROOT / "quora" / "quora_questions_clusters.csv"
@@ -57,8 +57,8 @@ def load_model(device: str = "cpu"):
     return SentenceTransformer(model_path(), device=device)
 
 
-def embed(texts: list[str], batch_size: int = 256, bf16: bool = True) -> np.ndarray:
-    """L2-normalised float32 embeddings of ``texts`` (bf16 autocast on CPU when ``bf16``)."""
+def embed(texts: list[str], batch_size: int = 128, bf16: bool = False) -> np.ndarray:
+    """L2-normalised float32 embeddings of ``texts`` (bf16 autocast when ``bf16``; off by default because this CPU emulates bf16)."""
     import torch
 
     model = load_model("cpu")
