@@ -158,10 +158,13 @@ def assign_by_neighbours(state: RunState, ids: np.ndarray, vectors: np.ndarray, 
 
 
 def centre_sims(state: RunState, labels: np.ndarray, vectors: np.ndarray, out: np.ndarray) -> None:
+    """Similarity to the centre sentence (community runs) or to the centroid (k-means and
+    agglomerative runs), as the full run stores it."""
+    first, second = (state.centres, state.centroids) if state.method == "community" else (state.centroids, state.centres)
     for i, label in enumerate(labels):
-        ref = state.centres.get(int(label))
+        ref = first.get(int(label))
         if ref is None:
-            ref = state.centroids.get(int(label))
+            ref = second.get(int(label))
         if label >= 0 and ref is not None:
             out[i] = float(vectors[i] @ ref)
 
