@@ -236,10 +236,16 @@ def faiss_neighbor_graph(
     show_progress: bool = False,
     eps: float = BORDER_EPS,
 ) -> NeighborGraph:
-    """Neighbour graph of ``embeddings`` from faiss kNN (candidates) and range search (lists).
+    """Neighbour graph of ``embeddings`` from one faiss range search per batch of queries.
+
+    Each batch's neighbourhoods come from a single range search; rows with fewer than
+    ``min_size`` neighbours (the candidate test) are dropped right away, so memory holds only
+    the candidates' lists. A separate kNN pass for the candidate test would scan the index a
+    second time for the same answer.
 
     ``index`` defaults to an exact ``IndexFlatIP`` built here; otherwise it must hold exactly the
-    rows of ``embeddings`` with ids ``0..n-1``. Queries run in batches of ``batch_size`` rows.
+    rows of ``embeddings`` with ids ``0..n-1`` (an IVF index makes the search approximate, with
+    ``nprobe`` as the recall knob). Queries run in batches of ``batch_size`` rows.
     Pairs whose faiss similarity is within ``eps`` of the threshold are recomputed in torch
     float32 matmul arithmetic, so with an exact index the lists equal those of a dense
     ``E @ E.T >= float32(threshold)``. Similarities of the other pairs are faiss' (a few ulps
@@ -256,7 +262,6 @@ def faiss_neighbor_graph(
         raise ValueError(f"index holds {index.ntotal} vectors, embeddings have {n} rows")
     t32 = np.float32(threshold)
     low = float(t32) - eps
-    k = min(min_size, n)
 
     from tqdm.auto import tqdm
 
@@ -264,21 +269,22 @@ def faiss_neighbor_graph(
     rows_parts, cols_parts, sims_parts = [], [], []
     for start in tqdm(batches, desc="Neighbour search", disable=not show_progress):
         q = x[start : start + batch_size]
-        kth, _ = index.search(q, k)
-        maybe = np.flatnonzero(kth[:, k - 1] >= low)
-        if not len(maybe):
-            continue
-        lims, sims, ids = _range_search(index, q[maybe], low)
+        lims, sims, ids = _range_search(index, q, low)
         counts = np.diff(lims)
-        rows = np.repeat(maybe.astype(np.int64) + start, counts)
+        if not (counts >= min_size).any():
+            continue
+        rows = np.repeat(np.arange(start, start + len(q), dtype=np.int64), counts)
         border = np.flatnonzero(np.abs(sims - t32) <= eps)
         if len(border):
             sims = sims.copy()
             sims[border] = _pair_similarities(x, rows[border], ids[border])
         keep = sims >= t32
-        rows_parts.append(rows[keep])
-        cols_parts.append(ids[keep])
-        sims_parts.append(sims[keep].astype(np.float32))
+        rows, ids, sims = rows[keep], ids[keep], sims[keep]
+        sizes = np.bincount(rows - start, minlength=len(q))
+        enough = np.repeat(sizes >= min_size, sizes)
+        rows_parts.append(rows[enough])
+        cols_parts.append(ids[enough])
+        sims_parts.append(sims[enough].astype(np.float32))
     if not rows_parts:
         return NeighborGraph.empty(n, threshold, min_size)
     return _assemble(
