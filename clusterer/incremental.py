@@ -42,6 +42,12 @@ class RunState:
     centroids: dict[int, np.ndarray] = field(default_factory=dict)
     sizes: dict[int, int] = field(default_factory=dict)
     term_mass: tuple[int, int] | None = None
+    n_sentences: int = 0  # the run's n_sentences this state reflects; another writer changes it
+
+    def is_current(self, run) -> bool:
+        """Whether this state still describes ``run`` (no other process or Store object has
+        assigned batches to it since)."""
+        return run is not None and run.id == self.run_id and run.n_sentences == self.n_sentences
 
     def labels_of(self, ids: np.ndarray) -> np.ndarray:
         """Label of each id (-1 when unassigned or unknown to the run)."""
@@ -75,7 +81,8 @@ def load_state(session, dimension: int, dtype: str = "float32") -> RunState | No
     ids_arr = np.asarray(ids, dtype=np.int64)
     labels_arr = np.asarray([-1 if l is None else l for l in labels], dtype=np.int64)
     order = np.argsort(ids_arr, kind="stable")
-    state = RunState(run.id, run.method, dict(run.params or {}), ids_arr[order], labels_arr[order])
+    state = RunState(run.id, run.method, dict(run.params or {}), ids_arr[order], labels_arr[order],
+                     n_sentences=run.n_sentences)
     rows = cq.clusters_of_run(session, run.id)
     centre_ids = [c.centre_id for c in rows if c.centre_id is not None]
     centre_vecs = sq.embeddings_for(session, centre_ids, dimension, dtype) if centre_ids else np.zeros((0, dimension))
@@ -216,6 +223,7 @@ class BatchOutcome:
 
     def apply(self, state: RunState, ids: np.ndarray, centres: dict[int, np.ndarray], centroids: dict[int, np.ndarray]) -> dict[str, int]:
         state.add(ids, self.labels)
+        state.n_sentences += len(ids)
         if self.relabelled:
             old = np.array(sorted(self.relabelled), dtype=np.int64)
             state.relabel(old, np.array([self.relabelled[i] for i in old], dtype=np.int64))

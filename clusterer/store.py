@@ -45,7 +45,7 @@ class Store(SentenceStore):
         latest = cq.latest_run(session)
         if latest is None:
             self._state = None
-        elif self._state is None or self._state.run_id != latest.id:
+        elif self._state is None or not self._state.is_current(latest):
             self._state = incremental.load_state(session, self.dimension, self.embedding_dtype)
         return self._state
 
