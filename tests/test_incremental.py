@@ -259,6 +259,21 @@ def test_new_community_born_from_the_unassigned_pool(store):
     _check_consistent(store)
 
 
+def test_two_writers_alternating_keep_sizes_right(store, tmp_path):
+    """A Store object whose in-memory run state went stale (another writer assigned batches
+    since) reloads it instead of writing sizes from old counts."""
+    store.ingest(topic_texts())
+    store.cluster("community", threshold=0.6, min_size=5)
+    store.ingest(topic_texts(per_topic=2, start=20))
+    with Store.open(tmp_path / "data", device="cpu") as other:
+        other.ingest(topic_texts(per_topic=2, start=30))
+    report = store.ingest(topic_texts(per_topic=2, start=40))
+    assert report.clustering["assigned"] == 6
+    assert {c.size for c in store.clusters()} == {14}
+    run, n = _check_consistent(store)
+    assert run.n_sentences == n == 42
+
+
 def test_kmeans_incremental_nearest_centroid_moves(store):
     store.ingest(topic_texts())
     run = store.cluster("kmeans", k=3, seed=0)
@@ -395,6 +410,9 @@ def test_kill_minus_nine_during_incremental_updates(tmp_path):
                 with store.db.read() as session:
                     assert run.max_seq == session.scalar(select(func.max(Sentence.seq)))
                     assert set(session.scalars(select(Sentence.id))) == set(store.index.ids().tolist())
+                    stored = set(session.scalars(select(Sentence.text)))
+                missing = [t for t in lines[:committed] if t not in stored]
+                assert not missing, f"round {round_no}: committed sentences lost, e.g. {missing[0]!r}"
         assert kills >= KILLS // 2, "too few kills landed while the worker was busy"
         assert max_committed > 0, "no kill landed after a committed batch"
         assert not worker.run("ingest", data, str(input_file), tmp_path / "final", kill_after=None)
