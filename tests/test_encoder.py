@@ -135,3 +135,88 @@ def test_bad_arguments():
         Encoder(precision="int4")
     with pytest.raises(ValueError):
         Encoder(batch_size=0)
+
+
+# --- ONNX Runtime backend -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def onnx_cache(tmp_path_factory):
+    """A private cache folder holding one export of the bundled model (exported once)."""
+    pytest.importorskip("onnxruntime")
+    root = tmp_path_factory.mktemp("onnx-cache")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CLUSTERER_CACHE_DIR", str(root))
+    enc = Encoder(backend="onnx").load()
+    mp.undo()
+    assert enc.onnx_exported
+    return root, enc
+
+
+def test_onnx_backend_loads_offline_and_is_faithful(onnx_cache, encoder):
+    _, enc = onnx_cache
+    assert enc.backend == "onnx" and enc.precision == "fp32" and enc.device == "cpu"
+    assert enc.fidelity is not None and enc.fidelity >= 0.99
+    assert enc.dimension == 384
+    y = enc.encode(SENTENCES)
+    assert y.dtype == np.float32 and y.shape == (len(SENTENCES), 384)
+    np.testing.assert_allclose(np.linalg.norm(y, axis=1), 1.0, atol=1e-5)
+    x = Encoder(backend="torch", precision="fp32").encode(SENTENCES)
+    assert float((x * y).sum(axis=1).min()) >= 0.99
+    texts = SENTENCES + ["a much longer sentence " * 20]
+    whole = enc.encode(texts)
+    np.testing.assert_allclose(whole, np.vstack([enc.encode([t]) for t in texts]), atol=1e-4)
+    np.testing.assert_allclose(whole, enc.encode(texts[::-1])[::-1], atol=1e-4)
+    assert enc.encode([]).shape == (0, 384)
+
+
+def test_onnx_cache_reused(onnx_cache, monkeypatch):
+    root, first = onnx_cache
+    monkeypatch.setenv("CLUSTERER_CACHE_DIR", str(root))
+    model_file = first.onnx_path
+    mtime = model_file.stat().st_mtime_ns
+    enc = Encoder().load()  # auto picks onnx on CPU
+    assert enc.backend == "onnx" and not enc.onnx_exported
+    assert enc.onnx_path == model_file and model_file.stat().st_mtime_ns == mtime
+
+
+def test_onnx_corrupt_cache_reexported(onnx_cache, tmp_path, monkeypatch, caplog):
+    import shutil
+
+    root, first = onnx_cache
+    copy = tmp_path / "cache"
+    shutil.copytree(root, copy)
+    monkeypatch.setenv("CLUSTERER_CACHE_DIR", str(copy))
+    model_file = copy / first.onnx_path.relative_to(root)
+    model_file.write_bytes(b"this is not an onnx model")
+    with caplog.at_level("WARNING"):
+        enc = Encoder(backend="onnx").load()
+    assert enc.backend == "onnx" and enc.onnx_exported
+    assert "re-exporting" in caplog.text
+    assert model_file.stat().st_size > 1_000_000
+    assert enc.fidelity >= 0.99
+
+
+def test_torch_backend_still_works():
+    enc = Encoder(backend="torch").load()
+    assert enc.backend == "torch" and enc.precision in ("fp32", "bf16")
+    assert enc.encode(SENTENCES[:2]).shape == (2, 384)
+
+
+def test_fallback_to_torch_without_onnxruntime(monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import -> ImportError
+    with caplog.at_level("WARNING"):
+        enc = Encoder().load()
+    assert enc.backend == "torch"
+    assert "falling back to torch" in caplog.text
+    with pytest.raises(ModelLoadError):
+        Encoder(backend="onnx").load()
+
+
+def test_backend_arguments():
+    with pytest.raises(ValueError):
+        Encoder(backend="tensorrt")
+    with pytest.raises(ValueError):
+        Encoder(backend="onnx", precision="bf16")
+    with pytest.raises(ValueError):
+        Encoder(backend="onnx", device="cuda")
