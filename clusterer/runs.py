@@ -23,7 +23,7 @@ from storage import sentences as sq
 METHODS = ("community", "kmeans", "agglomerative")
 MAX_GRAPH_BYTES = 4 << 30
 MAX_COMMUNITY_FRACTION = 0.5
-EXACT_SEARCH_MAX = 200_000
+EXACT_SEARCH_MAX = 20_000
 KEYWORDS_PER_CLUSTER = 10
 REPRESENTATIVES = 3
 MIN_JACCARD = 0.3
@@ -58,7 +58,7 @@ def default_params(method: str, **given: Any) -> dict[str, Any]:
         "kmeans": {"k": 50, "seed": 0},
         "agglomerative": {"distance_threshold": 1.5, "linkage": "ward"},
     }
-    allowed = set(defaults[method]) | ({"nprobe"} if method == "community" else set())
+    allowed = set(defaults[method]) | ({"nprobe", "search"} if method == "community" else set())
     unknown = sorted(k for k, v in given.items() if v is not None and k not in allowed)
     if unknown:
         raise InvalidParameterError(
@@ -104,10 +104,19 @@ def check_community_guards(x: np.ndarray, threshold: float, min_size: int, max_b
 
 
 def community_labels(x: np.ndarray, threshold: float, min_size: int, device: str = "auto",
-                     nprobe: int | None = None, show_progress: bool = False) -> Labels:
-    from clusterer.community import community_detection
-    from clusterer.neighbors import build_ivf_index, neighbor_graph
+                     nprobe: int | None = None, search: str = "auto", show_progress: bool = False) -> Labels:
+    """Community detection over ``x``.
 
+    ``search``: "exact" (FAISS flat range search, or torch on CUDA), "approximate" (cell-blocked
+    search of :mod:`clusterer.partitioned`, ``nprobe`` cells per point) or "auto": exact up to
+    ``EXACT_SEARCH_MAX`` sentences or on a GPU, approximate above.
+    """
+    from clusterer.community import community_detection
+    from clusterer.neighbors import neighbor_graph
+    from clusterer.partitioned import partitioned_neighbor_graph
+
+    if search not in ("auto", "exact", "approximate"):
+        raise InvalidParameterError(f"search must be auto, exact or approximate, got {search!r}")
     n = len(x)
     labels = np.full(n, -1, dtype=np.int64)
     sims = np.full(n, np.nan, dtype=np.float32)
@@ -115,11 +124,13 @@ def community_labels(x: np.ndarray, threshold: float, min_size: int, device: str
         # fewer sentences than min_size: no community can be big enough (the reference clamps
         # min_size to n instead, which would turn any tiny store into one community)
         return Labels(labels, sims)
-    index = None
-    exact = n <= EXACT_SEARCH_MAX or device == "cuda"
-    if not exact:
-        index = build_ivf_index(x, nprobe=nprobe or 16)
-    graph = neighbor_graph(x, threshold, min_size, device=device, index=index, show_progress=show_progress)
+    if search == "auto":
+        on_gpu = device == "cuda" or (device == "auto" and _cuda_available())
+        search = "exact" if n <= EXACT_SEARCH_MAX or on_gpu else "approximate"
+    if search == "exact":
+        graph = neighbor_graph(x, threshold, min_size, device=device, show_progress=show_progress)
+    else:
+        graph = partitioned_neighbor_graph(x, threshold, min_size, nprobe=nprobe or 16, show_progress=show_progress)
     communities = community_detection(graph)
     centres: dict[int, int] = {}
     for k, com in enumerate(communities):
@@ -127,7 +138,13 @@ def community_labels(x: np.ndarray, threshold: float, min_size: int, device: str
         labels[members] = k
         sims[members] = com.similarities
         centres[k] = com.centre
-    return Labels(labels, sims, centres, info={"exact_search": exact, "candidates": len(graph), "edges": graph.total_edges})
+    return Labels(labels, sims, centres, info={"search": search, "candidates": len(graph), "edges": graph.total_edges})
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def kmeans_labels(x: np.ndarray, k: int, seed: int = 0) -> Labels:
@@ -159,7 +176,8 @@ def compute_labels(method: str, x: np.ndarray, params: dict[str, Any], device: s
         if m < 1:
             raise InvalidParameterError(f"--min-size must be at least 1, got {m}")
         guards = {} if force else check_community_guards(x, t, m)
-        out = community_labels(x, t, m, device=device, nprobe=params.get("nprobe"), show_progress=show_progress)
+        out = community_labels(x, t, m, device=device, nprobe=params.get("nprobe"),
+                               search=params.get("search", "auto"), show_progress=show_progress)
         out.info.update(guards)
         return out
     if method == "kmeans":

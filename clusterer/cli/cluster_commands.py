@@ -22,7 +22,9 @@ def _short(text: str | None, width: int = 70) -> str:
 @click.option("--threshold", type=float, default=None, help="community: cosine similarity threshold [0.75].")
 @click.option("--min-size", type=click.IntRange(min=1), default=None, help="community: minimum community size [10].")
 @click.option("--nprobe", type=click.IntRange(min=1), default=None,
-              help="community on large stores: IVF cells probed per query (recall knob) [16].")
+              help="community, approximate search: cells probed per sentence (recall knob) [16].")
+@click.option("--search", type=click.Choice(["auto", "exact", "approximate"]), default=None,
+              help="community: neighbour search; auto = exact up to 20,000 sentences or on a GPU [auto].")
 @click.option("--k", "k", type=click.IntRange(min=1), default=None, help="kmeans: number of clusters [50].")
 @click.option("--seed", type=int, default=None, help="kmeans: random seed [0].")
 @click.option("--distance-threshold", type=float, default=None, help="agglomerative: merge distance threshold [1.5].")
@@ -30,13 +32,13 @@ def _short(text: str | None, width: int = 70) -> str:
               help="agglomerative: linkage [ward].")
 @click.option("--force", is_flag=True, help="Run even when the guard rails predict a memory blow-up or one giant cluster.")
 @store_options
-def cluster(method, threshold, min_size, nprobe, k, seed, distance_threshold, linkage, force, as_json, **kwargs):
+def cluster(method, threshold, min_size, nprobe, search, k, seed, distance_threshold, linkage, force, as_json, **kwargs):
     """Cluster every stored sentence and store the run."""
     settings = settings_from(kwargs)
-    given = {"community": dict(threshold=threshold, min_size=min_size, nprobe=nprobe),
+    given = {"community": dict(threshold=threshold, min_size=min_size, nprobe=nprobe, search=search),
              "kmeans": dict(k=k, seed=seed),
              "agglomerative": dict(distance_threshold=distance_threshold, linkage=linkage)}[method]
-    others = {"threshold": threshold, "min_size": min_size, "nprobe": nprobe, "k": k, "seed": seed,
+    others = {"threshold": threshold, "min_size": min_size, "nprobe": nprobe, "search": search, "k": k, "seed": seed,
               "distance_threshold": distance_threshold, "linkage": linkage}
     stray = [name for name, v in others.items() if v is not None and name not in given]
     if stray:

@@ -1,0 +1,70 @@
+import numpy as np
+import pytest
+
+from clusterer.community import community_detection
+from clusterer.neighbors import faiss_neighbor_graph
+from clusterer.partitioned import default_nlist, partition, partitioned_neighbor_graph
+
+
+def clustered(n=3000, centres=60, noise=0.35, d=32, seed=0):
+    rng = np.random.default_rng(seed)
+    c = rng.standard_normal((centres, d)).astype(np.float32)
+    c /= np.linalg.norm(c, axis=1, keepdims=True)
+    x = c[rng.integers(0, centres, n)] + noise * rng.standard_normal((n, d)).astype(np.float32) / np.sqrt(d)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def as_sets(graph):
+    return {int(c): set(nb.tolist()) for c, nb, _ in graph}
+
+
+def test_probing_every_cell_gives_the_exact_graph():
+    x = clustered()
+    exact = faiss_neighbor_graph(x, 0.8, 5)
+    full = partitioned_neighbor_graph(x, 0.8, 5, nlist=20, nprobe=20)
+    assert as_sets(full) == as_sets(exact)
+    assert full.total_edges == exact.total_edges
+
+
+def test_default_probing_keeps_nearly_every_edge_and_the_same_communities():
+    x = clustered()
+    exact = faiss_neighbor_graph(x, 0.8, 5)
+    approx = partitioned_neighbor_graph(x, 0.8, 5)
+    assert approx.total_edges >= 0.97 * exact.total_edges
+    approx_sets = as_sets(approx)
+    for centre, members in as_sets(exact).items():
+        if centre in approx_sets:
+            assert approx_sets[centre] <= members
+    ex = {frozenset(c.members) for c in community_detection(exact)}
+    ap = {frozenset(c.members) for c in community_detection(approx)}
+    assert len(ex & ap) >= 0.9 * len(ex)
+
+
+def test_lists_are_sorted_and_above_threshold():
+    x = clustered(n=1000)
+    g = partitioned_neighbor_graph(x, 0.8, 5, nlist=16, nprobe=4)
+    for centre, nbrs, sims in g:
+        assert len(nbrs) >= 5
+        assert np.all(sims >= np.float32(0.8))
+        assert np.all(np.diff(sims) <= 0)
+        assert np.allclose(sims, x[nbrs] @ x[centre], atol=1e-5)
+
+
+def test_two_level_partition_assigns_every_point_to_its_best_cells():
+    x = clustered(n=4000, d=16)
+    cells = partition(x, 1100, 3)
+    assert cells.shape == (4000, 3)
+    assert cells.min() >= 0
+    assert len(np.unique(cells[:, 0])) > 100
+
+
+def test_small_and_empty_inputs():
+    assert partitioned_neighbor_graph(np.zeros((0, 8), np.float32), 0.5, 2).total_edges == 0
+    x = clustered(n=3)
+    assert len(partitioned_neighbor_graph(x, 0.5, 5)) == 0
+    assert 1 <= default_nlist(50_000) <= 50_000 // 32
+
+
+def test_bad_parameters():
+    with pytest.raises(ValueError):
+        partitioned_neighbor_graph(clustered(n=100), 0.5, 0)
