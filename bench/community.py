@@ -1,6 +1,6 @@
 """Benchmark: our community detection against sentence_transformers.util.community_detection.
 
-    python3 bench/community.py                      # mix50k, exact and IVF neighbour search
+    python3 bench/community.py                      # mix50k, exact and approximate (default) search
     python3 bench/community.py --synthetic 1000000  # ours only, time and peak RSS
 
 ARI treats every unassigned point as its own singleton cluster.
@@ -46,7 +46,8 @@ def run_mix50k(settings: list[tuple[float, int]], nprobe: int) -> None:
 
     from bench._data import mix50k
     from clusterer.community import community_detection, labels_from_communities
-    from clusterer.neighbors import build_ivf_index, faiss_neighbor_graph
+    from clusterer.neighbors import faiss_neighbor_graph
+    from clusterer.partitioned import default_nlist, partitioned_neighbor_graph
 
     emb, _ = mix50k()
     n = len(emb)
@@ -67,17 +68,16 @@ def run_mix50k(settings: list[tuple[float, int]], nprobe: int) -> None:
         print(f"  ours exact (IndexFlatIP): {t_exact:.2f}s  speed-up {t_st / t_exact:.1f}x  ARI {ari:.4f}  identical={same}")
 
         t0 = time.perf_counter()
-        index = build_ivf_index(x, nprobe=nprobe)
-        t_build = time.perf_counter() - t0
-        graph = faiss_neighbor_graph(x, threshold, min_size, index=index)
+        graph = partitioned_neighbor_graph(x, threshold, min_size, nprobe=nprobe)
         approx = community_detection(graph)
-        t_ivf = time.perf_counter() - t0
+        t_part = time.perf_counter() - t0
         ari = adjusted_rand_score(ref_labels, singleton_labels(labels_from_communities(approx, n)))
         exact_graph = faiss_neighbor_graph(x, threshold, min_size)
         recall = graph.total_edges / max(exact_graph.total_edges, 1)
         print(
-            f"  ours IVF (nlist={index.nlist}, nprobe={nprobe}): {t_ivf:.2f}s (build {t_build:.2f}s)  "
-            f"speed-up {t_st / t_ivf:.1f}x  ARI {ari:.4f}  edge recall {recall:.4f}  communities {len(approx)}"
+            f"  ours approximate (default above 20k: cell-blocked, nlist={default_nlist(n)}, nprobe={nprobe}): "
+            f"{t_part:.2f}s  speed-up {t_st / t_part:.1f}x  ARI {ari:.4f}  edge recall {recall:.4f}  "
+            f"communities {len(approx)}"
         )
 
 
@@ -100,22 +100,20 @@ def synthetic(n: int, d: int = 384, centres: int = 5000, clustered: float = 0.5,
 
 def run_synthetic(n: int, threshold: float, min_size: int, nprobe: int, nlist: int | None) -> None:
     from clusterer.community import community_detection
-    from clusterer.neighbors import build_ivf_index, faiss_neighbor_graph
+    from clusterer.partitioned import default_nlist, partitioned_neighbor_graph
 
     t0 = time.perf_counter()
     x = synthetic(n)
     print(f"synthetic {x.shape} generated in {time.perf_counter() - t0:.1f}s, RSS {peak_rss_gib():.2f} GiB")
     t0 = time.perf_counter()
-    index = build_ivf_index(x, nlist=nlist, nprobe=nprobe, train_size=64 * (nlist or 2048))
-    t_build = time.perf_counter() - t0
-    graph = faiss_neighbor_graph(x, threshold, min_size, index=index, batch_size=16384)
+    graph = partitioned_neighbor_graph(x, threshold, min_size, nlist=nlist, nprobe=nprobe, show_progress=True)
     t_graph = time.perf_counter() - t0
     communities = community_detection(graph)
     total = time.perf_counter() - t0
     assigned = sum(len(c) for c in communities)
     print(
-        f"ours IVF (nlist={index.nlist}, nprobe={nprobe}) at ({threshold}, {min_size}): total {total:.1f}s "
-        f"(index {t_build:.1f}s, graph {t_graph - t_build:.1f}s, communities {total - t_graph:.1f}s); "
+        f"ours cell-blocked (nlist={nlist or default_nlist(n)}, nprobe={nprobe}) at ({threshold}, {min_size}): "
+        f"total {total:.1f}s (graph {t_graph:.1f}s, communities {total - t_graph:.1f}s); "
         f"{len(communities)} communities, {assigned} points assigned, {graph.total_edges} edges; "
         f"peak RSS {peak_rss_gib():.2f} GiB"
     )
@@ -144,7 +142,7 @@ def main() -> None:
     p.add_argument("--nlist", type=int, default=None)
     a = p.parse_args()
     if a.synthetic:
-        run_synthetic(a.synthetic, a.threshold, a.min_size, a.nprobe or 8, a.nlist or 2048)
+        run_synthetic(a.synthetic, a.threshold, a.min_size, a.nprobe or 16, a.nlist)
     else:
         run_mix50k([(0.75, 25), (0.75, 10)], a.nprobe or 16)
 
