@@ -133,9 +133,11 @@ def main() -> None:
         print(f"lookup (embedding included), {len(queries)} queries: p50 {np.percentile(lat_ms, 50):.1f} ms, "
               f"p99 {np.percentile(lat_ms, 99):.1f} ms")
 
-        from sentence_transformers import util
+        from sentence_transformers import SentenceTransformer, util
 
-        model = store._encoder._model
+        from indexer.encoder import resolve_model
+
+        model = SentenceTransformer(resolve_model(None), device="cpu")
         ids, corpus = store.embeddings()
         import torch
 

@@ -176,6 +176,68 @@ def _assemble(
     )
 
 
+def sort_lists(
+    local_rows: np.ndarray, cols: np.ndarray, sims: np.ndarray, min_size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Sort one batch of complete neighbour lists and drop those shorter than ``min_size``.
+
+    ``local_rows`` numbers the lists of the batch; every list must be complete in it. Returns
+    ``(rows, counts, cols, sims)``: the kept list numbers, their sizes and the pairs in graph
+    order (decreasing similarity, ties by lower position).
+    """
+    order = np.lexsort((cols, -sims, local_rows))
+    local_rows, cols, sims = local_rows[order], cols[order], sims[order]
+    rows, counts = np.unique(local_rows, return_counts=True)
+    keep = counts >= min_size
+    if not keep.all():
+        edge_keep = np.repeat(keep, counts)
+        cols, sims = cols[edge_keep], sims[edge_keep]
+        rows, counts = rows[keep], counts[keep]
+    return rows, counts, cols, sims
+
+
+def assemble_lists(
+    centres: np.ndarray,
+    counts: np.ndarray,
+    neighbors: np.ndarray,
+    similarities: np.ndarray,
+    n: int,
+    threshold: float,
+    min_size: int,
+) -> NeighborGraph:
+    """A :class:`NeighborGraph` from lists already sorted and filtered, given in any centre order.
+
+    Lists are moved into increasing centre order with one gather, so large graphs never pay for
+    a global sort of their edges.
+    """
+    if not len(centres):
+        return NeighborGraph.empty(n, threshold, min_size)
+    counts = counts.astype(np.int64)
+    order = np.argsort(centres, kind="stable")
+    if np.any(order != np.arange(len(order))):
+        starts = np.zeros(len(counts), np.int64)
+        np.cumsum(counts[:-1], out=starts[1:])
+        new_counts = counts[order]
+        new_starts = np.zeros(len(counts), np.int64)
+        np.cumsum(new_counts[:-1], out=new_starts[1:])
+        gather = np.arange(int(new_counts.sum()), dtype=np.int64)
+        gather += np.repeat(starts[order] - new_starts, new_counts)
+        neighbors, similarities = neighbors[gather], similarities[gather]
+        del gather
+        centres, counts = centres[order], new_counts
+    lims = np.zeros(len(centres) + 1, np.int64)
+    np.cumsum(counts, out=lims[1:])
+    return NeighborGraph(
+        centres=np.asarray(centres, np.int64),
+        lims=lims,
+        neighbors=np.asarray(neighbors, np.int64),
+        similarities=np.asarray(similarities, np.float32),
+        n=int(n),
+        threshold=float(threshold),
+        min_size=int(min_size),
+    )
+
+
 def build_flat_index(embeddings: np.ndarray):
     """An exact inner-product faiss index over ``embeddings`` (ids are positions)."""
     import faiss

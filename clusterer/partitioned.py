@@ -24,9 +24,10 @@ from clusterer.neighbors import (
     BORDER_EPS,
     NeighborGraph,
     _as_matrix,
-    _assemble,
     _check,
     _pair_similarities,
+    assemble_lists,
+    sort_lists,
 )
 
 QUERY_BLOCK = 1024
@@ -159,7 +160,8 @@ def partitioned_neighbor_graph(
 
     from tqdm.auto import tqdm
 
-    rows_parts, cols_parts, sims_parts = [], [], []
+    index_dtype = np.int32 if n < 2**31 else np.int64
+    centre_parts, count_parts, cols_parts, sims_parts = [], [], [], []
     for c in tqdm(range(nlist), desc="Neighbour search", disable=not show_progress, mininterval=1.0):
         queries = order[bounds[c] : bounds[c + 1]]
         if not len(queries):
@@ -174,19 +176,25 @@ def partitioned_neighbor_graph(
             if not len(r):
                 continue
             values = sims[r, k]
-            rows, cols = q[r], cand[k]
+            cols = cand[k]
             border = np.flatnonzero(np.abs(values - t32) <= eps)
             if len(border):
-                values[border] = _pair_similarities(x, rows[border], cols[border])
+                values[border] = _pair_similarities(x, q[r[border]], cols[border])
             keep = values >= t32
-            rows, cols, values = rows[keep], cols[keep], values[keep]
-            counts = np.bincount(r[keep], minlength=len(q))
-            enough = np.repeat(counts >= min_size, counts)
-            rows_parts.append(rows[enough])
-            cols_parts.append(cols[enough])
-            sims_parts.append(values[enough])
-    if not rows_parts:
+            local, counts, cols, values = sort_lists(r[keep], cols[keep], values[keep], min_size)
+            if not len(local):
+                continue
+            centre_parts.append(q[local])
+            count_parts.append(counts)
+            cols_parts.append(cols.astype(index_dtype))
+            sims_parts.append(values)
+    if not centre_parts:
         return NeighborGraph.empty(n, threshold, min_size)
-    return _assemble(
-        np.concatenate(rows_parts), np.concatenate(cols_parts), np.concatenate(sims_parts), n, threshold, min_size
-    )
+    centres = np.concatenate(centre_parts)
+    counts = np.concatenate(count_parts)
+    del centre_parts, count_parts
+    cols = np.concatenate(cols_parts)
+    del cols_parts
+    sims = np.concatenate(sims_parts)
+    del sims_parts
+    return assemble_lists(centres, counts, cols, sims, n, threshold, min_size)
