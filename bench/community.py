@@ -134,6 +134,8 @@ def run_synthetic(n: int, threshold: float, min_size: int, nprobe: int, nlist: i
 
 
 def main() -> None:
+    from clusterer.partitioned import DEFAULT_NPROBE
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--synthetic", type=int, default=0, help="run on N synthetic vectors (ours only)")
     p.add_argument("--threshold", type=float, default=0.75)
@@ -142,9 +144,9 @@ def main() -> None:
     p.add_argument("--nlist", type=int, default=None)
     a = p.parse_args()
     if a.synthetic:
-        run_synthetic(a.synthetic, a.threshold, a.min_size, a.nprobe or 16, a.nlist)
+        run_synthetic(a.synthetic, a.threshold, a.min_size, a.nprobe or DEFAULT_NPROBE, a.nlist)
     else:
-        run_mix50k([(0.75, 25), (0.75, 10)], a.nprobe or 16)
+        run_mix50k([(0.75, 25), (0.75, 10)], a.nprobe or DEFAULT_NPROBE)
 
 
 if __name__ == "__main__":

@@ -1,17 +1,20 @@
 """Approximate neighbour graphs by cell-blocked matrix products.
 
 Points are partitioned into cells around centroids (spherical k-means on a sample; for many
-cells a two-level partition, so neither training nor assignment costs ``n x nlist``). Each
-point probes its ``nprobe`` most similar cells, like an IVF index; but instead of scanning the
-probed lists query by query, all points of one home cell are compared at once with every point
-of the union of the cells they probe, in one dense float32 matrix product. The work is the same
-order as IVF search, done by BLAS at full speed, and the recall is at least that of an IVF
-index with the same cells and ``nprobe`` (a point also sees the cells its cell-mates probe).
+cells a two-level partition, so neither training nor assignment costs ``n x nlist``). Each cell
+probes the ``nprobe`` cells whose mean is most similar to its own, and the probe relation is
+made symmetric: cells ``c`` and ``p`` are compared when either probes the other. Every such
+pair of cells is compared once, as one dense float32 matrix product of all points of ``c``
+against all points of the cells ``p >= c`` it is paired with; the pairs found are kept for the
+rows of ``c`` and, mirrored, held back for the rows of ``p`` until that cell's turn. Each
+cell's lists are therefore complete when it is processed and are sorted there, so no global
+sort of the edges is ever needed. The work is half that of an IVF search with the same cells
+and ``nprobe`` (each pair is computed once, not twice), done by BLAS at full speed.
 
 Similarities are exact inner products for every pair compared; pairs within ``eps`` of the
-threshold are recomputed in torch float32 arithmetic as in :mod:`clusterer.neighbors`, so with
-``nprobe >= nlist`` the graph equals the exact one. Only pairs that are never compared are
-missed; ``nprobe`` is the recall knob.
+threshold are recomputed in torch float32 arithmetic as in :mod:`clusterer.neighbors`, in the
+orientation of the list they go to, so with ``nprobe >= nlist`` the graph equals the exact one.
+Only pairs that are never compared are missed; ``nprobe`` is the recall knob.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from clusterer.neighbors import (
 )
 
 QUERY_BLOCK = 1024
+DEFAULT_NPROBE = 12
+"""Cells probed per cell; on mix50k (threshold 0.75) it keeps 99 % of the edges, ARI >= 0.99."""
 TRAIN_PER_CENTROID = 32
 TWO_LEVEL_ABOVE = 1024
 
@@ -39,13 +44,14 @@ def default_nlist(n: int) -> int:
     """About ``2 sqrt(n)`` cells up to 200,000 points, then cells of about 128 points.
 
     Measured on mix50k (50,000 MiniLM embeddings, threshold 0.75): 447 cells with ``nprobe``
-    16 kept 99.3 % of the edges and gave ARI 0.995 against the exact graph.
+    12 kept 98.9 % (min size 10) and 99.8 % (min size 25) of the edges, ARI 0.993 and 1.0
+    against the exact graph.
     """
     target = 2 * math.sqrt(n) if n <= 200_000 else n / 128
     return int(max(1, min(target, n // 32)))
 
 
-def _kmeans(x: np.ndarray, k: int, seed: int, niter: int = 8) -> np.ndarray:
+def _kmeans(x: np.ndarray, k: int, seed: int, niter: int = 4) -> np.ndarray:
     import faiss
 
     k = max(1, min(k, len(x)))
@@ -128,16 +134,36 @@ def _cell_means(x: np.ndarray, order: np.ndarray, bounds: np.ndarray) -> np.ndar
     return np.ascontiguousarray(sums / np.where(norms > 0, norms, 1.0), dtype=np.float32).reshape(nlist, x.shape[1])
 
 
+def _settle(x: np.ndarray, rows: np.ndarray, cols: np.ndarray, values: np.ndarray, t32, eps: float) -> np.ndarray:
+    """Recompute ``values`` within ``eps`` of the threshold as ``sim(rows, cols)`` in torch
+    arithmetic (in place) and return the mask of pairs at or above it."""
+    border = np.flatnonzero(np.abs(values - t32) <= eps)
+    if len(border):
+        values[border] = _pair_similarities(x, rows[border], cols[border])
+    return values >= t32
+
+
+def _symmetric_probes(cell_probes: np.ndarray) -> list[np.ndarray]:
+    """For each cell ``c``, the cells ``p >= c`` with ``p`` probed by ``c`` or ``c`` by ``p``."""
+    nlist = len(cell_probes)
+    a = np.concatenate([np.repeat(np.arange(nlist), cell_probes.shape[1]), np.arange(nlist)])
+    b = np.concatenate([cell_probes.ravel(), np.arange(nlist)])
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    pairs = np.unique(lo * nlist + hi)
+    lo, hi = np.divmod(pairs, nlist)
+    starts = np.searchsorted(lo, np.arange(nlist + 1))
+    return [hi[starts[c] : starts[c + 1]] for c in range(nlist)]
+
+
 def partitioned_neighbor_graph(
     embeddings: np.ndarray,
     threshold: float,
     min_size: int,
     nlist: int | None = None,
-    nprobe: int = 16,
+    nprobe: int = DEFAULT_NPROBE,
     seed: int = 0,
     eps: float = BORDER_EPS,
     show_progress: bool = False,
-    probe: str = "cell",
 ) -> NeighborGraph:
     """Approximate :class:`NeighborGraph` of ``embeddings`` (see the module docstring)."""
     _check(threshold, min_size)
@@ -147,47 +173,67 @@ def partitioned_neighbor_graph(
         return NeighborGraph.empty(n, threshold, min_size)
     nlist = max(1, min(nlist or default_nlist(n), n))
     nprobe = max(1, min(nprobe, nlist))
-    cells = partition(x, nlist, nprobe if probe == "query" else 1, seed)
-    home = cells[:, 0]
+    home = partition(x, nlist, 1, seed)[:, 0]
     order = np.argsort(home, kind="stable")
     bounds = np.searchsorted(home[order], np.arange(nlist + 1))
-    cell_probes = None
-    if probe == "cell":
-        centroids = _cell_means(x, order, bounds)
-        cell_probes = _top_cells(centroids, centroids, nprobe)
+    centroids = _cell_means(x, order, bounds)
+    later = _symmetric_probes(_top_cells(centroids, centroids, nprobe))
     t32 = np.float32(threshold)
     low = t32 - np.float32(eps)
+    index_dtype = np.int32 if n < 2**31 else np.int64
+    local_of = np.empty(n, np.int64)
 
     from tqdm.auto import tqdm
 
-    index_dtype = np.int32 if n < 2**31 else np.int64
+    pending: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = [[] for _ in range(nlist)]
     centre_parts, count_parts, cols_parts, sims_parts = [], [], [], []
     for c in tqdm(range(nlist), desc="Neighbour search", disable=not show_progress, mininterval=1.0):
-        queries = order[bounds[c] : bounds[c + 1]]
-        if not len(queries):
+        members = order[bounds[c] : bounds[c + 1]]
+        if not len(members):
             continue
-        probed = np.unique(cells[queries]) if cell_probes is None else cell_probes[c]
-        cand = np.concatenate([order[bounds[p] : bounds[p + 1]] for p in probed])
-        xc = np.ascontiguousarray(x[cand].T)
-        for s in range(0, len(queries), QUERY_BLOCK):
-            q = queries[s : s + QUERY_BLOCK]
+        local_of[members] = np.arange(len(members))
+        cand_cells = later[c]
+        cand = np.concatenate([order[bounds[p] : bounds[p + 1]] for p in cand_cells])
+        cand_cell = np.repeat(cand_cells, bounds[cand_cells + 1] - bounds[cand_cells])
+        xc = x[cand].T
+        parts = pending[c]
+        pending[c] = []
+        for s in range(0, len(members), QUERY_BLOCK):
+            q = members[s : s + QUERY_BLOCK]
             sims = x[q] @ xc
             r, k = np.nonzero(sims >= low)
             if not len(r):
                 continue
             values = sims[r, k]
-            cols = cand[k]
-            border = np.flatnonzero(np.abs(values - t32) <= eps)
-            if len(border):
-                values[border] = _pair_similarities(x, q[r[border]], cols[border])
-            keep = values >= t32
-            local, counts, cols, values = sort_lists(r[keep], cols[keep], values[keep], min_size)
-            if not len(local):
+            rows, cols = q[r], cand[k]
+            forward = values.copy()
+            keep = _settle(x, rows, cols, forward, t32, eps)
+            parts.append((rows[keep], cols[keep], forward[keep]))
+            away = np.flatnonzero(cand_cell[k] != c)
+            if not len(away):
                 continue
-            centre_parts.append(q[local])
-            count_parts.append(counts)
-            cols_parts.append(cols.astype(index_dtype))
-            sims_parts.append(values)
+            backward = values[away]
+            keep = _settle(x, cols[away], rows[away], backward, t32, eps)
+            away, backward = away[keep], backward[keep]
+            target = cand_cell[k[away]]
+            by_cell = np.argsort(target, kind="stable")
+            away, backward, target = away[by_cell], backward[by_cell], target[by_cell]
+            cells_hit, first = np.unique(target, return_index=True)
+            last = np.append(first[1:], len(target))
+            for p, i, j in zip(cells_hit.tolist(), first.tolist(), last.tolist()):
+                pending[p].append((cols[away[i:j]], rows[away[i:j]], backward[i:j]))
+        if not parts:
+            continue
+        rows = np.concatenate([p[0] for p in parts])
+        cols = np.concatenate([p[1] for p in parts])
+        values = np.concatenate([p[2] for p in parts])
+        local, counts, cols, values = sort_lists(local_of[rows], cols, values, min_size)
+        if not len(local):
+            continue
+        centre_parts.append(members[local])
+        count_parts.append(counts)
+        cols_parts.append(cols.astype(index_dtype))
+        sims_parts.append(values)
     if not centre_parts:
         return NeighborGraph.empty(n, threshold, min_size)
     centres = np.concatenate(centre_parts)

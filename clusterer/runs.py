@@ -113,7 +113,7 @@ def community_labels(x: np.ndarray, threshold: float, min_size: int, device: str
     """
     from clusterer.community import community_detection
     from clusterer.neighbors import neighbor_graph
-    from clusterer.partitioned import partitioned_neighbor_graph
+    from clusterer.partitioned import DEFAULT_NPROBE, partitioned_neighbor_graph
 
     if search not in ("auto", "exact", "approximate"):
         raise InvalidParameterError(f"search must be auto, exact or approximate, got {search!r}")
@@ -130,7 +130,7 @@ def community_labels(x: np.ndarray, threshold: float, min_size: int, device: str
     if search == "exact":
         graph = neighbor_graph(x, threshold, min_size, device=device, show_progress=show_progress)
     else:
-        graph = partitioned_neighbor_graph(x, threshold, min_size, nprobe=nprobe or 16, show_progress=show_progress)
+        graph = partitioned_neighbor_graph(x, threshold, min_size, nprobe=nprobe or DEFAULT_NPROBE, show_progress=show_progress)
     communities = community_detection(graph)
     centres: dict[int, int] = {}
     for k, com in enumerate(communities):

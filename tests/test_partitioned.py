@@ -26,6 +26,17 @@ def test_probing_every_cell_gives_the_exact_graph():
     assert full.total_edges == exact.total_edges
 
 
+def test_pairs_found_from_one_side_reach_both_lists():
+    x = clustered(n=2000, centres=10, noise=0.8)
+    exact = as_sets(faiss_neighbor_graph(x, 0.6, 1))
+    sparse = partitioned_neighbor_graph(x, 0.6, 1, nlist=40, nprobe=1)
+    lists = as_sets(sparse)
+    pairs = {(i, j) for i, nbrs in lists.items() for j in nbrs}
+    assert all((j, i) in pairs for i, j in pairs)
+    assert all(nbrs <= exact[i] for i, nbrs in lists.items())
+    assert 0 < len(pairs) < sum(len(v) for v in exact.values())
+
+
 def test_default_probing_keeps_nearly_every_edge_and_the_same_communities():
     x = clustered()
     exact = faiss_neighbor_graph(x, 0.8, 5)

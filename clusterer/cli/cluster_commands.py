@@ -22,7 +22,7 @@ def _short(text: str | None, width: int = 70) -> str:
 @click.option("--threshold", type=float, default=None, help="community: cosine similarity threshold [0.75].")
 @click.option("--min-size", type=click.IntRange(min=1), default=None, help="community: minimum community size [10].")
 @click.option("--nprobe", type=click.IntRange(min=1), default=None,
-              help="community, approximate search: cells probed per sentence (recall knob) [16].")
+              help="community, approximate search: cells probed per cell of sentences (recall knob) [12].")
 @click.option("--search", type=click.Choice(["auto", "exact", "approximate"]), default=None,
               help="community: neighbour search; auto = exact up to 20,000 sentences or on a GPU [auto].")
 @click.option("--k", "k", type=click.IntRange(min=1), default=None, help="kmeans: number of clusters [50].")
