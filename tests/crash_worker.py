@@ -1,4 +1,4 @@
-"""Writer processes for tests/test_crash.py, which kills them with SIGKILL.
+"""Writer processes for tests/test_crash.py and tests/test_incremental.py, which kill them with SIGKILL.
 
     python -m tests.crash_worker serve
 
@@ -11,6 +11,8 @@ Modes, all with the FakeEncoder (no model):
 ``ingest``  ingest INPUT_FILE with batch_size 500, appending to PROGRESS_FILE the running
             count of records whose batch was committed (the progress callback runs
             after each batch's commit);
+``assign``  the same through ``clusterer.store.Store`` with batch_size 50, so every batch is
+            assigned to the latest clustering run in the transaction that stores it;
 ``rebuild`` rebuild_index() again and again, one line per finished rebuild;
 ``delete``  delete a few ids at a time, one line with the removed ids per finished call.
 
@@ -34,9 +36,14 @@ def main(mode: str, data_dir: str, input_file: str, progress_file: str) -> None:
     def note(line: str) -> None:
         os.write(fd, (line + "\n").encode())  # unbuffered: survives SIGKILL
 
-    store = store_module.SentenceStore(data_dir, batch_size=500, lock_timeout=30)
+    if mode == "assign":
+        from clusterer.store import Store
+
+        store = Store(data_dir, batch_size=50, lock_timeout=30)
+    else:
+        store = store_module.SentenceStore(data_dir, batch_size=500, lock_timeout=30)
     print(f"ready {os.getpid()}", flush=True)
-    if mode == "ingest":
+    if mode in ("ingest", "assign"):
         done = [0]
 
         def progress(n: int) -> None:

@@ -4,11 +4,7 @@ and kill -9 during an incremental update."""
 
 from __future__ import annotations
 
-import os
 import random
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,8 +18,7 @@ from clusterer.incremental import RunState, vote
 from clusterer.store import Store
 from storage import clusters as cq
 from storage.models import Assignment, Cluster, Sentence
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.test_crash import Worker
 
 
 # -- the vote (pure) -----------------------------------------------------------------
@@ -353,24 +348,6 @@ KILLS = 5
 SEED = 7301
 
 
-class Worker:
-    def __init__(self, log: Path):
-        from tests.test_crash import Worker as Base
-
-        self._base = Base.__new__(Base)
-        self._base.log = open(log, "w")
-        self._base.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.incremental_crash_worker", "serve"],
-            cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._base.log, bufsize=0,
-        )
-        self._base._buf = b""
-        assert self._base.readline(timeout=120) == "serving", self._base.errors()
-
-    def __getattr__(self, name):
-        return getattr(self._base, name)
-
-
 def _input(path: Path, n=3000) -> list[str]:
     topics = list(TOPICS.values()) + ["atm cash withdrawal fee", "bank transfer pending abroad"]
     lines = []
@@ -396,7 +373,7 @@ def test_kill_minus_nine_during_incremental_updates(tmp_path):
         kills, max_committed = 0, 0
         for round_no in range(KILLS):
             progress = tmp_path / f"p{round_no}"
-            kills += worker.run("ingest", data, str(input_file), progress, kill_after=rng.uniform(0.3, 4.0))
+            kills += worker.run("assign", data, str(input_file), progress, kill_after=rng.uniform(0.3, 4.0))
             done = [ln for ln in progress.read_text().split("\n")[:-1]] if progress.exists() else []
             committed = int(done[-1]) if done else 0
             max_committed = max(max_committed, committed)
@@ -415,7 +392,7 @@ def test_kill_minus_nine_during_incremental_updates(tmp_path):
                 assert not missing, f"round {round_no}: committed sentences lost, e.g. {missing[0]!r}"
         assert kills >= KILLS // 2, "too few kills landed while the worker was busy"
         assert max_committed > 0, "no kill landed after a committed batch"
-        assert not worker.run("ingest", data, str(input_file), tmp_path / "final", kill_after=None)
+        assert not worker.run("assign", data, str(input_file), tmp_path / "final", kill_after=None)
         with Store.open(data) as store:
             run, n_sentences = _check_consistent(store)
             assert n_sentences == 24 + len(set(lines)) == run.n_sentences
