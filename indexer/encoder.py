@@ -380,7 +380,7 @@ def _export_onnx(fp32_model, folder: Path, reference: np.ndarray) -> dict:
     try:
         args = tuple(feats[n] for n in names)  # padded, so the mask path is traced
         dyn = {n: {0: "batch", 1: "tokens"} for n in names}
-        with torch.inference_mode(), warnings.catch_warnings(), _quiet_stdout():
+        with torch.inference_mode(), warnings.catch_warnings(), _quiet_loading():
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 _Pipeline(fp32_model).eval(), args, str(raw), input_names=names,
@@ -397,7 +397,7 @@ def _export_onnx(fp32_model, folder: Path, reference: np.ndarray) -> dict:
         from onnxruntime.transformers import optimizer
 
         cfg = getattr(hf, "config", None)
-        with warnings.catch_warnings(), _quiet_stdout():
+        with warnings.catch_warnings(), _quiet_loading():
             warnings.simplefilter("ignore")
             opt = optimizer.optimize_model(
                 str(raw), model_type="bert", num_heads=int(getattr(cfg, "num_attention_heads", 0) or 0),
@@ -442,9 +442,22 @@ def _env(**values: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _quiet_stdout() -> Iterator[None]:
-    with contextlib.redirect_stdout(sys.stderr):
-        yield
+def _quiet_loading() -> Iterator[None]:
+    """Model loading prints to stderr, never stdout (kept for --json), and without the
+    per-weight progress bar of transformers."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover - transformers comes with sentence-transformers
+        hf_logging = None
+    bar_was_on = hf_logging is not None and hf_logging.is_progress_bar_enabled()
+    if bar_was_on:
+        hf_logging.disable_progress_bar()
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        if bar_was_on:
+            hf_logging.enable_progress_bar()
 
 
 def _check_texts(texts: Sequence[str]) -> list[str]:
@@ -661,7 +674,7 @@ class Encoder:
         )
         dim = getter() if getter is not None else None
         if not dim:
-            with torch.inference_mode(), _quiet_stdout():
+            with torch.inference_mode(), _quiet_loading():
                 dim = int(fp32.encode(["dimension probe"], convert_to_numpy=True).shape[1])
         self._dimension = int(dim)
 
@@ -710,7 +723,7 @@ class Encoder:
             raise ModelLoadError("sentence-transformers is not installed") from exc
         env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"} if bundled else {}
         try:
-            with _env(**env), _quiet_stdout():
+            with _env(**env), _quiet_loading():
                 model = SentenceTransformer(os.path.expanduser(path), device=device)
         except Exception as exc:
             if bundled:
@@ -735,7 +748,7 @@ class Encoder:
     def _run(model, texts: list[str], batch_size: int, show_progress: bool) -> np.ndarray:
         import torch
 
-        with torch.inference_mode(), _quiet_stdout():
+        with torch.inference_mode(), _quiet_loading():
             out = model.encode(
                 texts,
                 batch_size=batch_size,
