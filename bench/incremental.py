@@ -78,10 +78,13 @@ def main() -> None:
     parser.add_argument("--method", choices=["community", "kmeans"], default="community")
     parser.add_argument("--batches", type=int, default=5)
     parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="build the store in this folder and keep it; reuse it when it already holds a run")
     args = parser.parse_args()
 
     from clusterer.store import Store
     from indexer.encoder import DEFAULT_MODEL, Encoder
+    from indexer.normalize import normalize_text
 
     texts, _ = load_mix50k()
     real, _ = mix50k()
@@ -90,19 +93,22 @@ def main() -> None:
     syn_texts = [f"synthetic sentence {i} in group {i // 50}" for i in range(len(syn))]
     base_texts = syn_texts[: args.synthetic] + texts[:n_real_base]
     table = dict(zip(syn_texts, syn))
-    table.update(zip(texts, real))
+    table.update(zip(map(normalize_text, texts), real))
     encoder = TableEncoder(table, DEFAULT_MODEL)
 
     with tempfile.TemporaryDirectory(dir=str(Path(__file__).resolve().parent)) as tmp:
-        store = Store.open(Path(tmp) / "store", encoder=encoder)
+        store = Store.open(args.keep or Path(tmp) / "store", encoder=encoder)
+        reuse = args.keep is not None and store.runs()
         t0 = time.perf_counter()
-        store.ingest(base_texts)
-        print(f"built store of {store.count():,} sentences in {time.perf_counter() - t0:.0f} s "
+        for start in range(0, 0 if reuse else len(base_texts), 200_000):
+            store.ingest(base_texts[start : start + 200_000])
+            print(f"  {min(start + 200_000, len(base_texts)):,} stored, {time.perf_counter() - t0:.0f} s", flush=True)
+        print(f"{'reused' if reuse else 'built'} store of {store.count():,} sentences in {time.perf_counter() - t0:.0f} s "
               f"({store.index.kind}), peak RSS {peak_gib():.1f} GiB", flush=True)
 
         t0 = time.perf_counter()
         params = {"threshold": 0.75, "min_size": 10} if args.method == "community" else {"k": 2000}
-        run = store.cluster(args.method, **params)
+        run = store.runs()[0] if reuse else store.cluster(args.method, **params)
         print(f"{args.method} run {params}: {run.clusters:,} clusters, {run.assigned:,} assigned, "
               f"{time.perf_counter() - t0:.0f} s, peak RSS {peak_gib():.1f} GiB", flush=True)
 
@@ -110,6 +116,11 @@ def main() -> None:
         for b in range(args.batches):
             new = (syn_texts[args.synthetic + b * 500 : args.synthetic + (b + 1) * 500]
                    + texts[n_real_base + b * 500 : n_real_base + (b + 1) * 500])
+            if reuse:  # a kept store already holds these texts: same vectors under new texts
+                tag = f" [{time.time_ns()}]"
+                for t in new:
+                    table[normalize_text(t + tag)] = table[normalize_text(t)]
+                new = [t + tag for t in new]
             encoder.seconds = 0.0
             t0 = time.perf_counter()
             report = store.ingest(new)

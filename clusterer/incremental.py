@@ -42,6 +42,8 @@ class RunState:
     centroids: dict[int, np.ndarray] = field(default_factory=dict)
     sizes: dict[int, int] = field(default_factory=dict)
     term_mass: tuple[int, int] | None = None
+    term_totals: dict[str, int] = field(default_factory=dict)  # committed totals per term
+    totals_complete: bool | None = None  # every term of the run is in term_totals (None: not loaded)
     n_sentences: int = 0  # the run's n_sentences this state reflects; another writer changes it
 
     def is_current(self, run) -> bool:
@@ -186,28 +188,41 @@ def assign_to_centroids(state: RunState, vectors: np.ndarray) -> tuple[np.ndarra
     return labels[best], sims[np.arange(len(vectors)), best].astype(np.float32)
 
 
-def update_keywords(session, state: RunState, touched: set[int], pending_mass: tuple[int, int] = (0, 0),
-                    top_n: int = 10) -> None:
-    """Recompute the keywords of ``touched`` clusters from stored counts.
+TERM_CACHE_MAX = 2_000_000
 
-    Per-term totals come from an indexed SQL aggregate over the touched
-    clusters' terms; the run's total term mass and class count are read once
-    and then kept up to date in ``state`` (``pending_mass`` is what this batch
-    adds before it commits), so only the touched clusters' counts are read.
+
+def keyword_values(session, state: RunState, counts: dict[int, dict[str, int]], added: dict[str, int],
+                   pending_mass: tuple[int, int] = (0, 0), top_n: int = 10) -> dict[int, dict[str, Any]]:
+    """New keywords of the clusters in ``counts`` (their term counts after this batch).
+
+    c-TF-IDF needs each term's total over the run and the run's term mass: both are read
+    from the database once (all totals in one aggregate, unless the run has more than
+    ``TERM_CACHE_MAX`` terms; then lazily, per term first met) and then kept in ``state`` as
+    committed values (``added`` and ``pending_mass`` are this uncommitted batch's share, already
+    visible to ``session``), so a steady stream of batches reads no totals at all.
     """
-    if not touched:
-        return
+    if not counts:
+        return {}
     if state.term_mass is None:
         mass, classes = cq.term_mass(session, state.run_id)
         state.term_mass = (mass - pending_mass[0], classes - pending_mass[1])
-    counts = cq.term_counts(session, state.run_id, touched)
-    terms = set().union(*[set(c) for c in counts.values()]) if counts else set()
-    totals = cq.term_totals(session, state.run_id, terms)
+    terms = set().union(*counts.values())
+    if state.totals_complete is None:
+        loaded = cq.all_term_totals(session, state.run_id, TERM_CACHE_MAX)
+        state.totals_complete = loaded is not None
+        if loaded is not None:
+            state.term_totals = {t: c - added.get(t, 0) for t, c in loaded.items()}
+    if not state.totals_complete:
+        if len(state.term_totals) > TERM_CACHE_MAX:
+            state.term_totals.clear()
+        missing = [t for t in terms if t not in state.term_totals]
+        if missing:
+            for term, total in cq.term_totals(session, state.run_id, missing).items():
+                state.term_totals[term] = total - added.get(term, 0)
+    totals = {t: state.term_totals.get(t, 0) + added.get(t, 0) for t in terms}
     mass, classes = state.term_mass[0] + pending_mass[0], state.term_mass[1] + pending_mass[1]
     scored = topics.ctfidf_keywords(counts, top_n=top_n, term_totals=totals, average=mass / classes if classes else None)
-    for label in touched:
-        kw = scored.get(label, [])
-        cq.update_cluster(session, state.run_id, label, keywords=[[t, round(s, 6)] for t, s in kw])
+    return {label: {"keywords": [[t, round(s, 6)] for t, s in scored.get(label, [])]} for label in counts}
 
 
 @dataclass
@@ -220,6 +235,7 @@ class BatchOutcome:
     born: list[int]
     relabelled: dict[int, int]
     added_mass: tuple[int, int] = (0, 0)
+    added_terms: dict[str, int] = field(default_factory=dict)
 
     def apply(self, state: RunState, ids: np.ndarray, centres: dict[int, np.ndarray], centroids: dict[int, np.ndarray]) -> dict[str, int]:
         state.add(ids, self.labels)
@@ -233,6 +249,11 @@ class BatchOutcome:
         state.centroids.update(centroids)
         if state.term_mass is not None:
             state.term_mass = (state.term_mass[0] + self.added_mass[0], state.term_mass[1] + self.added_mass[1])
+        for term, c in self.added_terms.items():
+            if state.totals_complete:
+                state.term_totals[term] = state.term_totals.get(term, 0) + c
+            elif term in state.term_totals:
+                state.term_totals[term] += c
         return {
             "assigned": int(np.count_nonzero(self.labels >= 0)),
             "unassigned": int(np.count_nonzero(self.labels < 0)),
@@ -270,6 +291,7 @@ def update_batch(session, state: RunState, index, ids: np.ndarray, vectors: np.n
     new_centroids: dict[int, np.ndarray] = {}
     text_of = dict(zip(ids.tolist(), texts))
     mass_added, classes_added = 0, 0
+    born_counts: dict[int, dict[str, int]] = {}
     if state.method == "community":
         threshold = float(state.params.get("threshold", 0.75))
         min_size = int(state.params.get("min_size", 10))
@@ -309,6 +331,7 @@ def update_batch(session, state: RunState, index, ids: np.ndarray, vectors: np.n
                     cohesion=round(topics.cohesion(member_vecs), 6), keywords=[],
                     representatives=[int(members[r]) for r in reps], centroid=centroid.tobytes())])
                 cq.insert_terms(session, run_id, {label: counts})
+                born_counts[label] = counts
                 mass_added += sum(counts.values())
                 classes_added += 1 if counts else 0
                 cq.record_event(session, run_id, label, "birth", len(members), None,
@@ -320,26 +343,43 @@ def update_batch(session, state: RunState, index, ids: np.ndarray, vectors: np.n
     cq.insert_assignments(session, run_id, ids.tolist(),
                           [int(l) if l >= 0 else None for l in labels],
                           [float(s) if l >= 0 and np.isfinite(s) else None for l, s in zip(labels, sims)])
-    touched: set[int] = set()
-    for label in {int(l) for l in labels if l >= 0} - set(born):
-        pos = np.flatnonzero(labels == label)
-        touched.add(label)
+    grown = np.flatnonzero((labels >= 0) & ~np.isin(labels, born))
+    added = topics.count_terms([texts[p] for p in grown], labels[grown]) if len(grown) else {}
+    touched = set(added)
+    values: dict[int, dict[str, Any]] = {}
+    events = []
+    for label in sorted(touched):
+        pos = grown[labels[grown] == label]
         size = state.sizes.get(label, 0) + len(pos)
-        values: dict[str, Any] = {"size": size}
+        values[label] = {"size": size}
         if state.method != "community" and label in state.centroids:
             from clusterer.kmeans import update_centroid
 
             centroid, _ = update_centroid(state.centroids[label], state.sizes.get(label, 0), vectors[pos])
-            values["centroid"] = centroid.tobytes()
+            values[label]["centroid"] = centroid.tobytes()
             new_centroids[label] = centroid
-        cq.update_cluster(session, run_id, label, **values)
-        added = topics.term_counts([texts[p] for p in pos])
-        cq.add_terms(session, run_id, label, added)
-        mass_added += sum(added.values())
-        cq.record_event(session, run_id, label, "growth", size, None, {"added": int(len(pos))})
-    update_keywords(session, state, touched | set(born), (mass_added, classes_added))
+        events.append((label, "growth", size, {"added": int(len(pos))}))
+    current = cq.term_counts(session, run_id, touched) if touched else {}
+    cq.add_terms(session, run_id, added, current)
+    counts = dict(born_counts)
+    added_terms: dict[str, int] = {}
+    for label in touched:
+        merged = dict(current.get(label, {}))
+        for term, c in added[label].items():
+            merged[term] = merged.get(term, 0) + c
+            added_terms[term] = added_terms.get(term, 0) + c
+        counts[label] = merged
+        mass_added += sum(added[label].values())
+    for label_counts in born_counts.values():
+        for term, c in label_counts.items():
+            added_terms[term] = added_terms.get(term, 0) + c
+    for label, kw in keyword_values(session, state, counts, added_terms, (mass_added, classes_added)).items():
+        values.setdefault(label, {}).update(kw)
+    cq.update_clusters(session, run_id, values)
+    cq.record_events(session, run_id, events)
     assigned = int(np.count_nonzero(labels >= 0)) + len(relabelled)
     run = cq.get_run(session, run_id)
     cq.touch_run(session, run_id, n_sentences=run.n_sentences + len(ids), n_assigned=run.n_assigned + assigned,
                  n_clusters=run.n_clusters + len(born), max_seq=max(run.max_seq, max_seq))
-    return BatchOutcome(labels, sims, touched, born, relabelled, (mass_added, classes_added)), new_centres, new_centroids
+    outcome = BatchOutcome(labels, sims, touched, born, relabelled, (mass_added, classes_added), added_terms)
+    return outcome, new_centres, new_centroids

@@ -152,6 +152,7 @@ class SentenceStore:
         self._index: VectorIndex | None = None
         self._index_seq = 0
         self._saved_seq = 0
+        self._deletions_seen = 0
         self._last_save = time.monotonic()
         self.lock = WriterLock(self.data_dir / LOCK_FILE, timeout=lock_timeout)
         if not create and db_url is None and not (self.data_dir / DB_FILE).exists():
@@ -241,6 +242,7 @@ class SentenceStore:
         with self.db.read() as session:
             state = q.get_index_state(session)
             watermark, checksum, dirty = state.watermark, state.checksum, state.dirty
+            self._deletions_seen = state.deletions or 0
         index = None
         if not dirty and checksum is not None:
             try:
@@ -269,17 +271,18 @@ class SentenceStore:
     def refresh(self) -> None:
         """Catch up with what other processes committed since the index was loaded.
 
-        New rows are replayed; if rows the index holds were deleted meanwhile
-        (the count no longer adds up), the index is loaded afresh.
+        New rows are replayed; if sentences were deleted meanwhile (the deletion
+        counter moved), the index is loaded afresh. Both checks are single indexed
+        lookups, so a refresh costs the same on any store size.
         """
         if self._index is None:
             return
         with self.db.read() as session:
-            n = q.count_sentences(session)
-            new = n - q.count_up_to(session, self._index_seq)
-        if n != self._index.ntotal + new:
+            deletions = q.deletion_count(session)
+            newest = q.max_seq(session)
+        if deletions != self._deletions_seen:
             self._index = self._load_index()
-        elif new > 0:
+        elif newest > self._index_seq:
             self._replay(self._index)
 
     def _training_sample(self, session, n: int) -> np.ndarray | None:
@@ -295,6 +298,7 @@ class SentenceStore:
 
     def _build_from_db(self, persist: bool) -> VectorIndex:
         with self.db.read() as session:
+            self._deletions_seen = q.deletion_count(session)
             n = q.count_sentences(session)
             index = VectorIndex.for_size(self.dimension, n, self._training_sample(session, n), self.flat_max)
             watermark = 0
@@ -320,13 +324,14 @@ class SentenceStore:
 
         Rows past the file's watermark are safe in the database and replayed on
         open, so a 1,000-sentence batch on a million-sentence store need not
-        rewrite a gigabyte-sized file; small indexes are always saved.
+        rewrite a gigabyte-sized file; small indexes are always saved. (A long
+        ingest also saves every ``SAVE_INTERVAL_S`` seconds of its own work, which
+        bounds the replay after a crash.)
         """
         unsaved = self._index_seq - self._saved_seq
         if unsaved <= 0 and self.index_path.exists():
             return
-        if (index.ntotal <= SMALL_INDEX or unsaved >= UNSAVED_FRACTION * index.ntotal
-                or time.monotonic() - self._last_save > SAVE_INTERVAL_S):
+        if index.ntotal <= SMALL_INDEX or unsaved >= UNSAVED_FRACTION * index.ntotal:
             self._save(index)
 
     def rebuild_index(self) -> dict[str, Any]:
@@ -401,6 +406,7 @@ class SentenceStore:
     ) -> IngestReport:
         report = IngestReport(source=source)
         started = time.perf_counter()
+        call_started = time.monotonic()
         with self.lock:
             self._ensure_info()
             self.refresh()
@@ -417,7 +423,7 @@ class SentenceStore:
                     report.read += len(batch)
                     if progress:
                         progress(len(batch))
-                    if time.monotonic() - self._last_save > SAVE_INTERVAL_S:
+                    if time.monotonic() - max(self._last_save, call_started) > SAVE_INTERVAL_S:
                         self._save(index)
             except IndexerError as exc:
                 exc.partial_report = report
@@ -485,7 +491,7 @@ class SentenceStore:
             with self.db.write() as session:
                 removed = q.delete_sentences(session, ids)
                 if removed:
-                    q.mark_index_dirty(session)
+                    self._deletions_seen = q.mark_index_dirty(session)
             if removed:
                 index.remove(removed)
                 self._save(index)

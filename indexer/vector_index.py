@@ -42,6 +42,46 @@ def _faiss():
     return faiss
 
 
+BLOCKED_RANGE_MIN_QUERIES = 32
+
+
+def _blocked_ivf_range_search(index, queries: np.ndarray, threshold: np.float32):
+    faiss = _faiss()
+    nq, d = queries.shape
+    _, probes = index.quantizer.search(queries, index.nprobe)
+    lists = probes.ravel()
+    owners = np.repeat(np.arange(nq), probes.shape[1])
+    valid = lists >= 0
+    lists, owners = lists[valid], owners[valid]
+    order = np.argsort(lists, kind="stable")
+    lists, owners = lists[order], owners[order]
+    starts = np.flatnonzero(np.r_[True, lists[1:] != lists[:-1]]) if len(lists) else np.zeros(0, np.int64)
+    ends = np.r_[starts[1:], len(lists)]
+    invlists = index.invlists
+    rows, cols, sims = [], [], []
+    for a, b in zip(starts.tolist(), ends.tolist()):
+        lst = int(lists[a])
+        size = invlists.list_size(lst)
+        if not size:
+            continue
+        codes = faiss.rev_swig_ptr(invlists.get_codes(lst), size * d * 4).view(np.float32).reshape(size, d)
+        list_ids = faiss.rev_swig_ptr(invlists.get_ids(lst), size)
+        q = owners[a:b]
+        block = queries[q] @ codes.T
+        r, c = np.nonzero(block >= threshold)
+        if len(r):
+            rows.append(q[r])
+            cols.append(list_ids[c].astype(np.int64))
+            sims.append(block[r, c])
+    if not rows:
+        return np.zeros(nq + 1, np.int64), np.zeros(0, np.float32), np.zeros(0, np.int64)
+    rows_all = np.concatenate(rows)
+    by_query = np.argsort(rows_all, kind="stable")
+    lims = np.zeros(nq + 1, np.int64)
+    np.cumsum(np.bincount(rows_all, minlength=nq), out=lims[1:])
+    return lims, np.concatenate(sims)[by_query], np.concatenate(cols)[by_query]
+
+
 def nlist_for(n: int) -> int:
     return max(64, min(65536, int(4 * math.sqrt(max(n, 1)))))
 
@@ -124,8 +164,16 @@ class VectorIndex:
         return SearchResult(sims, ids)
 
     def range_search(self, queries: np.ndarray, threshold: float):
-        """(lims, similarities, ids) of every stored vector with similarity >= threshold."""
+        """(lims, similarities, ids) of every stored vector with similarity >= threshold.
+
+        On an IVF index a batch of queries is answered list by list: each inverted list
+        is compared with all the queries that probe it in one matrix product, which is
+        several times faster than FAISS scanning the lists query by query; the lists
+        probed are the same, so the results are too (up to float rounding at the threshold).
+        """
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        if len(queries) >= BLOCKED_RANGE_MIN_QUERIES and isinstance(self.index, _faiss().IndexIVFFlat):
+            return _blocked_ivf_range_search(self.index, queries, np.float32(threshold))
         lims, sims, ids = self.index.range_search(queries, float(threshold))
         return lims, sims, ids
 

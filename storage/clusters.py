@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
-from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy import and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from storage.models import Assignment, Cluster, ClusterEvent, ClusterTerm, Run, Sentence, utcnow
@@ -78,6 +78,24 @@ def update_cluster(session: Session, run_id: int, label: int, **values: Any) -> 
     session.execute(update(Cluster).where(Cluster.run_id == run_id, Cluster.label == label).values(**values))
 
 
+def update_clusters(session: Session, run_id: int, values: Mapping[int, Mapping[str, Any]]) -> None:
+    """``update_cluster`` for many clusters: one executemany per set of columns changed."""
+    now = utcnow()
+    table = Cluster.__table__
+    by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for label, cols in values.items():
+        row = {f"v_{k}": v for k, v in cols.items()}
+        row.update(r=run_id, l=int(label), v_updated_at=now)
+        by_columns.setdefault(tuple(sorted(cols)), []).append(row)
+    for columns, rows in by_columns.items():
+        statement = (
+            update(table)
+            .where(table.c.run_id == bindparam("r"), table.c.label == bindparam("l"))
+            .values({c: bindparam(f"v_{c}") for c in (*columns, "updated_at")})
+        )
+        session.connection().execute(statement, rows)
+
+
 def insert_assignments(
     session: Session, run_id: int, sentence_ids: Sequence[int], labels: Sequence[int | None], similarities: Sequence[float | None]
 ) -> None:
@@ -109,24 +127,28 @@ def insert_terms(session: Session, run_id: int, counts: Mapping[int, Mapping[str
         session.execute(insert(ClusterTerm), rows[start : start + INSERT_CHUNK])
 
 
-def add_terms(session: Session, run_id: int, label: int, counts: Mapping[str, int]) -> None:
-    """Add ``counts`` to the stored term counts of one cluster."""
-    if not counts:
-        return
-    existing = dict(
-        session.execute(
-            select(ClusterTerm.term, ClusterTerm.count).where(
-                ClusterTerm.run_id == run_id, ClusterTerm.label == label, ClusterTerm.term.in_(list(counts))
-            )
-        ).all()
-    )
-    changed = [{"run_id": run_id, "label": label, "term": t, "count": existing[t] + int(c)}
-               for t, c in counts.items() if t in existing]
-    new = [{"run_id": run_id, "label": label, "term": t, "count": int(c)} for t, c in counts.items() if t not in existing]
+def add_terms(session: Session, run_id: int, added: Mapping[int, Mapping[str, int]],
+              current: Mapping[int, Mapping[str, int]]) -> None:
+    """Add ``added[label]`` to the stored term counts of each cluster, ``current`` being what
+    is stored now (as :func:`term_counts` returns it): one bulk update and one bulk insert."""
+    changed, new = [], []
+    for label, counts in added.items():
+        have = current.get(label, {})
+        for term, c in counts.items():
+            if term in have:
+                changed.append({"r": run_id, "l": int(label), "t": term, "c": have[term] + int(c)})
+            else:
+                new.append({"run_id": run_id, "label": int(label), "term": term, "count": int(c)})
     if changed:
-        session.execute(update(ClusterTerm), changed)
-    if new:
-        session.execute(insert(ClusterTerm), new)
+        table = ClusterTerm.__table__
+        session.connection().execute(
+            update(table)
+            .where(table.c.run_id == bindparam("r"), table.c.label == bindparam("l"), table.c.term == bindparam("t"))
+            .values(count=bindparam("c")),
+            changed,
+        )
+    for start in range(0, len(new), INSERT_CHUNK):
+        session.execute(insert(ClusterTerm), new[start : start + INSERT_CHUNK])
 
 
 def term_counts(session: Session, run_id: int, labels: Iterable[int] | None = None) -> dict[int, dict[str, int]]:
@@ -208,6 +230,17 @@ def record_event(session: Session, run_id: int, label: int, kind: str, size: int
     session.add(ClusterEvent(run_id=run_id, label=label, kind=kind, size=size, related=related, detail=detail))
 
 
+def record_events(session: Session, run_id: int, events: Sequence[tuple[int, str, int, dict | None]]) -> None:
+    """Insert many ``(label, kind, size, detail)`` events of one run in one statement."""
+    if not events:
+        return
+    now = utcnow()
+    session.execute(insert(ClusterEvent), [
+        {"run_id": run_id, "label": int(label), "kind": kind, "size": int(size), "related": None, "detail": detail, "at": now}
+        for label, kind, size, detail in events
+    ])
+
+
 def events(session: Session, label: int | None = None, run_id: int | None = None) -> list[ClusterEvent]:
     query = select(ClusterEvent).order_by(ClusterEvent.id)
     if label is not None:
@@ -244,6 +277,19 @@ def term_totals(session: Session, run_id: int, terms: Iterable[str]) -> dict[str
             )
         )
     return totals
+
+
+def all_term_totals(session: Session, run_id: int, limit: int) -> dict[str, int] | None:
+    """Total count of every term of a run, or None when the run has more than ``limit`` terms."""
+    rows = session.execute(
+        select(ClusterTerm.term, func.sum(ClusterTerm.count))
+        .where(ClusterTerm.run_id == run_id)
+        .group_by(ClusterTerm.term)
+        .limit(limit + 1)
+    ).all()
+    if len(rows) > limit:
+        return None
+    return {t: int(c) for t, c in rows}
 
 
 def term_mass(session: Session, run_id: int) -> tuple[int, int]:

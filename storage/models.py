@@ -51,7 +51,8 @@ class IndexState(Base):
 
     ``watermark`` is the highest sentence sequence number in the file,
     ``checksum`` the digest of the file's bytes.  ``dirty`` is set in the same
-    transaction as a deletion and cleared once the file reflects it.
+    transaction as a deletion and cleared once the file reflects it; ``deletions``
+    counts deletions ever made, so a reader can tell cheaply that its index is stale.
     """
 
     __tablename__ = "index_state"
@@ -62,6 +63,7 @@ class IndexState(Base):
     ntotal: Mapped[int] = mapped_column(BigInteger, default=0)
     index_type: Mapped[Optional[str]] = mapped_column(String(64), nullable=True)
     dirty: Mapped[bool] = mapped_column(default=False)
+    deletions: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 

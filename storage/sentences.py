@@ -206,9 +206,19 @@ def set_index_state(
     )
 
 
-def mark_index_dirty(session: Session) -> None:
+def mark_index_dirty(session: Session) -> int:
+    """Record a deletion: the file is stale and the deletion counter moves; returns the counter."""
     get_index_state(session)
-    session.execute(update(IndexState).where(IndexState.id == 1).values(dirty=True, updated_at=utcnow()))
+    session.execute(
+        update(IndexState)
+        .where(IndexState.id == 1)
+        .values(dirty=True, deletions=IndexState.deletions + 1, updated_at=utcnow())
+    )
+    return deletion_count(session)
+
+
+def deletion_count(session: Session) -> int:
+    return session.scalar(select(IndexState.deletions).where(IndexState.id == 1)) or 0
 
 
 def start_ingest(session: Session, source: str) -> int:

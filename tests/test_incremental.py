@@ -235,6 +235,27 @@ def test_new_sentences_join_their_topic_and_keywords_update(store):
     _check_consistent(store)
 
 
+@pytest.mark.parametrize("cache_max", [incremental.TERM_CACHE_MAX, 5], ids=["all-totals", "lazy-totals"])
+def test_incremental_term_counts_and_keywords_match_a_recount(store, monkeypatch, cache_max):
+    from clusterer import topics
+
+    monkeypatch.setattr(incremental, "TERM_CACHE_MAX", cache_max)
+    store.ingest(topic_texts())
+    run = store.cluster("community", threshold=0.6, min_size=5)
+    for b in range(3):  # growth of existing clusters and, in the last batch, a birth
+        store.ingest(topic_texts(per_topic=2, start=20 + 2 * b)
+                     + topic_texts(per_topic=3 + 2 * (b == 2), start=10 * b, topics={"atm": "atm cash withdrawal fee"}))
+    clusters = store.clusters()
+    assert len(clusters) == 4
+    with store.db.read() as session:
+        stored = cq.term_counts(session, run.id)
+    recount = {c.id: topics.term_counts([m.text for m in store.members(c.id, limit=1000)]) for c in clusters}
+    assert stored == recount
+    expected = topics.ctfidf_keywords(recount)
+    for c in clusters:
+        assert [k for k in c.keywords] == [t for t, _ in expected[c.id]]
+
+
 def test_new_community_born_from_the_unassigned_pool(store):
     store.ingest(topic_texts())
     store.cluster("community", threshold=0.6, min_size=5)
