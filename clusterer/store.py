@@ -30,6 +30,9 @@ class UnknownSentenceError(ClustererError):
 
 
 LOOKUP_NEIGHBOURS = 10
+LOOKUP_SCAN = 64
+"""A lookup's one kNN scan; its neighbours above the threshold are all of them unless the
+64th is still above it (then a range search runs too)."""
 
 
 class Store(SentenceStore):
@@ -159,9 +162,14 @@ class Store(SentenceStore):
                 raise NoRunError("no clustering run yet: run `clusterer cluster` first")
             vec = np.asarray(vector, dtype=np.float32)[None, :]
             label, sim, votes = -1, None, 0
+            near = self.index.search(vec, LOOKUP_SCAN)
             if state.method == "community":
                 threshold = float(state.params.get("threshold", 0.75))
-                (n_ids, n_sims), = incremental.neighbours(self.index, vec, threshold)
+                if near.similarities[0][-1] < np.float32(threshold) or self.index.ntotal <= LOOKUP_SCAN:
+                    within = (near.ids[0] >= 0) & (near.similarities[0] >= np.float32(threshold))
+                    n_ids, n_sims = near.ids[0][within], near.similarities[0][within]
+                else:  # more neighbours above the threshold than one kNN scan returned
+                    (n_ids, n_sims), = incremental.neighbours(self.index, vec, threshold)
                 label, _, votes = incremental.community_vote(state, state.labels_of(n_ids), n_sims, vec[0], threshold)
             else:
                 labels, sims = incremental.assign_to_centroids(state, vec)
@@ -170,8 +178,7 @@ class Store(SentenceStore):
                 out = np.full(1, np.nan, np.float32)
                 incremental.centre_sims(state, np.array([label]), vec, out)
                 sim = None if np.isnan(out[0]) else round(float(out[0]), 6)
-            near = self.index.search(vec, LOOKUP_NEIGHBOURS)
-            near_ids = [int(i) for i in near.ids[0] if i >= 0]
+            near_ids = [int(i) for i in near.ids[0][:LOOKUP_NEIGHBOURS] if i >= 0]
             near_labels = state.labels_of(np.asarray(near_ids, dtype=np.int64))
             texts = sq.texts_for(session, near_ids)
             nearest = [{"id": i, "text": texts.get(i, ""), "similarity": round(float(s), 6),

@@ -73,6 +73,17 @@ def test_lookup_returns_the_cluster_of_the_nearest_members_and_stores_nothing(cl
     assert not store.search("forgot pin code reset please", k=1)[0].text.endswith("please")
 
 
+def test_lookup_counts_every_member_above_the_threshold_beyond_one_scan(tmp_path):
+    from clusterer.store import LOOKUP_SCAN
+
+    with Store.open(tmp_path / "big", device="cpu") as store:
+        store.ingest(topic_texts(per_topic=LOOKUP_SCAN + 16))
+        store.cluster("community", threshold=0.6, min_size=5)
+        out = store.lookup("forgot pin code reset please")
+        assert out["votes"] == LOOKUP_SCAN + 16 == out["cluster"]["size"]
+        assert len(out["nearest"]) == 10
+
+
 def test_lookup_of_a_sentence_that_fits_nowhere(clustered):
     out = clustered.lookup("zebra quantum umbrella")
     assert out["cluster_id"] is None and out["cluster"] is None and out["similarity"] is None
