@@ -19,6 +19,7 @@ The vote itself (:func:`vote`) is a pure function over neighbour arrays.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -362,17 +363,12 @@ def update_batch(session, state: RunState, index, ids: np.ndarray, vectors: np.n
     current = cq.term_counts(session, run_id, touched) if touched else {}
     cq.add_terms(session, run_id, added, current)
     counts = dict(born_counts)
-    added_terms: dict[str, int] = {}
     for label in touched:
-        merged = dict(current.get(label, {}))
-        for term, c in added[label].items():
-            merged[term] = merged.get(term, 0) + c
-            added_terms[term] = added_terms.get(term, 0) + c
-        counts[label] = merged
+        counts[label] = dict(Counter(current.get(label, {})) + Counter(added[label]))
         mass_added += sum(added[label].values())
-    for label_counts in born_counts.values():
-        for term, c in label_counts.items():
-            added_terms[term] = added_terms.get(term, 0) + c
+    added_terms: Counter[str] = Counter()
+    for label_counts in (*added.values(), *born_counts.values()):
+        added_terms.update(label_counts)
     for label, kw in keyword_values(session, state, counts, added_terms, (mass_added, classes_added)).items():
         values.setdefault(label, {}).update(kw)
     cq.update_clusters(session, run_id, values)

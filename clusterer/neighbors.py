@@ -153,27 +153,19 @@ def _assemble(
     min_size: int,
 ) -> NeighborGraph:
     """Sort pairs per centre (decreasing similarity, then position) and keep lists >= min_size."""
-    if not len(rows):
-        return NeighborGraph.empty(n, threshold, min_size)
-    order = np.lexsort((cols, -sims, rows))
-    rows, cols, sims = rows[order], cols[order], sims[order]
-    centres, starts, counts = np.unique(rows, return_index=True, return_counts=True)
-    keep = counts >= min_size
-    if not keep.all():
-        edge_keep = np.repeat(keep, counts)
-        rows, cols, sims = rows[edge_keep], cols[edge_keep], sims[edge_keep]
-        centres, counts = centres[keep], counts[keep]
-    lims = np.zeros(len(centres) + 1, np.int64)
-    np.cumsum(counts, out=lims[1:])
-    return NeighborGraph(
-        centres=centres.astype(np.int64),
-        lims=lims,
-        neighbors=cols.astype(np.int64),
-        similarities=sims.astype(np.float32),
-        n=int(n),
-        threshold=float(threshold),
-        min_size=int(min_size),
-    )
+    centres, counts, cols, sims = sort_lists(rows, cols, sims, min_size)
+    return assemble_lists(centres, counts, cols, sims, n, threshold, min_size)
+
+
+def settle_border(
+    x: np.ndarray, rows: np.ndarray, cols: np.ndarray, values: np.ndarray, t32: np.float32, eps: float
+) -> np.ndarray:
+    """Recompute ``values`` within ``eps`` of the threshold as ``sim(rows, cols)`` in torch
+    arithmetic (in place) and return the mask of pairs at or above it."""
+    border = np.flatnonzero(np.abs(values - t32) <= eps)
+    if len(border):
+        values[border] = _pair_similarities(x, rows[border], cols[border])
+    return values >= t32
 
 
 def sort_lists(
@@ -336,11 +328,7 @@ def faiss_neighbor_graph(
         if not (counts >= min_size).any():
             continue
         rows = np.repeat(np.arange(start, start + len(q), dtype=np.int64), counts)
-        border = np.flatnonzero(np.abs(sims - t32) <= eps)
-        if len(border):
-            sims = sims.copy()
-            sims[border] = _pair_similarities(x, rows[border], ids[border])
-        keep = sims >= t32
+        keep = settle_border(x, rows, ids, sims, t32, eps)
         rows, ids, sims = rows[keep], ids[keep], sims[keep]
         sizes = np.bincount(rows - start, minlength=len(q))
         enough = np.repeat(sizes >= min_size, sizes)

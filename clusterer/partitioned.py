@@ -28,8 +28,8 @@ from clusterer.neighbors import (
     NeighborGraph,
     _as_matrix,
     _check,
-    _pair_similarities,
     assemble_lists,
+    settle_border,
     sort_lists,
 )
 
@@ -134,15 +134,6 @@ def _cell_means(x: np.ndarray, order: np.ndarray, bounds: np.ndarray) -> np.ndar
     return np.ascontiguousarray(sums / np.where(norms > 0, norms, 1.0), dtype=np.float32).reshape(nlist, x.shape[1])
 
 
-def _settle(x: np.ndarray, rows: np.ndarray, cols: np.ndarray, values: np.ndarray, t32, eps: float) -> np.ndarray:
-    """Recompute ``values`` within ``eps`` of the threshold as ``sim(rows, cols)`` in torch
-    arithmetic (in place) and return the mask of pairs at or above it."""
-    border = np.flatnonzero(np.abs(values - t32) <= eps)
-    if len(border):
-        values[border] = _pair_similarities(x, rows[border], cols[border])
-    return values >= t32
-
-
 def _symmetric_probes(cell_probes: np.ndarray) -> list[np.ndarray]:
     """For each cell ``c``, the cells ``p >= c`` with ``p`` probed by ``c`` or ``c`` by ``p``."""
     nlist = len(cell_probes)
@@ -207,13 +198,13 @@ def partitioned_neighbor_graph(
             values = sims[r, k]
             rows, cols = q[r], cand[k]
             forward = values.copy()
-            keep = _settle(x, rows, cols, forward, t32, eps)
+            keep = settle_border(x, rows, cols, forward, t32, eps)
             parts.append((rows[keep], cols[keep], forward[keep]))
             away = np.flatnonzero(cand_cell[k] != c)
             if not len(away):
                 continue
             backward = values[away]
-            keep = _settle(x, cols[away], rows[away], backward, t32, eps)
+            keep = settle_border(x, cols[away], rows[away], backward, t32, eps)
             away, backward = away[keep], backward[keep]
             target = cand_cell[k[away]]
             by_cell = np.argsort(target, kind="stable")

@@ -73,13 +73,9 @@ def insert_clusters(session: Session, run_id: int, rows: Sequence[ClusterRow]) -
     )
 
 
-def update_cluster(session: Session, run_id: int, label: int, **values: Any) -> None:
-    values.setdefault("updated_at", utcnow())
-    session.execute(update(Cluster).where(Cluster.run_id == run_id, Cluster.label == label).values(**values))
-
-
 def update_clusters(session: Session, run_id: int, values: Mapping[int, Mapping[str, Any]]) -> None:
-    """``update_cluster`` for many clusters: one executemany per set of columns changed."""
+    """Set columns of many clusters of a run (``{label: {column: value}}``): one executemany
+    per set of columns changed."""
     now = utcnow()
     table = Cluster.__table__
     by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
