@@ -30,6 +30,22 @@ def _make(kind, rng, n=2000):
     return index, ids, vectors
 
 
+def test_batched_ivf_range_search_matches_faiss_on_the_same_probes():
+    rng = np.random.default_rng(3)
+    index, ids, vectors = _make("ivf", rng)
+    index.set_nprobe(4)  # not exhaustive: both must probe the same lists
+    index.remove(ids[:50])
+    queries = vectors[rng.choice(len(vectors), vi.BLOCKED_RANGE_MIN_QUERIES + 8, replace=False)]
+    lims, sims, got_ids = index.range_search(queries, 0.5)
+    ref_lims, ref_sims, ref_ids = index.index.range_search(queries, 0.5)
+    for q in range(len(queries)):
+        got = dict(zip(got_ids[lims[q] : lims[q + 1]].tolist(), sims[lims[q] : lims[q + 1]].tolist()))
+        ref = dict(zip(ref_ids[ref_lims[q] : ref_lims[q + 1]].tolist(), ref_sims[ref_lims[q] : ref_lims[q + 1]].tolist()))
+        assert set(got) == set(ref) and not set(got) & set(ids[:50].tolist())
+        assert all(abs(got[i] - ref[i]) < 1e-5 for i in got)
+    assert lims[-1] > len(queries)
+
+
 @pytest.mark.parametrize("kind", ["flat", "ivf"])
 def test_add_search_remove_ids(kind):
     rng = np.random.default_rng(0)
