@@ -45,9 +45,9 @@ def run_mix50k(settings: list[tuple[float, int]], nprobe: int) -> None:
     from sklearn.metrics import adjusted_rand_score
 
     from bench._data import mix50k
-    from clusterer.community import community_detection, labels_from_communities
-    from clusterer.neighbors import faiss_neighbor_graph
-    from clusterer.partitioned import default_nlist, partitioned_neighbor_graph
+    from clusterer.algorithms.community import community_detection, labels_from_communities
+    from clusterer.algorithms.neighbors import faiss_neighbor_graph
+    from clusterer.algorithms.partitioned import default_nlist, partitioned_neighbor_graph
 
     emb, _ = mix50k()
     n = len(emb)
@@ -99,8 +99,8 @@ def synthetic(n: int, d: int = 384, centres: int = 5000, clustered: float = 0.5,
 
 
 def run_synthetic(n: int, threshold: float, min_size: int, nprobe: int, nlist: int | None) -> None:
-    from clusterer.community import community_detection
-    from clusterer.partitioned import default_nlist, partitioned_neighbor_graph
+    from clusterer.algorithms.community import community_detection
+    from clusterer.algorithms.partitioned import default_nlist, partitioned_neighbor_graph
 
     t0 = time.perf_counter()
     x = synthetic(n)
@@ -134,7 +134,7 @@ def run_synthetic(n: int, threshold: float, min_size: int, nprobe: int, nlist: i
 
 
 def main() -> None:
-    from clusterer.partitioned import DEFAULT_NPROBE
+    from clusterer.algorithms.partitioned import DEFAULT_NPROBE
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--synthetic", type=int, default=0, help="run on N synthetic vectors (ours only)")

@@ -82,7 +82,7 @@ def main() -> None:
                         help="build the store in this folder and keep it; reuse it when it already holds a run")
     args = parser.parse_args()
 
-    from clusterer.store import Store
+    from clusterer.api import Store
     from indexer.encoder import DEFAULT_MODEL, Encoder
     from indexer.normalize import normalize_text
 

@@ -73,7 +73,7 @@ def main() -> None:
     parser.add_argument("--skip-cli", action="store_true", help="skip the subprocess `clusterer ingest` run")
     args = parser.parse_args()
 
-    from clusterer.store import Store
+    from clusterer.api import Store
     from indexer.encoder import Encoder
 
     texts = load_texts(args.limit)

@@ -7,7 +7,7 @@ __all__ = ["Store"]
 
 def __getattr__(name):
     if name == "Store":
-        from clusterer.store import Store
+        from clusterer.api import Store
 
         return Store
     raise AttributeError(name)

@@ -21,7 +21,7 @@ def pytest_configure(config):
 def _fake_model(request, monkeypatch):
     """Every store builds a FakeEncoder unless the test is marked ``real_model``."""
     if request.node.get_closest_marker("real_model") is None:
-        monkeypatch.setattr("indexer.store.make_encoder", lambda *a, **k: FakeEncoder())
+        monkeypatch.setattr("indexer.sentence_store.make_encoder", lambda *a, **k: FakeEncoder())
 
 
 @pytest.fixture

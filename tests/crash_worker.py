@@ -11,7 +11,7 @@ Modes, all with the FakeEncoder (no model):
 ``ingest``  ingest INPUT_FILE with batch_size 500, appending to PROGRESS_FILE the running
             count of records whose batch was committed (the progress callback runs
             after each batch's commit);
-``assign``  the same through ``clusterer.store.Store`` with batch_size 50, so every batch is
+``assign``  the same through ``clusterer.api.Store`` with batch_size 50, so every batch is
             assigned to the latest clustering run in the transaction that stores it;
 ``rebuild`` rebuild_index() again and again, one line per finished rebuild;
 ``delete``  delete a few ids at a time, one line with the removed ids per finished call.
@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import sys
 
-import indexer.store as store_module
+import indexer.sentence_store as store_module
 from tests.fakes import FakeEncoder
 
 store_module.make_encoder = lambda *a, **k: FakeEncoder()
@@ -37,7 +37,7 @@ def main(mode: str, data_dir: str, input_file: str, progress_file: str) -> None:
         os.write(fd, (line + "\n").encode())  # unbuffered: survives SIGKILL
 
     if mode == "assign":
-        from clusterer.store import Store
+        from clusterer.api import Store
 
         store = Store(data_dir, batch_size=50, lock_timeout=30)
     else:

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-import clusterer.agglomerative as agg
-from clusterer.agglomerative import LINKAGES, agglomerative
+import clusterer.algorithms.agglomerative as agg
+from clusterer.algorithms.agglomerative import LINKAGES, agglomerative
 from clusterer.errors import InvalidParameterError, TooLargeError
 
 

@@ -68,7 +68,7 @@ def templates(tmp_path_factory):
     base = tmp_path_factory.mktemp("templates")
     runner = CliRunner()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("indexer.store.make_encoder", lambda *a, **k: FakeEncoder())
+        mp.setattr("indexer.sentence_store.make_encoder", lambda *a, **k: FakeEncoder())
         mp.setenv("CLUSTERER_DEVICE", "cpu")
         path = base / "corpus.txt"
         path.write_text("\n".join(corpus()) + "\n", encoding="utf-8")

@@ -4,8 +4,8 @@ import pytest
 import torch
 from sentence_transformers.util import community_detection as st_community_detection
 
-from clusterer.community import Community, community_detection, detect_communities, labels_from_communities
-from clusterer.neighbors import faiss_neighbor_graph, torch_neighbor_graph
+from clusterer.algorithms.community import Community, community_detection, detect_communities, labels_from_communities
+from clusterer.algorithms.neighbors import faiss_neighbor_graph, torch_neighbor_graph
 from tests.fakes import FakeEncoder
 
 

@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import select
 
 from indexer.normalize import normalize_text
-from indexer.store import SentenceStore
+from indexer.sentence_store import SentenceStore
 from storage.models import Sentence
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""Incremental upkeep of the latest run (clusterer.incremental): the vote, streaming agreement
+"""Incremental upkeep of the latest run (clusterer.service.incremental): the vote, streaming agreement
 with a full run on real embeddings, stable ids across batches and reclusters, k-means upkeep,
 and kill -9 during an incremental update."""
 
@@ -13,9 +13,9 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 from sqlalchemy import func, select
 
-from clusterer import incremental
-from clusterer.incremental import RunState, vote
-from clusterer.store import Store
+from clusterer.service import incremental
+from clusterer.service.incremental import RunState, vote
+from clusterer.api import Store
 from storage import clusters as cq
 from storage.models import Assignment, Cluster, Sentence
 from tests.test_crash import Worker
@@ -237,7 +237,7 @@ def test_new_sentences_join_their_topic_and_keywords_update(store):
 
 @pytest.mark.parametrize("cache_max", [incremental.TERM_CACHE_MAX, 5], ids=["all-totals", "lazy-totals"])
 def test_incremental_term_counts_and_keywords_match_a_recount(store, monkeypatch, cache_max):
-    from clusterer import topics
+    from clusterer.algorithms import topics
 
     monkeypatch.setattr(incremental, "TERM_CACHE_MAX", cache_max)
     store.ingest(topic_texts())

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-from clusterer.runs import NoRunError
-from clusterer.store import Store, UnknownClusterError, UnknownSentenceError
+from clusterer.service.runs import NoRunError
+from clusterer.api import Store, UnknownClusterError, UnknownSentenceError
 from storage.models import Assignment
 
 TOPICS = {
@@ -74,7 +74,7 @@ def test_lookup_returns_the_cluster_of_the_nearest_members_and_stores_nothing(cl
 
 
 def test_lookup_counts_every_member_above_the_threshold_beyond_one_scan(tmp_path):
-    from clusterer.store import LOOKUP_SCAN
+    from clusterer.api import LOOKUP_SCAN
 
     with Store.open(tmp_path / "big", device="cpu") as store:
         store.ingest(topic_texts(per_topic=LOOKUP_SCAN + 16))

@@ -1,10 +1,10 @@
-"""Stable cluster ids: clusterer.matching.match_clusters and groups_from_labels."""
+"""Stable cluster ids: clusterer.algorithms.matching.match_clusters and groups_from_labels."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from clusterer.matching import groups_from_labels, match_clusters
+from clusterer.algorithms.matching import groups_from_labels, match_clusters
 
 
 def _events(result, label=None, kind=None):

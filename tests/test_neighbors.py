@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from clusterer.neighbors import (
+from clusterer.algorithms.neighbors import (
     NeighborGraph,
     build_ivf_index,
     estimate_graph,

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from clusterer.community import community_detection
-from clusterer.neighbors import faiss_neighbor_graph
-from clusterer.partitioned import default_nlist, partition, partitioned_neighbor_graph
+from clusterer.algorithms.community import community_detection
+from clusterer.algorithms.neighbors import faiss_neighbor_graph
+from clusterer.algorithms.partitioned import default_nlist, partition, partitioned_neighbor_graph
 
 
 def clustered(n=3000, centres=60, noise=0.35, d=32, seed=0):

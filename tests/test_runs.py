@@ -1,4 +1,4 @@
-"""Clustering runs through the Python API (``clusterer.store.Store``): edge cases, stored runs,
+"""Clustering runs through the Python API (``clusterer.api.Store``): edge cases, stored runs,
 keywords, stable cluster ids, failed runs and guard rails."""
 
 from __future__ import annotations
@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import clusterer.agglomerative
-import clusterer.runs
+import clusterer.algorithms.agglomerative
+import clusterer.service.runs
 from clusterer.errors import InvalidParameterError, TooLargeError
-from clusterer.runs import GuardRailError, NoRunError
-from clusterer.store import Store, UnknownClusterError
+from clusterer.service.runs import GuardRailError, NoRunError
+from clusterer.api import Store, UnknownClusterError
 from storage import clusters as cq
 
 TOPICS = {
@@ -233,7 +233,7 @@ def test_invalid_parameters(topic_store):
 
 
 def test_agglomerative_over_the_size_limit(topic_store, monkeypatch):
-    monkeypatch.setattr(clusterer.agglomerative, "MAX_AGGLOMERATIVE_SIZE", 5)
+    monkeypatch.setattr(clusterer.algorithms.agglomerative, "MAX_AGGLOMERATIVE_SIZE", 5)
     with pytest.raises(TooLargeError) as err:
         topic_store.cluster("agglomerative", distance_threshold=1.0)
     msg = str(err.value)
@@ -358,7 +358,7 @@ def test_failing_run_is_recorded_and_not_latest(topic_store, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("algorithm exploded")
 
-    monkeypatch.setattr(clusterer.runs, "compute_labels", boom)
+    monkeypatch.setattr(clusterer.service.runs, "compute_labels", boom)
     with pytest.raises(RuntimeError, match="exploded"):
         topic_store.cluster("kmeans", k=3)
     runs = topic_store.runs()

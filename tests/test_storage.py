@@ -198,7 +198,7 @@ def test_unreachable_postgresql(tmp_path):
     assert "127.0.0.1:1" in message and "cannot open database" in message
     assert "secret" not in message  # the password is hidden
 
-    from indexer.store import SentenceStore
+    from indexer.sentence_store import SentenceStore
 
     with pytest.raises(DatabaseUnavailableError):
         SentenceStore(tmp_path / "data", db_url=url)

@@ -10,7 +10,7 @@ import pytest
 
 from indexer.errors import InputError
 from indexer.lock import LockTimeoutError, WriterLock
-from indexer.store import LOCK_FILE, SentenceStore
+from indexer.sentence_store import LOCK_FILE, SentenceStore
 from storage.errors import ModelMismatchError
 from tests.fakes import FakeEncoder
 

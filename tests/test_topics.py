@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from clusterer.errors import InvalidParameterError
-from clusterer.topics import (
+from clusterer.algorithms.topics import (
     add_counts,
     cohesion,
     count_terms,

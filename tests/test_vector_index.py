@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from indexer import vector_index as vi
-from indexer.store import INDEX_FILE, SentenceStore
+from indexer.sentence_store import INDEX_FILE, SentenceStore
 from indexer.vector_index import IndexFileError, VectorIndex, checksum_bytes, load_index, write_atomic
 from storage import sentences as q
 

@@ -46,7 +46,7 @@ def settings_from(kwargs: dict[str, Any]) -> Settings:
 
 
 def open_store(settings: Settings, *, create: bool = False, recover: bool = True):
-    from clusterer.store import Store
+    from clusterer.api import Store
 
     return Store.open(settings.data_dir, create=create, recover=recover, **settings.store_kwargs())
 

@@ -4,7 +4,7 @@ Semantics (the reference is ``sentence_transformers.util.community_detection``; 
 neighbour graph the communities are identical, as sets and in list order):
 
 1. Neighbourhoods ``N(i) = {j : sim(i, j) >= float32(threshold)}`` and the candidates
-   ``|N(i)| >= min_size`` come from :mod:`clusterer.neighbors`.
+   ``|N(i)| >= min_size`` come from :mod:`clusterer.algorithms.neighbors`.
 2. Candidates are visited in order of decreasing ``|N(i)|``. Ties are broken by ``tie_break``:
 
    * ``"position"`` (default, as sentence-transformers): lower position first. Deterministic,
@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from clusterer.neighbors import NeighborGraph, neighbor_graph
+from clusterer.algorithms.neighbors import NeighborGraph, neighbor_graph
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,7 @@ def detect_communities(
     batch_size: int | None = None,
     show_progress: bool = False,
 ) -> list[Community]:
-    """Neighbour search (:func:`clusterer.neighbors.neighbor_graph`) then :func:`community_detection`.
+    """Neighbour search (:func:`clusterer.algorithms.neighbors.neighbor_graph`) then :func:`community_detection`.
 
     With ``normalize`` the rows are L2-normalised in float32 exactly as sentence-transformers
     does (``torch.nn.functional.normalize``), so that results match its

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from clusterer import topics
+from clusterer.algorithms import topics
 from storage import clusters as cq
 from storage import sentences as sq
 
@@ -265,7 +265,7 @@ class BatchOutcome:
 def _new_communities(session, state: RunState, pool_ids: list[int], batch_vecs: dict[int, np.ndarray],
                      dimension: int, dtype: str, threshold: float, min_size: int):
     """Communities among the unassigned pool; returns a list of (member ids, centre id, sims)."""
-    from clusterer.community import detect_communities
+    from clusterer.algorithms.community import detect_communities
 
     existing = [i for i in pool_ids if i not in batch_vecs]
     vecs = dict(batch_vecs)
@@ -354,7 +354,7 @@ def update_batch(session, state: RunState, index, ids: np.ndarray, vectors: np.n
         size = state.sizes.get(label, 0) + len(pos)
         values[label] = {"size": size}
         if state.method != "community" and label in state.centroids:
-            from clusterer.kmeans import update_centroid
+            from clusterer.algorithms.kmeans import update_centroid
 
             centroid, _ = update_centroid(state.centroids[label], state.sizes.get(label, 0), vectors[pos])
             values[label]["centroid"] = centroid.tobytes()

@@ -14,9 +14,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from clusterer import topics
+from clusterer.algorithms import topics
 from clusterer.errors import ClustererError, InvalidParameterError
-from clusterer.matching import groups_from_labels, match_clusters
+from clusterer.algorithms.matching import groups_from_labels, match_clusters
 from storage import clusters as cq
 from storage import sentences as sq
 
@@ -79,7 +79,7 @@ def _raise_threshold_hint(threshold: float) -> str:
 
 def check_community_guards(x: np.ndarray, threshold: float, min_size: int, max_bytes: int = MAX_GRAPH_BYTES) -> dict[str, Any]:
     """Estimate the neighbour graph from a sample; raise GuardRailError if it is unreasonable."""
-    from clusterer.neighbors import estimate_graph
+    from clusterer.algorithms.neighbors import estimate_graph
 
     if len(x) < 2 * min_size:
         return {}
@@ -108,12 +108,12 @@ def community_labels(x: np.ndarray, threshold: float, min_size: int, device: str
     """Community detection over ``x``.
 
     ``search``: "exact" (FAISS flat range search, or torch on CUDA), "approximate" (cell-blocked
-    search of :mod:`clusterer.partitioned`, ``nprobe`` cells per point) or "auto": exact up to
+    search of :mod:`clusterer.algorithms.partitioned`, ``nprobe`` cells per point) or "auto": exact up to
     ``EXACT_SEARCH_MAX`` sentences or on a GPU, approximate above.
     """
-    from clusterer.community import community_detection
-    from clusterer.neighbors import neighbor_graph
-    from clusterer.partitioned import DEFAULT_NPROBE, partitioned_neighbor_graph
+    from clusterer.algorithms.community import community_detection
+    from clusterer.algorithms.neighbors import neighbor_graph
+    from clusterer.algorithms.partitioned import DEFAULT_NPROBE, partitioned_neighbor_graph
 
     if search not in ("auto", "exact", "approximate"):
         raise InvalidParameterError(f"search must be auto, exact or approximate, got {search!r}")
@@ -148,7 +148,7 @@ def _cuda_available() -> bool:
 
 
 def kmeans_labels(x: np.ndarray, k: int, seed: int = 0) -> Labels:
-    from clusterer.kmeans import kmeans
+    from clusterer.algorithms.kmeans import kmeans
 
     if len(x) == 0:
         return Labels(np.zeros(0, np.int64), np.zeros(0, np.float32))
@@ -158,7 +158,7 @@ def kmeans_labels(x: np.ndarray, k: int, seed: int = 0) -> Labels:
 
 
 def agglomerative_labels(x: np.ndarray, distance_threshold: float, linkage: str = "ward") -> Labels:
-    from clusterer.agglomerative import agglomerative
+    from clusterer.algorithms.agglomerative import agglomerative
 
     if len(x) == 0:
         return Labels(np.zeros(0, np.int64), np.zeros(0, np.float32))

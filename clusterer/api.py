@@ -11,12 +11,12 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from clusterer import incremental
-from clusterer import runs as run_service
+from clusterer.service import incremental
+from clusterer.service import runs as run_service
 from clusterer.errors import ClustererError
-from clusterer.runs import NoRunError
-from clusterer.views import ClusterInfo, Event, Member, RunInfo
-from indexer.store import SentenceStore
+from clusterer.service.runs import NoRunError
+from clusterer.service.views import ClusterInfo, Event, Member, RunInfo
+from indexer.sentence_store import SentenceStore
 from storage import clusters as cq
 from storage import sentences as sq
 
@@ -39,7 +39,7 @@ class Store(SentenceStore):
     """A sentence store that also runs and maintains clusterings.
 
     Sentences ingested after a run are assigned to it as they arrive (see
-    :mod:`clusterer.incremental`), in the same transaction that stores them.
+    :mod:`clusterer.service.incremental`), in the same transaction that stores them.
     """
 
     _state: incremental.RunState | None = None
