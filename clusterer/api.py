@@ -35,6 +35,25 @@ LOOKUP_SCAN = 64
 64th is still above it (then a range search runs too)."""
 
 
+class _Upkeep:
+    """The store listener that keeps the latest run current as sentences arrive."""
+
+    def __init__(self, store: "Store"):
+        self.store = store
+
+    def on_insert(self, session, ids, vectors, texts, max_seq):
+        store = self.store
+        state = store._run_state(session)
+        if state is None:
+            return None
+        outcome, centres, centroids = incremental.update_batch(
+            session, state, store.index, ids, vectors, texts, max_seq, store.dimension, store.embedding_dtype)
+        return lambda: outcome.apply(state, ids, centres, centroids)
+
+    def on_delete(self, session, ids):
+        return None
+
+
 class Store(SentenceStore):
     """A sentence store that also runs and maintains clusterings.
 
@@ -44,6 +63,10 @@ class Store(SentenceStore):
 
     _state: incremental.RunState | None = None
 
+    def __init__(self, *args: Any, **kwargs: Any):
+        kwargs.setdefault("listener", _Upkeep(self))
+        super().__init__(*args, **kwargs)
+
     def _run_state(self, session) -> incremental.RunState | None:
         latest = cq.latest_run(session)
         if latest is None:
@@ -51,14 +74,6 @@ class Store(SentenceStore):
         elif self._state is None or not self._state.is_current(latest):
             self._state = incremental.load_state(session, self.dimension, self.embedding_dtype)
         return self._state
-
-    def _on_insert(self, session, ids, vectors, texts, max_seq):
-        state = self._run_state(session)
-        if state is None:
-            return None
-        outcome, centres, centroids = incremental.update_batch(
-            session, state, self.index, ids, vectors, texts, max_seq, self.dimension, self.embedding_dtype)
-        return lambda: outcome.apply(state, ids, centres, centroids)
 
     def cluster(self, method: str = "community", *, device: str | None = None, force: bool = False,
                 progress=None, show_progress: bool = False, **params: Any) -> RunInfo:

@@ -19,6 +19,7 @@ import numpy as np
 
 from indexer import readers
 from indexer.errors import IndexerError, InputError
+from indexer.listener import StoreListener
 from indexer.lock import WriterLock
 from indexer.normalize import normalize_text, text_hash
 from indexer.vector_index import FLAT_MAX, TRAIN_SAMPLE, IndexFileError, VectorIndex, load_index
@@ -139,12 +140,14 @@ class SentenceStore:
         batch_size: int = 4096,
         flat_max: int = FLAT_MAX,
         recover: bool = True,
+        listener: StoreListener | None = None,
     ):
         self.data_dir = Path(data_dir)
         self.index_path = self.data_dir / INDEX_FILE
         self.db_url = db_url or sqlite_url(self.data_dir / DB_FILE)
         self.batch_size = batch_size
         self.flat_max = flat_max
+        self.listener = listener
         self._model = model
         self._encoder = encoder
         self._device = device
@@ -466,8 +469,10 @@ class SentenceStore:
         with self.db.write() as session:
             ids, seqs = q.insert_sentences(session, rows)
             q.update_ingest(session, ingest_id, added=len(ids), duplicates=dups)
-            after_commit = self._on_insert(session, np.asarray(ids, dtype=np.int64), vectors,
-                                           [r.text for r in recs], int(seqs[-1]))
+            after_commit = None
+            if self.listener is not None:
+                after_commit = self.listener.on_insert(session, np.asarray(ids, dtype=np.int64), vectors,
+                                                       [r.text for r in recs], int(seqs[-1]))
         if after_commit is not None:
             for key, value in (after_commit() or {}).items():
                 report.clustering[key] = report.clustering.get(key, 0) + value
@@ -476,22 +481,22 @@ class SentenceStore:
         report.added += len(ids)
         report.ids.extend(ids)
 
-    def _on_insert(self, session, ids: np.ndarray, vectors: np.ndarray, texts: list[str], max_seq: int):
-        """Hook for layers above: runs inside the transaction that inserts a batch
-        (before the batch is added to the index) and may return a callable to run
-        once that transaction has committed; what that callable returns (a dict
-        of counts) is summed into the report's ``clustering``."""
-        return None
-
     def delete(self, ids: Sequence[int]) -> list[int]:
         """Remove sentences from the database and the index; returns the ids removed."""
         with self.lock:
             self.refresh()
             index = self.index
+            after_commit = None
             with self.db.write() as session:
+                if self.listener is not None:
+                    present = q.existing_ids(session, ids)
+                    if present:
+                        after_commit = self.listener.on_delete(session, present)
                 removed = q.delete_sentences(session, ids)
                 if removed:
                     self._deletions_seen = q.mark_index_dirty(session)
+            if after_commit is not None:
+                after_commit()
             if removed:
                 index.remove(removed)
                 self._save(index)

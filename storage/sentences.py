@@ -167,6 +167,15 @@ def find_by_hash(session: Session, text_hash: str) -> Sentence | None:
     return session.scalars(select(Sentence).where(Sentence.text_hash == text_hash)).first()
 
 
+def existing_ids(session: Session, ids: Sequence[int]) -> list[int]:
+    """The ids of ``ids`` that are stored, ascending."""
+    ids = list(ids)
+    present: list[int] = []
+    for start in range(0, len(ids), HASH_CHUNK):
+        present.extend(session.scalars(select(Sentence.id).where(Sentence.id.in_(ids[start : start + HASH_CHUNK]))))
+    return sorted(present)
+
+
 def delete_sentences(session: Session, ids: Sequence[int]) -> list[int]:
     """Delete the rows of ``ids`` that exist; returns the ids actually deleted."""
     ids = list(ids)
