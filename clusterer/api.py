@@ -1,8 +1,8 @@
 """The Python API: a sentence store with clustering on top.
 
 ``Store`` mirrors the command line: ``Store.open(path)``, ``store.ingest(texts,
-metadata)``, ``store.search(text, k)``, ``store.cluster(method, **params)``,
-``store.clusters()``, ``store.cluster_info(id)`` and ``store.runs()``.
+metadata)``, ``store.search(text, k)``, ``store.cluster(method, **params)`` (leiden by
+default), ``store.clusters(level=...)``, ``store.cluster_info(id)`` and ``store.runs()``.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from clusterer.service import incremental
+from clusterer.service import incremental, methods
 from clusterer.service import runs as run_service
-from clusterer.errors import ClustererError
+from clusterer.errors import ClustererError, InvalidParameterError
 from clusterer.service.runs import NoRunError
 from clusterer.service.views import ClusterInfo, Event, Member, RunInfo
 from indexer.sentence_store import SentenceStore
@@ -29,6 +29,7 @@ class UnknownSentenceError(ClustererError):
     """No stored sentence with that id."""
 
 
+LEVELS = ("fine", "coarse")
 LOOKUP_NEIGHBOURS = 10
 LOOKUP_SCAN = 64
 """A lookup's one kNN scan; its neighbours above the threshold are all of them unless the
@@ -75,18 +76,22 @@ class Store(SentenceStore):
             self._state = incremental.load_state(session, self.dimension, self.embedding_dtype)
         return self._state
 
-    def cluster(self, method: str = "community", *, device: str | None = None, force: bool = False,
-                progress=None, show_progress: bool = False, **params: Any) -> RunInfo:
+    def cluster(self, method: str | None = None, *, device: str | None = None, force: bool = False,
+                progress=None, show_progress: bool = False, warm_start: bool = False, **params: Any) -> RunInfo:
         """Cluster every stored sentence and store the run; returns the run's summary.
 
-        community: ``threshold`` (0.75), ``min_size`` (10), ``nprobe`` for large stores;
-        kmeans: ``k`` (50), ``seed`` (0); agglomerative: ``distance_threshold`` (1.5), ``linkage``.
+        ``method`` defaults to ``leiden`` (no k, no threshold: its granularity is chosen from the
+        data); the methods, their parameters and defaults are listed by
+        :func:`clusterer.service.methods.describe`. Parameters are checked before anything runs.
+        ``warm_start`` starts leiden from the latest run's membership (what :meth:`recluster` does).
         """
+        spec = methods.get(method)
+        spec.resolve(params)
         with self.lock:
             self.refresh()
             run_id, _ = run_service.run_clustering(
-                self, method, device=device or self._device, force=force, progress=progress,
-                show_progress=show_progress, **params)
+                self, spec.name, device=device or self._device, force=force, progress=progress,
+                show_progress=show_progress, warm_start=warm_start, **params)
             self._state = None
         return self.run(run_id)
 
@@ -110,7 +115,8 @@ class Store(SentenceStore):
     def _members(self, rows) -> list[Member]:
         return [Member(s.id, s.text, None if sim is None else round(float(sim), 6), s.meta) for s, sim in rows]
 
-    def _info(self, session, cluster, members: list[Member] | None = None) -> ClusterInfo:
+    def _info(self, session, cluster, members: list[Member] | None = None,
+              children: list[int] | None = None) -> ClusterInfo:
         wanted = list(cluster.representatives or [])
         if cluster.centre_id is not None:
             wanted.append(cluster.centre_id)
@@ -123,13 +129,28 @@ class Store(SentenceStore):
             cohesion=cluster.cohesion,
             representatives=[Member(i, texts.get(i, ""), None) for i in (cluster.representatives or []) if i in texts],
             members=members or [],
+            level=cluster.level or "fine", parent=cluster.parent_label, children=children or [],
         )
 
-    def clusters(self, run_id: int | None = None) -> list[ClusterInfo]:
-        """Every cluster of a run, largest first."""
+    @staticmethod
+    def _children(session, run_id: int) -> dict[int, list[int]]:
+        """Each coarse label's fine labels, largest first."""
+        out: dict[int, list[int]] = {}
+        for c in cq.clusters_of_run(session, run_id, level="fine"):
+            if c.parent_label is not None:
+                out.setdefault(c.parent_label, []).append(c.label)
+        return out
+
+    def clusters(self, run_id: int | None = None, *, level: str = "fine") -> list[ClusterInfo]:
+        """Every cluster of a run at ``level`` ("fine" or "coarse"), largest first; runs of
+        methods without a hierarchy have no coarse clusters."""
+        if level not in LEVELS:
+            raise InvalidParameterError(f"level must be fine or coarse, got {level!r}")
         with self.db.read() as session:
             run = self._run_row(session, run_id)
-            return [self._info(session, c) for c in cq.clusters_of_run(session, run.id)]
+            rows = cq.clusters_of_run(session, run.id, level=level)
+            children = self._children(session, run.id) if level == "coarse" else {}
+            return [self._info(session, c, children=children.get(c.label)) for c in rows]
 
     def cluster_info(self, cluster_id: int, *, run_id: int | None = None, limit: int = 20, offset: int = 0) -> ClusterInfo:
         """One cluster with its members, most similar to the centre first."""
@@ -138,13 +159,19 @@ class Store(SentenceStore):
             cluster = cq.get_cluster(session, run.id, cluster_id)
             if cluster is None:
                 raise UnknownClusterError(f"no cluster {cluster_id} in run {run.id}")
+            if cluster.level == "coarse":
+                children = self._children(session, run.id).get(cluster.label, [])
+                rows = cq.members_of_labels(session, run.id, children, offset=offset, limit=limit)
+                return self._info(session, cluster, self._members(rows), children)
             rows = cq.members(session, run.id, cluster_id, offset=offset, limit=limit)
             return self._info(session, cluster, self._members(rows))
 
     def export(self, run_id: int | None = None, batch: int = 5000) -> Iterator[dict[str, Any]]:
-        """Every sentence of a run with its cluster id (None when unassigned) and similarity."""
+        """Every sentence of a run with its cluster id (None when unassigned), its coarse
+        cluster id (None when unassigned or the run has no hierarchy) and similarity."""
         with self.db.read() as session:
             run = self._run_row(session, run_id)
+            parent_of = {c.label: c.parent_label for c in cq.clusters_of_run(session, run.id, level="fine")}
             ids, labels, sims = cq.assignments_of_run(session, run.id)
             for start in range(0, len(ids), batch):
                 chunk = ids[start : start + batch]
@@ -154,8 +181,10 @@ class Store(SentenceStore):
                     if s is None:
                         continue
                     sim = sims[start + i]
-                    yield {"id": sid, "text": s.text, "metadata": s.meta, "cluster": labels[start + i],
-                           "similarity": None if sim is None else round(float(sim), 6)}
+                    label = labels[start + i]
+                    yield {"id": sid, "text": s.text, "metadata": s.meta, "cluster": label,
+                           "similarity": None if sim is None else round(float(sim), 6),
+                           "coarse_cluster": None if label is None else parent_of.get(label)}
 
     # -- lookups -------------------------------------------------------------------
 
@@ -247,13 +276,16 @@ class Store(SentenceStore):
             return total, self._members(cq.members(session, run.id, None, offset=offset, limit=limit))
 
     def recluster(self, **kwargs: Any) -> RunInfo:
-        """A full run with the latest run's method and parameters; ids carry over."""
+        """A full run with the latest run's method and parameters; ids carry over (leiden starts
+        from the latest run's membership)."""
+        options = ("device", "force", "progress", "show_progress")
         with self.db.read() as session:
             run = self._run_row(session, None)
-            method, params = run.method, {k: v for k, v in (run.params or {}).items() if k != "stats"}
-        params.update({k: v for k, v in kwargs.items() if v is not None and k not in ("device", "force", "progress", "show_progress")})
-        extra = {k: kwargs[k] for k in ("device", "force", "progress", "show_progress") if k in kwargs}
-        return self.cluster(method, **extra, **params)
+            spec = methods.get(run.method)
+            params = {k: v for k, v in (run.params or {}).items() if k in spec.param_names}
+        params.update({k: v for k, v in kwargs.items() if v is not None and k not in options})
+        extra = {k: kwargs[k] for k in options if k in kwargs}
+        return self.cluster(spec.name, warm_start=True, **extra, **params)
 
     def events(self, run_id: int) -> list[Event]:
         """Every event a run recorded."""

@@ -23,6 +23,8 @@ class ClusterRow:
     keywords: list | None
     representatives: list[int] | None
     centroid: bytes | None = None
+    level: str = "fine"
+    parent_label: int | None = None
 
 
 def create_run(session: Session, method: str, params: dict[str, Any]) -> Run:
@@ -67,7 +69,7 @@ def insert_clusters(session: Session, run_id: int, rows: Sequence[ClusterRow]) -
         [
             {"run_id": run_id, "label": r.label, "size": r.size, "centre_id": r.centre_id, "cohesion": r.cohesion,
              "keywords": r.keywords, "representatives": r.representatives, "centroid": r.centroid,
-             "created_at": now, "updated_at": now}
+             "level": r.level, "parent_label": r.parent_label, "created_at": now, "updated_at": now}
             for r in rows
         ],
     )
@@ -157,8 +159,12 @@ def term_counts(session: Session, run_id: int, labels: Iterable[int] | None = No
     return out
 
 
-def clusters_of_run(session: Session, run_id: int, order_by_size: bool = True) -> list[Cluster]:
+def clusters_of_run(session: Session, run_id: int, order_by_size: bool = True, level: str | None = "fine") -> list[Cluster]:
+    """The clusters of a run at ``level`` ("fine", the ones sentences are assigned to; "coarse";
+    None for both)."""
     query = select(Cluster).where(Cluster.run_id == run_id)
+    if level is not None:
+        query = query.where(Cluster.level == level)
     query = query.order_by(Cluster.size.desc(), Cluster.label) if order_by_size else query.order_by(Cluster.label)
     return list(session.scalars(query))
 
@@ -175,6 +181,24 @@ def members(session: Session, run_id: int, label: int | None, offset: int = 0, l
         .join(Assignment, and_(Assignment.sentence_id == Sentence.id, Assignment.run_id == run_id))
         .where(cond)
         .order_by(Assignment.similarity.desc().nulls_last() if label is not None else Sentence.id, Sentence.id)
+        .offset(offset)
+    )
+    if limit is not None:
+        query = query.limit(limit)
+    return [(row[0], row[1]) for row in session.execute(query)]
+
+
+def members_of_labels(session: Session, run_id: int, labels: Sequence[int], offset: int = 0,
+                      limit: int | None = 50) -> list[tuple[Sentence, float | None]]:
+    """Sentences of several clusters (a coarse cluster's children), most similar to their
+    own cluster's centre first."""
+    if not labels:
+        return []
+    query = (
+        select(Sentence, Assignment.similarity)
+        .join(Assignment, and_(Assignment.sentence_id == Sentence.id, Assignment.run_id == run_id))
+        .where(Assignment.label.in_([int(label) for label in labels]))
+        .order_by(Assignment.similarity.desc().nulls_last(), Sentence.id)
         .offset(offset)
     )
     if limit is not None:

@@ -121,7 +121,11 @@ class Run(Base):
 
 
 class Cluster(Base):
-    """A cluster of one run.  ``label`` is the user-facing id, stable across runs."""
+    """A cluster of one run.  ``label`` is the user-facing id, stable across runs.
+
+    ``level`` is "fine" (sentences are assigned to these) or "coarse" (a topic made of fine
+    clusters, for methods with a hierarchy); a fine cluster's ``parent_label`` is its coarse one.
+    """
 
     __tablename__ = "clusters"
     __table_args__ = (Index("ix_clusters_run_label", "run_id", "label", unique=True),)
@@ -137,6 +141,8 @@ class Cluster(Base):
     centroid: Mapped[Optional[bytes]] = mapped_column(LargeBinary, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    level: Mapped[str] = mapped_column(String(8), default="fine", server_default="fine")
+    parent_label: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
 
 
 class Assignment(Base):

@@ -219,9 +219,10 @@ def test_export_csv(runner, clustered):
     result = run(runner, ["export", "--format", "csv"], data_dir)
     assert result.exit_code == 0
     reader = csv.DictReader(io.StringIO(result.stdout))
-    assert reader.fieldnames == ["id", "text", "metadata", "cluster", "similarity"]
+    assert reader.fieldnames == ["id", "text", "metadata", "cluster", "similarity", "coarse_cluster"]
     rows = []
     for r in reader:
+        assert r["coarse_cluster"] == ""  # a community run has no coarse level
         rows.append({"id": int(r["id"]), "text": r["text"],
                      "cluster": int(r["cluster"]) if r["cluster"] != "" else None,
                      "similarity": float(r["similarity"]) if r["similarity"] != "" else None})

@@ -1,4 +1,4 @@
-"""Commands over clusterings: cluster, clusters, show, runs, export."""
+"""Commands over clusterings: cluster, clusters, show, runs, export, methods."""
 
 from __future__ import annotations
 
@@ -16,44 +16,83 @@ def _short(text: str | None, width: int = 70) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-@click.command()
-@click.option("--method", type=click.Choice(["community", "kmeans", "agglomerative"]), default="community",
-              show_default=True, help="Clustering algorithm.")
-@click.option("--threshold", type=float, default=None, help="community: cosine similarity threshold [0.75].")
-@click.option("--min-size", type=click.IntRange(min=1), default=None, help="community: minimum community size [10].")
-@click.option("--nprobe", type=click.IntRange(min=1), default=None,
-              help="community, approximate search: cells probed per cell of sentences (recall knob) [12].")
-@click.option("--search", type=click.Choice(["auto", "exact", "approximate"]), default=None,
-              help="community: neighbour search; auto = exact up to 20,000 sentences or on a GPU [auto].")
-@click.option("--k", "k", type=click.IntRange(min=1), default=None, help="kmeans: number of clusters [50].")
-@click.option("--seed", type=int, default=None, help="kmeans: random seed [0].")
-@click.option("--distance-threshold", type=float, default=None, help="agglomerative: merge distance threshold [1.5].")
-@click.option("--linkage", type=click.Choice(["ward", "average", "complete"]), default=None,
-              help="agglomerative: linkage [ward].")
-@click.option("--force", is_flag=True, help="Run even when the guard rails predict a memory blow-up or one giant cluster.")
-@store_options
-def cluster(method, threshold, min_size, nprobe, search, k, seed, distance_threshold, linkage, force, as_json, **kwargs):
-    """Cluster every stored sentence and store the run."""
-    settings = settings_from(kwargs)
-    given = {"community": dict(threshold=threshold, min_size=min_size, nprobe=nprobe, search=search),
-             "kmeans": dict(k=k, seed=seed),
-             "agglomerative": dict(distance_threshold=distance_threshold, linkage=linkage)}[method]
-    others = {"threshold": threshold, "min_size": min_size, "nprobe": nprobe, "search": search, "k": k, "seed": seed,
-              "distance_threshold": distance_threshold, "linkage": linkage}
-    stray = [name for name, v in others.items() if v is not None and name not in given]
+def _method_options(f):
+    """One option per parameter name in the methods table, plus --method."""
+    from clusterer.service import methods
+
+    for spec in reversed(methods.option_specs()):
+        kind = click.Choice(list(spec.choices)) if spec.choices else spec.type
+        f = click.option(spec.flag, spec.name, type=kind, default=None, help=spec.help)(f)
+    return click.option("--method", type=click.Choice(list(methods.names())), default=methods.DEFAULT_METHOD,
+                        show_default=True, help="Clustering method (see `clusterer methods`).")(f)
+
+
+def _given(method: str, values: dict):
+    """The parameters given for ``method``, checked against the table (usage errors otherwise)."""
+    from clusterer.errors import InvalidParameterError
+    from clusterer.service import methods
+
+    spec = methods.get(method)
+    stray = [name for name, v in values.items() if v is not None and name not in spec.param_names]
     if stray:
         raise click.UsageError(f"--method {method} does not use {', '.join('--' + s.replace('_', '-') for s in stray)}")
+    given = {k: v for k, v in values.items() if v is not None}
+    try:
+        spec.resolve(given)
+    except InvalidParameterError as exc:
+        raise click.UsageError(str(exc)) from None
+    return given
+
+
+def _run_facts(run) -> str:
+    """One line of what a run chose: resolution, outlier share, levels, seconds per stage."""
+    stats = run.params.get("stats", {})
+    parts = []
+    if stats.get("resolution") is not None:
+        parts.append(f"resolution {stats['resolution']:g}" + ("" if "resolution" in run.params else " (automatic)"))
+    if stats.get("coarse_clusters"):
+        parts.append(f"{stats['coarse_clusters']} coarse topics")
+    if stats.get("outlier_share") is not None:
+        parts.append(f"outliers {stats['outlier_share']:.1%}")
+    secs = stats.get("seconds") or {}
+    if secs:
+        parts.append("seconds " + ", ".join(f"{k} {v:.2f}" for k, v in secs.items()))
+    return "; ".join(parts)
+
+
+def _params_text(run) -> str:
+    return json.dumps({k: v for k, v in run.params.items() if k != "stats"})
+
+
+@click.command()
+@_method_options
+@click.option("--force", is_flag=True, help="Run even when the guard rails predict a memory blow-up or one giant cluster.")
+@store_options
+def cluster(method, force, as_json, **kwargs):
+    """Cluster every stored sentence and store the run (leiden by default: no k, no threshold)."""
+    settings = settings_from(kwargs)
+    given = _given(method, kwargs)
     say = (lambda msg: None) if as_json else (lambda msg: click.echo(f"… {msg}", err=True))
     with open_store(settings) as store:
         run = store.cluster(method, device=settings.device, force=force, progress=say,
                             show_progress=not as_json, **given)
         top = store.clusters(run.id)[:10]
-    data = {"run": run.to_dict(), "top_clusters": [c.to_dict() for c in top]}
+        coarse = store.clusters(run.id, level="coarse")[:10]
+    data = {"run": run.to_dict(), "top_clusters": [c.to_dict() for c in top],
+            "top_coarse_clusters": [c.to_dict() for c in coarse]}
 
     def human(d):
-        click.echo(f"run {run.id}: {run.method} {json.dumps({k: v for k, v in run.params.items() if k != 'stats'})}")
+        click.echo(f"run {run.id}: {run.method} {_params_text(run)}")
         click.echo(f"{run.clusters} clusters, {run.assigned:,} of {run.sentences:,} sentences assigned, "
                    f"{run.unassigned:,} unassigned, {run.seconds:.2f} s")
+        facts = _run_facts(run)
+        if facts:
+            click.echo(facts)
+        if coarse:
+            click.echo("coarse topics:")
+            for c in coarse:
+                click.echo(f"  [{c.id}] {c.size:>6}  {len(c.children)} clusters  {', '.join(c.keywords[:5])}")
+            click.echo("clusters:")
         for c in top:
             click.echo(f"  [{c.id}] {c.size:>6}  {', '.join(c.keywords[:5])}  — {_short(c.centre_text, 60)}")
 
@@ -63,22 +102,31 @@ def cluster(method, threshold, min_size, nprobe, search, k, seed, distance_thres
 @click.command()
 @click.option("--run", "run_id", type=int, default=None, help="Run id (default: the latest).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Show only the largest N clusters.")
+@click.option("--level", type=click.Choice(["fine", "coarse"]), default="fine", show_default=True,
+              help="fine: the clusters sentences are assigned to; coarse: the topics grouping them (leiden runs).")
 @store_options
-def clusters(run_id, limit, as_json, **kwargs):
-    """List clusters: id, size, keywords, centre sentence, cohesion."""
+def clusters(run_id, limit, level, as_json, **kwargs):
+    """List clusters: id, size, keywords, centre sentence, cohesion (and parent or children)."""
     settings = settings_from(kwargs)
     with open_store(settings, recover=False) as store:
         run = store.run(run_id)
-        items = store.clusters(run.id)
+        items = store.clusters(run.id, level=level)
     if limit:
         items = items[:limit]
-    data = {"run": run.to_dict(), "clusters": [c.to_dict() for c in items]}
+    data = {"run": run.to_dict(), "level": level, "clusters": [c.to_dict() for c in items]}
 
     def human(d):
-        click.echo(f"run {run.id} ({run.method}): {run.clusters} clusters, {run.unassigned:,} unassigned sentences")
+        if level == "coarse":
+            click.echo(f"run {run.id} ({run.method}): {len(items)} coarse topics over {run.clusters} clusters")
+            if not items:
+                click.echo(f"run {run.id} has no coarse level (only leiden runs have one)")
+        else:
+            click.echo(f"run {run.id} ({run.method}): {run.clusters} clusters, {run.unassigned:,} unassigned sentences")
         click.echo(f"{'id':>6} {'size':>7} {'cohesion':>8}  keywords / centre")
         for c in items:
-            click.echo(f"{c.id:>6} {c.size:>7} {c.cohesion or 0:>8.3f}  {', '.join(c.keywords[:6])}")
+            extra = f"  ({len(c.children)} clusters)" if level == "coarse" else (
+                f"  (topic {c.parent})" if c.parent is not None else "")
+            click.echo(f"{c.id:>6} {c.size:>7} {c.cohesion or 0:>8.3f}  {', '.join(c.keywords[:6])}{extra}")
             click.echo(f"{'':>24}{_short(c.centre_text)}")
 
     emit(data, as_json, human)
@@ -91,15 +139,25 @@ def clusters(run_id, limit, as_json, **kwargs):
 @click.option("--run", "run_id", type=int, default=None, help="Run id (default: the latest).")
 @store_options
 def show(cluster_id, limit, offset, run_id, as_json, **kwargs):
-    """One cluster: keywords, representatives, members with similarity to the centre."""
+    """One cluster: keywords, representatives, members with similarity to the centre; a coarse
+    topic's clusters, or a cluster's topic."""
     settings = settings_from(kwargs)
     with open_store(settings, recover=False) as store:
         info = store.cluster_info(cluster_id, run_id=run_id, limit=limit, offset=offset)
+        children = [store.cluster_info(c, run_id=info.run_id, limit=0) for c in info.children]
+        parent = store.cluster_info(info.parent, run_id=info.run_id, limit=0) if info.parent is not None else None
     data = info.to_dict()
+    data["child_clusters"] = [{"id": c.id, "size": c.size, "keywords": c.keywords} for c in children]
+    data["parent_cluster"] = None if parent is None else {"id": parent.id, "size": parent.size, "keywords": parent.keywords}
 
     def human(d):
-        click.echo(f"cluster {info.id} (run {info.run_id}): {info.size} sentences, cohesion {info.cohesion or 0:.3f}")
+        kind = "coarse topic" if info.level == "coarse" else "cluster"
+        click.echo(f"{kind} {info.id} (run {info.run_id}): {info.size} sentences, cohesion {info.cohesion or 0:.3f}")
         click.echo(f"keywords: {', '.join(info.keywords)}")
+        if parent is not None:
+            click.echo(f"topic:    [{parent.id}] {', '.join(parent.keywords[:6])}")
+        for c in children:
+            click.echo(f"cluster:  [{c.id}] {c.size:>6}  {', '.join(c.keywords[:6])}")
         click.echo(f"centre:   [{info.centre_id}] {info.centre_text}")
         for m in info.representatives:
             click.echo(f"typical:  [{m.id}] {m.text}")
@@ -122,10 +180,12 @@ def runs(limit, as_json, **kwargs):
 
     def human(d):
         for r in items:
-            params = {k: v for k, v in r.params.items() if k != "stats"}
             secs = f"{r.seconds:.2f}s" if r.seconds is not None else "-"
-            click.echo(f"{r.id:>4} {r.status:<8} {r.method:<13} {json.dumps(params):<45} {r.started_at}  {secs:>8}  "
+            click.echo(f"{r.id:>4} {r.status:<8} {r.method:<13} {_params_text(r):<45} {r.started_at}  {secs:>8}  "
                        f"{r.clusters} clusters, {r.assigned}/{r.sentences} assigned" + (f"  {r.error}" if r.error else ""))
+            facts = _run_facts(r)
+            if facts and r.status == "done":
+                click.echo(f"{'':>14}{facts}")
 
     emit(data, as_json, human)
 
@@ -137,7 +197,8 @@ def runs(limit, as_json, **kwargs):
 @click.option("--run", "run_id", type=int, default=None, help="Run id (default: the latest).")
 @store_options
 def export(fmt, output, run_id, as_json, **kwargs):
-    """Every sentence with its metadata, cluster id (empty when unassigned) and similarity."""
+    """Every sentence with its metadata, cluster id (empty when unassigned), similarity and coarse
+    topic id (empty without one). Columns: id, text, metadata, cluster, similarity, coarse_cluster."""
     settings = settings_from(kwargs)
     with open_store(settings, recover=False) as store:
         store.run(run_id)
@@ -146,12 +207,13 @@ def export(fmt, output, run_id, as_json, **kwargs):
         try:
             if fmt == "csv":
                 writer = csv.writer(out)
-                writer.writerow(["id", "text", "metadata", "cluster", "similarity"])
+                writer.writerow(["id", "text", "metadata", "cluster", "similarity", "coarse_cluster"])
             for row in store.export(run_id):
                 if fmt == "csv":
                     writer.writerow([row["id"], row["text"], json.dumps(row["metadata"], ensure_ascii=False) if row["metadata"] else "",
                                      "" if row["cluster"] is None else row["cluster"],
-                                     "" if row["similarity"] is None else row["similarity"]])
+                                     "" if row["similarity"] is None else row["similarity"],
+                                     "" if row["coarse_cluster"] is None else row["coarse_cluster"]])
                 else:
                     out.write(json.dumps(row, ensure_ascii=False) + "\n")
                 count += 1
@@ -163,4 +225,27 @@ def export(fmt, output, run_id, as_json, **kwargs):
              lambda d: click.echo(f"exported {count:,} sentences to {output}", err=True))
 
 
-COMMANDS = [cluster, clusters, show, runs, export]
+@click.command(name="methods")
+@click.option("--markdown", is_flag=True, help="Print the table as Markdown (for the docs).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document for scripts.")
+def methods_command(markdown, as_json):
+    """The clustering methods, their parameters, defaults and upkeep rules."""
+    from clusterer.service import methods
+
+    rows = methods.describe()
+
+    def human(d):
+        if markdown:
+            click.echo(methods.markdown_table())
+            return
+        for m in rows:
+            click.echo(f"{m['method']}{' (default)' if m['default'] else ''}: {m['summary']}")
+            click.echo(f"  levels {', '.join(m['levels'])}; new sentences: {m['upkeep']} rule")
+            for p in m["params"]:
+                default = "auto" if p["default"] is None and "auto" in p["allowed"] else p["default"]
+                click.echo(f"  {p['option']:<22} {str(default):<8} {p['help']} ({p['allowed']})")
+
+    emit({"default": methods.DEFAULT_METHOD, "methods": rows}, as_json, human)
+
+
+COMMANDS = [cluster, clusters, show, runs, export, methods_command]

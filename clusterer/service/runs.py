@@ -1,29 +1,30 @@
-"""Clustering runs over a store: load embeddings, run an algorithm, attach topics, persist.
+"""Clustering runs over a store: load embeddings, run a method, plan what to store, store it.
 
-The algorithms stay pure (arrays in, lists out); this module wires them to the
-database.  A run row is written first with status ``running`` so that a failed
-or killed run is visible; everything else is written in one transaction at the
-end, so a run is either complete or absent from lookups.
+A run is split into a pure plan and a small writer. :func:`plan_run` takes arrays and ids (the
+embeddings, the method's labels, the texts, the previous run's groups) and returns a
+:class:`RunPlan`: final labels with stable ids, cluster rows at every level, term counts and
+lineage events; it touches no database. :func:`write_plan` stores a plan. :func:`run_clustering`
+wires the two to the store: a run row is written first with status ``running`` so that a failed
+or killed run is visible; the plan is written in one transaction at the end, so a run is either
+complete or absent from lookups.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import numpy as np
 
 from clusterer.algorithms import topics
-from clusterer.errors import ClustererError, InvalidParameterError
-from clusterer.algorithms.matching import groups_from_labels, match_clusters
+from clusterer.algorithms.matching import Event, groups_from_labels, match_clusters
+from clusterer.errors import ClustererError
+from clusterer.service import methods
+from clusterer.service.methods import GuardRailError, Labels  # noqa: F401  (re-exported)
 from storage import clusters as cq
 from storage import sentences as sq
 
-METHODS = ("community", "kmeans", "agglomerative")
-MAX_GRAPH_BYTES = 4 << 30
-MAX_COMMUNITY_FRACTION = 0.5
-EXACT_SEARCH_MAX = 20_000
 KEYWORDS_PER_CLUSTER = 10
 REPRESENTATIVES = 3
 MIN_JACCARD = 0.3
@@ -31,160 +32,79 @@ MIN_JACCARD = 0.3
 Progress = Callable[[str], None]
 
 
-class GuardRailError(ClustererError):
-    """A run was refused because it would exhaust memory or produce one giant cluster."""
-
-
 class NoRunError(ClustererError):
     """No clustering run has been made yet."""
 
 
-@dataclass
-class Labels:
-    """What an algorithm produced over positions 0..n-1: label (-1 unassigned), similarity, centre."""
-
-    labels: np.ndarray
-    similarities: np.ndarray
-    centres: dict[int, int] = field(default_factory=dict)
-    centroids: dict[int, np.ndarray] = field(default_factory=dict)
-    info: dict[str, Any] = field(default_factory=dict)
-
-
-def default_params(method: str, **given: Any) -> dict[str, Any]:
-    if method not in METHODS:
-        raise InvalidParameterError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    defaults: dict[str, dict[str, Any]] = {
-        "community": {"threshold": 0.75, "min_size": 10},
-        "kmeans": {"k": 50, "seed": 0},
-        "agglomerative": {"distance_threshold": 1.5, "linkage": "ward"},
-    }
-    allowed = set(defaults[method]) | ({"nprobe", "search"} if method == "community" else set())
-    unknown = sorted(k for k, v in given.items() if v is not None and k not in allowed)
-    if unknown:
-        raise InvalidParameterError(
-            f"{method} does not take {', '.join(unknown)}; its parameters are {', '.join(sorted(allowed))}"
-        )
-    params = dict(defaults[method])
-    params.update({k: v for k, v in given.items() if v is not None})
-    return params
-
-
-def _raise_threshold_hint(threshold: float) -> str:
-    """What to suggest; never a "higher" threshold that is not above the current one."""
-    higher = min(0.95, threshold + 0.1)
-    if higher > threshold:
-        return f"Raise --threshold (e.g. {higher:.2f}) or pass --force."
-    return "Pass --force to run anyway."
-
-
-def check_community_guards(x: np.ndarray, threshold: float, min_size: int, max_bytes: int = MAX_GRAPH_BYTES) -> dict[str, Any]:
-    """Estimate the neighbour graph from a sample; raise GuardRailError if it is unreasonable."""
-    from clusterer.algorithms.neighbors import estimate_graph
-
-    if len(x) < 2 * min_size:
-        return {}
-    est = estimate_graph(x, threshold, min_size, sample_size=min(2000, len(x)))
-    facts = {
-        "estimated_graph_bytes": int(est.expected_bytes),
-        "largest_neighbourhood_fraction": round(est.max_neighborhood_fraction, 4),
-        "candidate_fraction": round(est.candidate_fraction, 4),
-    }
-    if est.expected_bytes > max_bytes:
-        raise GuardRailError(
-            f"threshold {threshold} would build a neighbour graph of about {est.expected_bytes / 2**30:.1f} GiB "
-            f"(limit {max_bytes / 2**30:.1f} GiB; {est.mean_neighborhood_size:.0f} neighbours per sentence on average). "
-            f"{_raise_threshold_hint(threshold)}"
-        )
-    if est.max_neighborhood_fraction > MAX_COMMUNITY_FRACTION:
-        raise GuardRailError(
-            f"at threshold {threshold} one sentence is similar to {est.max_neighborhood_fraction:.0%} of the store, "
-            f"so most sentences would land in one community. {_raise_threshold_hint(threshold)}"
-        )
-    return facts
-
-
-def community_labels(x: np.ndarray, threshold: float, min_size: int, device: str = "auto",
-                     nprobe: int | None = None, search: str = "auto", show_progress: bool = False) -> Labels:
-    """Community detection over ``x``.
-
-    ``search``: "exact" (FAISS flat range search, or torch on CUDA), "approximate" (cell-blocked
-    search of :mod:`clusterer.algorithms.partitioned`, ``nprobe`` cells per point) or "auto": exact up to
-    ``EXACT_SEARCH_MAX`` sentences or on a GPU, approximate above.
-    """
-    from clusterer.algorithms.community import community_detection
-    from clusterer.algorithms.neighbors import neighbor_graph
-    from clusterer.algorithms.partitioned import DEFAULT_NPROBE, partitioned_neighbor_graph
-
-    if search not in ("auto", "exact", "approximate"):
-        raise InvalidParameterError(f"search must be auto, exact or approximate, got {search!r}")
-    n = len(x)
-    labels = np.full(n, -1, dtype=np.int64)
-    sims = np.full(n, np.nan, dtype=np.float32)
-    if n == 0 or n < min_size:
-        # fewer sentences than min_size: no community can be big enough (the reference clamps
-        # min_size to n instead, which would turn any tiny store into one community)
-        return Labels(labels, sims)
-    if search == "auto":
-        on_gpu = device == "cuda" or (device == "auto" and _cuda_available())
-        search = "exact" if n <= EXACT_SEARCH_MAX or on_gpu else "approximate"
-    if search == "exact":
-        graph = neighbor_graph(x, threshold, min_size, device=device, show_progress=show_progress)
-    else:
-        graph = partitioned_neighbor_graph(x, threshold, min_size, nprobe=nprobe or DEFAULT_NPROBE, show_progress=show_progress)
-    communities = community_detection(graph)
-    centres: dict[int, int] = {}
-    for k, com in enumerate(communities):
-        members = np.asarray(com.members, dtype=np.int64)
-        labels[members] = k
-        sims[members] = com.similarities
-        centres[k] = com.centre
-    return Labels(labels, sims, centres, info={"search": search, "candidates": len(graph), "edges": graph.total_edges})
-
-
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def kmeans_labels(x: np.ndarray, k: int, seed: int = 0) -> Labels:
-    from clusterer.algorithms.kmeans import kmeans
-
-    if len(x) == 0:
-        return Labels(np.zeros(0, np.int64), np.zeros(0, np.float32))
-    res = kmeans(x, k, seed=seed)
-    return Labels(res.labels.astype(np.int64), res.similarities.astype(np.float32),
-                  centroids={j: res.centroids[j] for j in range(res.k)}, info={"inertia": res.inertia})
-
-
-def agglomerative_labels(x: np.ndarray, distance_threshold: float, linkage: str = "ward") -> Labels:
-    from clusterer.algorithms.agglomerative import agglomerative
-
-    if len(x) == 0:
-        return Labels(np.zeros(0, np.int64), np.zeros(0, np.float32))
-    res = agglomerative(x, distance_threshold, linkage=linkage)
-    return Labels(np.asarray(res.labels, dtype=np.int64), np.asarray(res.similarities, dtype=np.float32))
-
-
 def compute_labels(method: str, x: np.ndarray, params: dict[str, Any], device: str = "auto",
-                   force: bool = False, show_progress: bool = False) -> Labels:
-    """Run one algorithm over the embedding matrix ``x`` (rows L2-normalised)."""
-    if method == "community":
-        t, m = float(params["threshold"]), int(params["min_size"])
-        if not -1.0 <= t <= 1.0:
-            raise InvalidParameterError(f"--threshold must be between -1 and 1, got {t}")
-        if m < 1:
-            raise InvalidParameterError(f"--min-size must be at least 1, got {m}")
-        guards = {} if force else check_community_guards(x, t, m)
-        out = community_labels(x, t, m, device=device, nprobe=params.get("nprobe"),
-                               search=params.get("search", "auto"), show_progress=show_progress)
-        out.info.update(guards)
-        return out
-    if method == "kmeans":
-        return kmeans_labels(x, int(params["k"]), seed=int(params.get("seed", 0)))
-    if method == "agglomerative":
-        return agglomerative_labels(x, float(params["distance_threshold"]), params.get("linkage", "ward"))
-    raise InvalidParameterError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+                   force: bool = False, show_progress: bool = False, initial: np.ndarray | None = None) -> Labels:
+    """Run one method over the embedding matrix ``x`` (rows L2-normalised) with resolved ``params``."""
+    return methods.get(method).compute(x, params, device=device, force=force, show_progress=show_progress,
+                                       initial=initial)
+
+
+# -- the plan ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Previous:
+    """The run a new run continues: its fine and coarse groups of sentence ids, and each
+    sentence's fine label (``ids`` ascending) for a warm start."""
+
+    run_id: int | None = None
+    fine: dict[int, list[int]] = field(default_factory=dict)
+    coarse: dict[int, list[int]] = field(default_factory=dict)
+    ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    def labels_for(self, ids: np.ndarray) -> np.ndarray:
+        """The previous fine label of each of ``ids`` (-1: unassigned or new)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if len(self.ids) == 0 or len(ids) == 0:
+            return np.full(len(ids), -1, dtype=np.int64)
+        pos = np.minimum(np.searchsorted(self.ids, ids), len(self.ids) - 1)
+        return np.where(self.ids[pos] == ids, self.labels[pos], -1)
+
+
+@dataclass
+class RunPlan:
+    """Everything a run stores: per sentence (``ids`` order) its fine label (None: unassigned)
+    and similarity; cluster rows (fine, then coarse); the fine clusters' term counts; events."""
+
+    ids: np.ndarray
+    labels: list[int | None]
+    similarities: list[float | None]
+    clusters: list[cq.ClusterRow]
+    terms: dict[int, dict[str, int]]
+    events: list[Event]
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def fine(self) -> list[cq.ClusterRow]:
+        return [c for c in self.clusters if c.level == "fine"]
+
+    @property
+    def coarse(self) -> list[cq.ClusterRow]:
+        return [c for c in self.clusters if c.level == "coarse"]
+
+    @property
+    def n_assigned(self) -> int:
+        return sum(1 for label in self.labels if label is not None)
+
+
+def _cluster_row(x: np.ndarray, ids: np.ndarray, pos: np.ndarray, label: int, keywords: list,
+                 centroid: np.ndarray | None = None, centre_pos: int | None = None, level: str = "fine",
+                 parent: int | None = None) -> cq.ClusterRow:
+    vectors = x[pos]
+    if centroid is None:
+        centroid = topics.normalised_centroid(vectors)
+    reps = topics.representatives(x, pos, centroid, n=REPRESENTATIVES)
+    if centre_pos is None:
+        centre_pos = reps[0] if reps else int(pos[0])
+    return cq.ClusterRow(
+        label=label, size=len(pos), centre_id=int(ids[centre_pos]), cohesion=round(topics.cohesion(vectors), 6),
+        keywords=[[t, round(s, 6)] for t, s in keywords], representatives=[int(ids[p]) for p in reps],
+        centroid=np.asarray(centroid, dtype=np.float32).tobytes(), level=level, parent_label=parent)
 
 
 def describe_clusters(x: np.ndarray, ids: np.ndarray, texts: list[str], result: Labels, label_of: dict[int, int]) -> tuple[list[cq.ClusterRow], dict[int, dict[str, int]]]:
@@ -195,21 +115,8 @@ def describe_clusters(x: np.ndarray, ids: np.ndarray, texts: list[str], result: 
     rows = []
     for raw, label in label_of.items():
         pos = np.flatnonzero(result.labels == raw)
-        vectors = x[pos]
-        centroid = result.centroids.get(raw)
-        if centroid is None:
-            centroid = topics.normalised_centroid(vectors)
-        reps = topics.representatives(x, pos, centroid, n=REPRESENTATIVES)
-        centre_pos = result.centres.get(raw, reps[0] if reps else int(pos[0]))
-        rows.append(cq.ClusterRow(
-            label=label,
-            size=len(pos),
-            centre_id=int(ids[centre_pos]),
-            cohesion=round(topics.cohesion(vectors), 6),
-            keywords=[[t, round(s, 6)] for t, s in keywords.get(label, [])],
-            representatives=[int(ids[p]) for p in reps],
-            centroid=np.asarray(centroid, dtype=np.float32).tobytes(),
-        ))
+        rows.append(_cluster_row(x, ids, pos, label, keywords.get(label, []), result.centroids.get(raw),
+                                 result.centres.get(raw)))
     return rows, counts
 
 
@@ -225,53 +132,145 @@ def similarities_for_storage(result: Labels, x: np.ndarray) -> np.ndarray:
     return sims
 
 
-def run_clustering(store, method: str = "community", *, device: str = "auto", force: bool = False,
-                   progress: Progress | None = None, show_progress: bool = False, **given: Any):
-    """Cluster every stored sentence, store the run, and return its id and summary."""
-    params = default_params(method, **given)
+def _sum_counts(parts: list[dict[str, int]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for part in parts:
+        for term, c in part.items():
+            total[term] = total.get(term, 0) + c
+    return total
+
+
+def _coarse_level(x: np.ndarray, ids: np.ndarray, result: Labels, label_of: dict[int, int],
+                  fine_counts: dict[int, dict[str, int]], previous: Previous, next_label: int):
+    """Coarse rows (keywords from the summed term counts of their children), their ids matched
+    to the previous run's coarse clusters, their events, and each fine label's parent."""
+    parents = result.parents or {}
+    raw_coarse = sorted({parents[raw] for raw in label_of})
+    children = {c: [raw for raw in label_of if parents[raw] == c] for c in raw_coarse}
+    fine_pos = {raw: np.flatnonzero(result.labels == raw) for raw in label_of}
+    positions = {c: np.sort(np.concatenate([fine_pos[raw] for raw in children[c]])) for c in raw_coarse}
+    match = match_clusters(previous.coarse, [ids[positions[c]] for c in raw_coarse], next_label, MIN_JACCARD)
+    coarse_of = dict(zip(raw_coarse, match.labels))
+    counts = {coarse_of[c]: _sum_counts([fine_counts.get(label_of[raw], {}) for raw in children[c]])
+              for c in raw_coarse}
+    keywords = topics.ctfidf_keywords({k: v for k, v in counts.items() if v}, top_n=KEYWORDS_PER_CLUSTER)
+    rows = [_cluster_row(x, ids, positions[c], coarse_of[c], keywords.get(coarse_of[c], []), level="coarse")
+            for c in raw_coarse]
+    events = [replace(e, detail={**e.detail, "level": "coarse"}) for e in match.events]
+    parent_of = {label_of[raw]: coarse_of[parents[raw]] for raw in label_of}
+    return rows, events, parent_of
+
+
+def plan_run(ids: np.ndarray, x: np.ndarray, texts: list[str], result: Labels, previous: Previous,
+             next_label: int) -> RunPlan:
+    """What a run stores, from the method's ``result`` over ``ids``/``x`` (one row per sentence)
+    and ``texts`` (aligned; only assigned sentences' texts are read).
+
+    Fine clusters keep the id of the previous run's fine cluster they overlap most (Jaccard
+    >= ``MIN_JACCARD``), coarse clusters likewise among the previous coarse ones; other clusters
+    get fresh ids from ``next_label`` up, fine first.
+    """
+    ids = np.asarray(ids, dtype=np.int64)
+    raw_labels = [int(l) for l in np.unique(result.labels) if l >= 0]
+    groups = groups_from_labels(ids, result.labels)
+    match = match_clusters(previous.fine, [groups[r] for r in raw_labels], next_label, MIN_JACCARD)
+    label_of = dict(zip(raw_labels, match.labels))
+    rows, counts = describe_clusters(x, ids, texts, result, label_of)
+    events = list(match.events)
+    if result.parents is not None and label_of:
+        after_fine = max([next_label - 1, *label_of.values()]) + 1
+        coarse_rows, coarse_events, parent_of = _coarse_level(x, ids, result, label_of, counts, previous, after_fine)
+        rows = [replace(r, parent_label=parent_of[r.label]) for r in rows] + coarse_rows
+        events += coarse_events
+    sims = similarities_for_storage(result, x)
+    final_labels = [label_of[int(l)] if l >= 0 else None for l in result.labels]
+    final_sims = [float(s) if l is not None else None for s, l in zip(sims, final_labels)]
+    return RunPlan(ids, final_labels, final_sims, rows, counts, events, dict(result.info))
+
+
+def write_plan(session, run_id: int, plan: RunPlan) -> None:
+    """Store a plan's clusters, assignments, term counts and events in the run ``run_id``."""
+    cq.insert_clusters(session, run_id, plan.clusters)
+    cq.insert_assignments(session, run_id, plan.ids.tolist(), plan.labels, plan.similarities)
+    cq.insert_terms(session, run_id, plan.terms)
+    for ev in plan.events:
+        cq.record_event(session, run_id, ev.label, ev.kind, ev.size, ev.related or None, ev.detail or None)
+
+
+# -- the run -----------------------------------------------------------------------------------
+
+
+def load_previous(session) -> Previous:
+    """The latest finished run's groups (empty when there is none)."""
+    run = cq.latest_run(session)
+    if run is None:
+        return Previous()
+    p_ids, p_labels, _ = cq.assignments_of_run(session, run.id)
+    ids = np.asarray(p_ids, np.int64)
+    labels = np.asarray([-1 if l is None else l for l in p_labels], np.int64)
+    order = np.argsort(ids, kind="stable")
+    ids, labels = ids[order], labels[order]
+    fine = {k: v.tolist() for k, v in groups_from_labels(ids, labels).items()}
+    parent_of = {c.label: c.parent_label for c in cq.clusters_of_run(session, run.id, level="fine")
+                 if c.parent_label is not None}
+    coarse: dict[int, list[int]] = {}
+    for label, members in fine.items():
+        if label in parent_of:
+            coarse.setdefault(parent_of[label], []).extend(members)
+    return Previous(run.id, fine, coarse, ids, labels)
+
+
+def run_clustering(store, method: str | None = None, *, device: str = "auto", force: bool = False,
+                   progress: Progress | None = None, show_progress: bool = False, warm_start: bool = False,
+                   **given: Any) -> tuple[int, float]:
+    """Cluster every stored sentence, store the run, and return its id and duration.
+
+    ``warm_start``: methods that can (leiden) start from the latest run's fine membership, so
+    that clusters that persist keep their members and ids.
+    """
+    spec = methods.get(method)
+    params = spec.resolve(given)
     say = progress or (lambda _msg: None)
     with store.db.write() as session:
-        run_id = cq.create_run(session, method, params).id
+        run_id = cq.create_run(session, spec.name, params).id
     started = time.perf_counter()
+    seconds: dict[str, float] = {}
     try:
+        tick = time.perf_counter()
         with store.db.read() as session:
             max_seq = sq.max_seq(session)
+            previous = load_previous(session)
+            next_label = cq.max_label(session) + 1
         say("loading embeddings")
         ids, x = store.embeddings(up_to_seq=max_seq)
-        say(f"clustering {len(ids):,} sentences ({method})")
-        result = compute_labels(method, x, params, device=device, force=force, show_progress=show_progress)
-        raw_labels = [int(l) for l in np.unique(result.labels) if l >= 0]
-        with store.db.read() as session:
-            previous = cq.latest_run(session)
-            prev_groups: dict[int, list[int]] = {}
-            if previous is not None:
-                p_ids, p_labels, _ = cq.assignments_of_run(session, previous.id)
-                prev_groups = {k: v.tolist() for k, v in groups_from_labels(
-                    np.asarray(p_ids, np.int64), np.asarray([-1 if l is None else l for l in p_labels], np.int64)).items()}
-            next_label = cq.max_label(session) + 1
-        groups = groups_from_labels(ids, result.labels)
-        match = match_clusters(prev_groups, [groups[r] for r in raw_labels], next_label, MIN_JACCARD)
-        label_of = dict(zip(raw_labels, match.labels))
-        say("keywords and representatives")
+        seconds["load"] = time.perf_counter() - tick
+        tick = time.perf_counter()
+        initial = previous.labels_for(ids) if warm_start and spec.warm_start and previous.run_id else None
+        say(f"clustering {len(ids):,} sentences ({spec.name})")
+        result = compute_labels(spec.name, x, params, device=device, force=force, show_progress=show_progress,
+                                initial=initial)
+        seconds["cluster"] = time.perf_counter() - tick
+        tick = time.perf_counter()
         assigned = result.labels >= 0
         with store.db.read() as session:
             text_map = sq.texts_for(session, ids[assigned].tolist())
+        seconds["load"] += time.perf_counter() - tick
+        tick = time.perf_counter()
+        say("keywords and representatives")
         texts_all = [text_map.get(int(i), "") if a else "" for i, a in zip(ids, assigned)]
-        rows, counts = describe_clusters(x, ids, texts_all, result, label_of)
-        sims = similarities_for_storage(result, x)
-        final_labels = [label_of[int(l)] if l >= 0 else None for l in result.labels]
-        final_sims = [float(s) if l is not None else None for s, l in zip(sims, final_labels)]
+        plan = plan_run(ids, x, texts_all, result, previous, next_label)
+        seconds["keywords"] = time.perf_counter() - tick
+        tick = time.perf_counter()
         say("saving")
         with store.db.write() as session:
-            cq.insert_clusters(session, run_id, rows)
-            cq.insert_assignments(session, run_id, ids.tolist(), final_labels, final_sims)
-            cq.insert_terms(session, run_id, counts)
-            for ev in match.events:
-                cq.record_event(session, run_id, ev.label, ev.kind, ev.size, ev.related or None, ev.detail or None)
+            write_plan(session, run_id, plan)
+            seconds["save"] = time.perf_counter() - tick
+            stats = {**plan.stats, "coarse_clusters": len(plan.coarse),
+                     "seconds": {k: round(v, 4) for k, v in seconds.items()}}
             run = cq.get_run(session, run_id)
-            run.params = {**params, **({"stats": result.info} if result.info else {})}
-            cq.finish_run(session, run_id, n_sentences=len(ids), n_clusters=len(rows),
-                          n_assigned=int(assigned.sum()), max_seq=max_seq)
+            run.params = {**params, "stats": stats}
+            cq.finish_run(session, run_id, n_sentences=len(ids), n_clusters=len(plan.fine),
+                          n_assigned=plan.n_assigned, max_seq=max_seq)
     except BaseException as exc:
         with store.db.write() as session:
             cq.fail_run(session, run_id, f"{type(exc).__name__}: {exc}")

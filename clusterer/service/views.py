@@ -51,6 +51,10 @@ class Member:
 
 @dataclass
 class ClusterInfo:
+    """A cluster of a run. ``level`` is "fine" (sentences are assigned to these) or "coarse" (a
+    topic of fine clusters); ``parent`` is a fine cluster's coarse cluster (None when the run has
+    no hierarchy) and ``children`` a coarse cluster's fine clusters, largest first."""
+
     id: int
     run_id: int
     size: int
@@ -61,6 +65,9 @@ class ClusterInfo:
     representatives: list[Member] = field(default_factory=list)
     members: list[Member] = field(default_factory=list)
     keyword_scores: list[float] = field(default_factory=list)
+    level: str = "fine"
+    parent: int | None = None
+    children: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
