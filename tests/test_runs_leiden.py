@@ -423,3 +423,42 @@ def test_cli_human_cluster_output(cli_store):
     out = json.loads(again.stdout)
     assert out["run"]["method"] == "leiden" and out["run"]["params"]["resolution"] == 1.0
     assert out["events"] == [] and out["kept_ids"] == out["run"]["clusters"] + out["run"]["params"]["stats"]["coarse_clusters"]
+
+
+# -- the real model ----------------------------------------------------------------------------
+
+
+class _LookupEncoder:
+    """The real model's embeddings of the BANKING77 sample, looked up by text."""
+
+    model_name = "all-MiniLM-L6-v2 (precomputed)"
+    precision = "fp32"
+
+    def __init__(self, texts, x):
+        self.dimension = x.shape[1]
+        self._of = dict(zip(texts, x))
+
+    def encode(self, texts, show_progress=False):
+        if not len(texts):
+            return np.zeros((0, self.dimension), np.float32)
+        return np.stack([self._of[t] for t in texts]).astype(np.float32)
+
+
+@pytest.mark.real_model
+@pytest.mark.slow
+def test_leiden_default_beats_community_on_banking77(banking77_embeddings, tmp_path):
+    texts, intents, x = banking77_embeddings
+    with Store.open(tmp_path / "data", encoder=_LookupEncoder(texts, x), device="cpu") as store:
+        store.ingest(texts)
+        scores = {}
+        for name, method, params in [("leiden", None, {}), ("community", "community", {"threshold": 0.75, "min_size": 10})]:
+            run = store.cluster(method, **params)
+            rows = _export(store, run.id)
+            intent_of = dict(zip(texts, intents))
+            found = [r["cluster"] if r["cluster"] is not None else -1 - i for i, r in enumerate(rows)]
+            scores[name] = adjusted_rand_score([intent_of[r["text"]] for r in rows], found)
+            if name == "leiden":
+                assert run.method == "leiden" and run.params["stats"]["outlier_share"] < 0.2
+                assert store.clusters(level="coarse") and len(store.clusters(level="coarse")) < run.clusters
+        print(f"banking77 sample ARI: leiden default {scores['leiden']:.3f}, community 0.75/10 {scores['community']:.3f}")
+        assert scores["leiden"] > scores["community"]

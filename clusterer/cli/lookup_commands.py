@@ -109,7 +109,8 @@ def unassigned(offset, limit, as_json, **kwargs):
 @click.option("--force", is_flag=True, help="Run even when the guard rails object.")
 @store_options
 def recluster(force, as_json, **kwargs):
-    """A full run with the latest run's method and parameters; cluster ids carry over."""
+    """A full run with the latest run's method and parameters; cluster ids carry over (leiden
+    starts from the current membership)."""
     settings = settings_from(kwargs)
     say = (lambda msg: None) if as_json else (lambda msg: click.echo(f"… {msg}", err=True))
     with open_store(settings) as store:
@@ -123,8 +124,14 @@ def recluster(force, as_json, **kwargs):
     def human(d):
         click.echo(f"run {run.id} ({run.method} {json.dumps({k: v for k, v in run.params.items() if k != 'stats'})}): "
                    f"{run.clusters} clusters, {run.assigned:,}/{run.sentences:,} assigned; {kept} ids kept from run {previous.id}")
+        from clusterer.cli.cluster_commands import _run_facts
+
+        facts = _run_facts(run)
+        if facts:
+            click.echo(facts)
         for e in events:
-            click.echo(f"  {e.kind:<6} cluster {e.cluster_id}" + (f" (related {e.related})" if e.related else ""))
+            level = " (coarse)" if e.detail.get("level") == "coarse" else ""
+            click.echo(f"  {e.kind:<6} cluster {e.cluster_id}{level}" + (f" (related {e.related})" if e.related else ""))
 
     emit(data, as_json, human)
 
