@@ -242,8 +242,7 @@ def methods_command(markdown, as_json):
             click.echo(f"{m['method']}{' (default)' if m['default'] else ''}: {m['summary']}")
             click.echo(f"  levels {', '.join(m['levels'])}; new sentences: {m['upkeep']} rule")
             for p in m["params"]:
-                default = "auto" if p["default"] is None and "auto" in p["allowed"] else p["default"]
-                click.echo(f"  {p['option']:<22} {str(default):<8} {p['help']} ({p['allowed']})")
+                click.echo(f"  {p['option']:<22} {p['shown_default']:<8} {p['help']} ({p['allowed']})")
 
     emit({"default": methods.DEFAULT_METHOD, "methods": rows}, as_json, human)
 

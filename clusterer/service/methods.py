@@ -65,6 +65,7 @@ class Param:
     low_open: bool = False
     choices: tuple[str, ...] | None = None
     none_means: str | None = None
+    shown_default: str | None = None
 
     @property
     def flag(self) -> str:
@@ -107,7 +108,7 @@ class Param:
 
     def default_text(self) -> str:
         if self.default is None:
-            return self.none_means or "none"
+            return self.shown_default or self.none_means or "none"
         return str(self.default)
 
 
@@ -325,13 +326,13 @@ def _leiden(x, params, *, device="auto", force=False, show_progress=False, initi
 
 _MIN_SIZE_HELP = "smallest cluster kept; smaller groups are left unassigned"
 _SEARCH_HELP = "neighbour search; auto = exact up to 20,000 sentences or on a GPU"
-_NPROBE_HELP = "approximate search: cells probed per cell of sentences (recall knob; default 12)"
+_NPROBE_HELP = "approximate search: cells probed per cell of sentences (recall knob)"
 
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method(
         "leiden",
         "Leiden communities of the symmetrised cosine kNN graph, granularity chosen from the data, "
-        "with a coarse and a fine level (the default)",
+        "with a coarse and a fine level",
         (
             Param("k", int, graph_algorithm.DEFAULT_K, "neighbours per sentence in the kNN graph", low=1),
             Param("resolution", float, None, "Leiden resolution: higher gives more, smaller clusters",
@@ -339,7 +340,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
             Param("min_size", int, graph_algorithm.DEFAULT_MIN_SIZE, _MIN_SIZE_HELP, low=1),
             Param("seed", int, 0, "random seed", low=0),
             Param("search", str, "auto", _SEARCH_HELP, choices=SEARCHES),
-            Param("nprobe", int, None, _NPROBE_HELP, low=1),
+            Param("nprobe", int, None, _NPROBE_HELP, low=1, shown_default="12"),
         ),
         upkeep="graph", compute=_leiden, levels=("fine", "coarse"), warm_start=True,
     ),
@@ -350,7 +351,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
             Param("threshold", float, 0.75, "cosine similarity threshold", low=-1, high=1),
             Param("min_size", int, 10, "minimum community size", low=1),
             Param("search", str, "auto", _SEARCH_HELP, choices=SEARCHES),
-            Param("nprobe", int, None, _NPROBE_HELP, low=1),
+            Param("nprobe", int, None, _NPROBE_HELP, low=1, shown_default="12"),
         ),
         upkeep="community", compute=_community,
     ),
@@ -423,7 +424,10 @@ def option_specs() -> list[OptionSpec]:
         choices = None
         if all(p.choices for _, p in uses):
             choices = tuple(dict.fromkeys(c for _, p in uses for c in p.choices or ()))
-        text = "; ".join(f"{m.name}: {p.help} [{p.default_text()}]" for m, p in uses)
+        meanings: dict[str, list[str]] = {}
+        for m, p in uses:
+            meanings.setdefault(f"{p.help} [{p.default_text()}]", []).append(m.name)
+        text = "; ".join(f"{', '.join(ms)}: {meaning}" for meaning, ms in meanings.items())
         specs.append(OptionSpec(name, uses[0][1].flag, kinds.pop(), choices, text + ".", tuple(m.name for m, _ in uses)))
     return specs
 
@@ -434,6 +438,7 @@ def describe() -> list[dict[str, Any]]:
         {"method": m.name, "default": m.name == DEFAULT_METHOD, "summary": m.summary, "upkeep": m.upkeep,
          "levels": list(m.levels),
          "params": [{"name": p.name, "option": p.flag, "type": p.type.__name__, "default": p.default,
+                    "shown_default": p.default_text(),
                      "allowed": ", ".join(p.choices) if p.choices else p.range_text()
                      + (f" or {p.none_means}" if p.none_means else ""), "help": p.help} for p in m.params]}
         for m in METHODS.values()
@@ -446,6 +451,6 @@ def markdown_table() -> str:
     for m in describe():
         name = f"`{m['method']}`" + (" (default)" if m["default"] else "")
         for i, p in enumerate(m["params"]):
-            default = p["default"] if p["default"] is not None else ("auto" if "auto" in p["allowed"] else "-")
+            default = p["default"] if p["default"] is not None else p["shown_default"]
             lines.append(f"| {name if i == 0 else ''} | `{p['option']}` | {default} | {p['allowed']} | {p['help']} |")
     return "\n".join(lines)

@@ -107,26 +107,41 @@ def _cluster_row(x: np.ndarray, ids: np.ndarray, pos: np.ndarray, label: int, ke
         centroid=np.asarray(centroid, dtype=np.float32).tobytes(), level=level, parent_label=parent)
 
 
-def describe_clusters(x: np.ndarray, ids: np.ndarray, texts: list[str], result: Labels, label_of: dict[int, int]) -> tuple[list[cq.ClusterRow], dict[int, dict[str, int]]]:
+def positions_of(labels: np.ndarray) -> dict[int, np.ndarray]:
+    """``{label: ascending positions}`` for every label >= 0, in one sort."""
+    labels = np.asarray(labels)
+    order = np.argsort(labels, kind="stable")
+    sorted_labels = labels[order]
+    uniq, starts = np.unique(sorted_labels, return_index=True)
+    ends = np.append(starts[1:], len(labels))
+    return {int(u): order[s:e] for u, s, e in zip(uniq, starts, ends) if u >= 0}
+
+
+def describe_clusters(x: np.ndarray, ids: np.ndarray, texts: list[str], result: Labels, label_of: dict[int, int],
+                      positions: dict[int, np.ndarray] | None = None) -> tuple[list[cq.ClusterRow], dict[int, dict[str, int]]]:
     """Cluster rows (size, centre, cohesion, keywords, representatives) and term counts per final label."""
-    final = np.array([label_of.get(int(l), -1) if l >= 0 else -1 for l in result.labels], dtype=np.int64)
+    positions = positions_of(result.labels) if positions is None else positions
+    final = np.full(len(result.labels), -1, dtype=np.int64)
+    for raw, label in label_of.items():
+        final[positions[raw]] = label
     counts = topics.count_terms(texts, final) if len(texts) else {}
     keywords = topics.ctfidf_keywords(counts, top_n=KEYWORDS_PER_CLUSTER) if counts else {}
     rows = []
     for raw, label in label_of.items():
-        pos = np.flatnonzero(result.labels == raw)
+        pos = positions[raw]
         rows.append(_cluster_row(x, ids, pos, label, keywords.get(label, []), result.centroids.get(raw),
                                  result.centres.get(raw)))
     return rows, counts
 
 
-def similarities_for_storage(result: Labels, x: np.ndarray) -> np.ndarray:
+def similarities_for_storage(result: Labels, x: np.ndarray, positions: dict[int, np.ndarray] | None = None) -> np.ndarray:
     """Each assigned point's similarity to its centre (community) or centroid (others)."""
     sims = result.similarities.astype(np.float32).copy()
     missing = (result.labels >= 0) & ~np.isfinite(sims)
     if missing.any():
+        positions = positions_of(result.labels) if positions is None else positions
         for raw in np.unique(result.labels[missing]):
-            pos = np.flatnonzero(result.labels == raw)
+            pos = positions[int(raw)]
             centroid = topics.normalised_centroid(x[pos])
             sims[pos] = x[pos] @ centroid
     return sims
@@ -141,13 +156,13 @@ def _sum_counts(parts: list[dict[str, int]]) -> dict[str, int]:
 
 
 def _coarse_level(x: np.ndarray, ids: np.ndarray, result: Labels, label_of: dict[int, int],
-                  fine_counts: dict[int, dict[str, int]], previous: Previous, next_label: int):
+                  fine_pos: dict[int, np.ndarray], fine_counts: dict[int, dict[str, int]], previous: Previous,
+                  next_label: int):
     """Coarse rows (keywords from the summed term counts of their children), their ids matched
     to the previous run's coarse clusters, their events, and each fine label's parent."""
     parents = result.parents or {}
     raw_coarse = sorted({parents[raw] for raw in label_of})
     children = {c: [raw for raw in label_of if parents[raw] == c] for c in raw_coarse}
-    fine_pos = {raw: np.flatnonzero(result.labels == raw) for raw in label_of}
     positions = {c: np.sort(np.concatenate([fine_pos[raw] for raw in children[c]])) for c in raw_coarse}
     match = match_clusters(previous.coarse, [ids[positions[c]] for c in raw_coarse], next_label, MIN_JACCARD)
     coarse_of = dict(zip(raw_coarse, match.labels))
@@ -171,18 +186,19 @@ def plan_run(ids: np.ndarray, x: np.ndarray, texts: list[str], result: Labels, p
     get fresh ids from ``next_label`` up, fine first.
     """
     ids = np.asarray(ids, dtype=np.int64)
-    raw_labels = [int(l) for l in np.unique(result.labels) if l >= 0]
-    groups = groups_from_labels(ids, result.labels)
-    match = match_clusters(previous.fine, [groups[r] for r in raw_labels], next_label, MIN_JACCARD)
+    positions = positions_of(result.labels)
+    raw_labels = sorted(positions)
+    match = match_clusters(previous.fine, [ids[positions[r]] for r in raw_labels], next_label, MIN_JACCARD)
     label_of = dict(zip(raw_labels, match.labels))
-    rows, counts = describe_clusters(x, ids, texts, result, label_of)
+    rows, counts = describe_clusters(x, ids, texts, result, label_of, positions)
     events = list(match.events)
     if result.parents is not None and label_of:
         after_fine = max([next_label - 1, *label_of.values()]) + 1
-        coarse_rows, coarse_events, parent_of = _coarse_level(x, ids, result, label_of, counts, previous, after_fine)
+        coarse_rows, coarse_events, parent_of = _coarse_level(x, ids, result, label_of, positions, counts, previous,
+                                                             after_fine)
         rows = [replace(r, parent_label=parent_of[r.label]) for r in rows] + coarse_rows
         events += coarse_events
-    sims = similarities_for_storage(result, x)
+    sims = similarities_for_storage(result, x, positions)
     final_labels = [label_of[int(l)] if l >= 0 else None for l in result.labels]
     final_sims = [float(s) if l is not None else None for s, l in zip(sims, final_labels)]
     return RunPlan(ids, final_labels, final_sims, rows, counts, events, dict(result.info))
