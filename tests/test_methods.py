@@ -96,7 +96,7 @@ def test_a_new_method_is_one_table_entry(monkeypatch):
         compute=lambda x, params, **kw: methods.Labels(np.arange(len(x)), np.ones(len(x), np.float32)))
     monkeypatch.setitem(methods.METHODS, "echo", extra)
     assert methods.resolve("echo") == {"k": 3, "spread": 0.5}
-    assert [s for s in methods.option_specs() if s.name == "spread"][0].methods == ("echo",)
+    assert next(s for s in methods.option_specs() if s.name == "spread").methods == ("echo",)
     assert "echo" in [m["method"] for m in methods.describe()]
     assert "`--spread`" in methods.markdown_table()
 
@@ -113,7 +113,7 @@ def test_methods_command():
     runner = CliRunner()
     out = json.loads(runner.invoke(cli, ["methods", "--json"]).stdout)
     assert out["default"] == "leiden"
-    leiden = [m for m in out["methods"] if m["method"] == "leiden"][0]
+    leiden = next(m for m in out["methods"] if m["method"] == "leiden")
     assert leiden["upkeep"] == "graph" and leiden["levels"] == ["fine", "coarse"]
     assert [p["name"] for p in leiden["params"]] == ["k", "resolution", "min_size", "seed", "search", "nprobe"]
     text = runner.invoke(cli, ["methods"]).stdout

@@ -394,7 +394,7 @@ def test_cli_cluster_defaults_to_leiden(cli_store, backend, request):
 
 
 def test_cli_bad_values_are_one_line_usage_errors(cli_store):
-    path, data_dir = cli_store
+    _, data_dir = cli_store
     runner = CliRunner()
     for args, words in [
         (["cluster", "--resolution", "-1"], "leiden: --resolution must be above 0, got -1.0"),

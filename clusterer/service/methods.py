@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import math
 import numbers
+import operator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -81,12 +83,9 @@ class Param:
                 raise InvalidParameterError(f"{where} must be one of {', '.join(self.choices)}, got {value!r}")
             return value
         if self.type is int:
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-                if isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value).is_integer():
-                    value = int(value)
-                else:
-                    raise InvalidParameterError(f"{where} must be an integer, got {value!r}")
-            value = int(value)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not float(value).is_integer():
+                raise InvalidParameterError(f"{where} must be an integer, got {value!r}")
+            value = operator.index(value) if isinstance(value, numbers.Integral) else int(float(value))
         elif self.type is float:
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
                 raise InvalidParameterError(f"{where} must be a finite number, got {value!r}")
@@ -214,7 +213,10 @@ def community_labels(x: np.ndarray, threshold: float, min_size: int, device: str
     """
     from clusterer.algorithms.community import community_detection
     from clusterer.algorithms.neighbors import neighbor_graph
-    from clusterer.algorithms.partitioned import DEFAULT_NPROBE, partitioned_neighbor_graph
+    from clusterer.algorithms.partitioned import (
+        DEFAULT_NPROBE,
+        partitioned_neighbor_graph,
+    )
 
     if search not in SEARCHES:
         raise InvalidParameterError(f"search must be auto, exact or approximate, got {search!r}")

@@ -12,8 +12,9 @@ complete or absent from lookups.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -283,8 +284,7 @@ def run_clustering(store, method: str | None = None, *, device: str = "auto", fo
             seconds["save"] = time.perf_counter() - tick
             stats = {**plan.stats, "coarse_clusters": len(plan.coarse),
                      "seconds": {k: round(v, 4) for k, v in seconds.items()}}
-            run = cq.get_run(session, run_id)
-            run.params = {**params, "stats": stats}
+            cq.touch_run(session, run_id, params={**params, "stats": stats})
             cq.finish_run(session, run_id, n_sentences=len(ids), n_clusters=len(plan.fine),
                           n_assigned=plan.n_assigned, max_seq=max_seq)
     except BaseException as exc:
