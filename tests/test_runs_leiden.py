@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from sklearn.metrics import adjusted_rand_score
 
 import clusterer.algorithms.graph
+from clusterer.algorithms import topics
 from clusterer.algorithms.matching import Event
 from clusterer.api import Store, UnknownClusterError
 from clusterer.cli import cli
@@ -303,6 +304,13 @@ def test_plan_without_a_database():
     assert coarse[14].size == 7 and coarse[9].size == 5
     assert all(c.parent_label is None for c in plan.coarse)
     assert coarse[9].centre_id in range(107, 112) and set(coarse[9].representatives) <= set(range(107, 112))
+    # a coarse row read child by child equals the same figures over all its members at once
+    members = x[7:12]
+    centroid = topics.normalised_centroid(members)
+    assert np.allclose(np.frombuffer(coarse[9].centroid, np.float32), centroid, atol=1e-5)
+    assert coarse[9].cohesion == pytest.approx(topics.cohesion(members), abs=1e-5)
+    assert coarse[9].representatives == [107 + p for p in topics.representatives(members, range(5), centroid, n=3)]
+    assert coarse[9].centre_id == coarse[9].representatives[0]
     # term counts are stored for fine clusters only; coarse keywords come from the children's sums
     assert set(plan.terms) == {7, 11, 12, 13}
     assert plan.terms[7]["apple"] == 4 and plan.terms[11]["cherry"] == 3

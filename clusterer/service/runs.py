@@ -156,6 +156,28 @@ def _sum_counts(parts: list[dict[str, int]]) -> dict[str, int]:
     return total
 
 
+def _coarse_row(x: np.ndarray, ids: np.ndarray, parts: list[np.ndarray], pos: np.ndarray, label: int,
+                keywords: list) -> cq.ClusterRow:
+    """A coarse cluster's row from its children's positions ``parts`` (``pos``: all of them,
+    ascending), reading the vectors one child at a time so that a large topic is never copied
+    whole: the centroid is the normalised sum of the members' (unit) vectors, the cohesion its
+    norm over the size, the centre and representatives the members closest to the centroid."""
+    total = np.zeros(x.shape[1], dtype=np.float64)
+    for part in parts:
+        total += x[part].sum(axis=0, dtype=np.float64)
+    norm = float(np.linalg.norm(total))
+    centroid = (total / norm if norm > 0 else total).astype(np.float32)
+    sims = np.empty(len(x), dtype=np.float32)
+    for part in parts:
+        sims[part] = x[part] @ centroid
+    order = np.argsort(-sims[pos], kind="stable")[:REPRESENTATIVES]
+    reps = [int(ids[pos[i]]) for i in order]
+    return cq.ClusterRow(
+        label=label, size=len(pos), centre_id=reps[0], cohesion=round(norm / len(pos), 6),
+        keywords=[[t, round(s, 6)] for t, s in keywords], representatives=reps,
+        centroid=centroid.tobytes(), level="coarse")
+
+
 def _coarse_level(x: np.ndarray, ids: np.ndarray, result: Labels, label_of: dict[int, int],
                   fine_pos: dict[int, np.ndarray], fine_counts: dict[int, dict[str, int]], previous: Previous,
                   next_label: int):
@@ -170,8 +192,8 @@ def _coarse_level(x: np.ndarray, ids: np.ndarray, result: Labels, label_of: dict
     counts = {coarse_of[c]: _sum_counts([fine_counts.get(label_of[raw], {}) for raw in children[c]])
               for c in raw_coarse}
     keywords = topics.ctfidf_keywords({k: v for k, v in counts.items() if v}, top_n=KEYWORDS_PER_CLUSTER)
-    rows = [_cluster_row(x, ids, positions[c], coarse_of[c], keywords.get(coarse_of[c], []), level="coarse")
-            for c in raw_coarse]
+    rows = [_coarse_row(x, ids, [fine_pos[raw] for raw in children[c]], positions[c], coarse_of[c],
+                        keywords.get(coarse_of[c], [])) for c in raw_coarse]
     events = [replace(e, detail={**e.detail, "level": "coarse"}) for e in match.events]
     parent_of = {label_of[raw]: coarse_of[parents[raw]] for raw in label_of}
     return rows, events, parent_of
