@@ -159,12 +159,16 @@ class Store(SentenceStore):
             cluster = cq.get_cluster(session, run.id, cluster_id)
             if cluster is None:
                 raise UnknownClusterError(f"no cluster {cluster_id} in run {run.id}")
-            if cluster.level == "coarse":
-                children = self._children(session, run.id).get(cluster.label, [])
-                rows = cq.members_of_labels(session, run.id, children, offset=offset, limit=limit)
-                return self._info(session, cluster, self._members(rows), children)
-            rows = cq.members(session, run.id, cluster_id, offset=offset, limit=limit)
-            return self._info(session, cluster, self._members(rows))
+            children = self._children(session, run.id).get(cluster.label) if cluster.level == "coarse" else None
+            rows = self._member_rows(session, run.id, cluster, children, offset, limit)
+            return self._info(session, cluster, self._members(rows), children)
+
+    @staticmethod
+    def _member_rows(session, run_id: int, cluster, children: list[int] | None, offset: int, limit: int | None):
+        """Members of a fine cluster, or of every child of a coarse one."""
+        if cluster.level == "coarse":
+            return cq.members_of_labels(session, run_id, children or [], offset=offset, limit=limit)
+        return cq.members(session, run_id, cluster.label, offset=offset, limit=limit)
 
     def export(self, run_id: int | None = None, batch: int = 5000) -> Iterator[dict[str, Any]]:
         """Every sentence of a run with its cluster id (None when unassigned), its coarse
@@ -261,12 +265,14 @@ class Store(SentenceStore):
                     "cluster": cluster, "history": history}
 
     def members(self, cluster_id: int, *, offset: int = 0, limit: int = 50, run_id: int | None = None) -> list[Member]:
-        """Members of a cluster, most similar to its centre first."""
+        """Members of a cluster (of its fine clusters, for a coarse one), most similar to the centre first."""
         with self.db.read() as session:
             run = self._run_row(session, run_id)
-            if cq.get_cluster(session, run.id, cluster_id) is None:
+            cluster = cq.get_cluster(session, run.id, cluster_id)
+            if cluster is None:
                 raise UnknownClusterError(f"no cluster {cluster_id} in run {run.id}")
-            return self._members(cq.members(session, run.id, cluster_id, offset=offset, limit=limit))
+            children = self._children(session, run.id).get(cluster.label) if cluster.level == "coarse" else None
+            return self._members(self._member_rows(session, run.id, cluster, children, offset, limit))
 
     def unassigned(self, *, offset: int = 0, limit: int = 50, run_id: int | None = None) -> tuple[int, list[Member]]:
         """(how many, a page of) sentences the run left in no cluster."""

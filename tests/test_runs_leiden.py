@@ -170,6 +170,7 @@ def test_show_lists_children_and_parent(store):
     assert {m.id for m in info.members} == fine_members
     paged = store.cluster_info(coarse.id, limit=2, offset=1)
     assert [m.id for m in paged.members] == [m.id for m in info.members[1:3]]
+    assert [m.id for m in store.members(coarse.id, limit=1000)] == [m.id for m in info.members]
 
 
 def test_export_carries_both_levels(store):
