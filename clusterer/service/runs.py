@@ -222,8 +222,11 @@ def plan_run(ids: np.ndarray, x: np.ndarray, texts: list[str], result: Labels, p
         rows = [replace(r, parent_label=parent_of[r.label]) for r in rows] + coarse_rows
         events += coarse_events
     sims = similarities_for_storage(result, x, positions)
-    final_labels = [label_of[int(l)] if l >= 0 else None for l in result.labels]
-    final_sims = [float(s) if l is not None else None for s, l in zip(sims, final_labels)]
+    final = np.full(len(ids), -1, dtype=np.int64)
+    for raw, label in label_of.items():
+        final[positions[raw]] = label
+    final_labels = [None if label < 0 else label for label in final.tolist()]
+    final_sims = [None if label is None else s for s, label in zip(sims.tolist(), final_labels)]
     return RunPlan(ids, final_labels, final_sims, rows, counts, events, dict(result.info))
 
 
