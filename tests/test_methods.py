@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from clusterer.cli import cli
 from clusterer.cli.cluster_commands import cluster as cluster_command
 from clusterer.errors import InvalidParameterError
+from clusterer.algorithms import graph
 from clusterer.service import methods
 
 
@@ -19,7 +20,7 @@ def test_leiden_is_the_default_and_needs_no_k_or_threshold():
     assert methods.DEFAULT_METHOD == "leiden"
     assert methods.get(None).name == "leiden"
     params = methods.resolve(None)
-    assert params == {"k": 10, "min_size": 5, "seed": 0, "search": "auto"}
+    assert params == {"k": graph.DEFAULT_K, "min_size": graph.DEFAULT_MIN_SIZE, "seed": 0, "search": "auto"}
     assert "threshold" not in params and "resolution" not in params  # resolution: automatic
 
 
