@@ -11,6 +11,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from clusterer.service import duplicates as dup_service
 from clusterer.service import incremental
 from clusterer.service import runs as run_service
 from clusterer.errors import ClustererError
@@ -18,6 +19,7 @@ from clusterer.service.runs import NoRunError
 from clusterer.service.views import ClusterInfo, Event, Member, RunInfo
 from indexer.sentence_store import SentenceStore
 from storage import clusters as cq
+from storage import filters
 from storage import sentences as sq
 
 
@@ -45,6 +47,9 @@ class _Upkeep:
         store = self.store
         state = store._run_state(session)
         if state is None:
+            return None
+        ids, vectors, texts = incremental.restrict_to_run(session, state, np.asarray(ids, dtype=np.int64), vectors, texts)
+        if len(ids) == 0:
             return None
         outcome, centres, centroids = incremental.update_batch(
             session, state, store.index, ids, vectors, texts, max_seq, store.dimension, store.embedding_dtype)
@@ -76,8 +81,12 @@ class Store(SentenceStore):
         return self._state
 
     def cluster(self, method: str = "community", *, device: str | None = None, force: bool = False,
-                progress=None, show_progress: bool = False, **params: Any) -> RunInfo:
+                progress=None, show_progress: bool = False, where: Any = None, **params: Any) -> RunInfo:
         """Cluster every stored sentence and store the run; returns the run's summary.
+
+        ``where`` (a ``--where`` string, list of strings or dict; see :mod:`storage.filters`)
+        clusters only the matching sentences; the run records it, and sentences ingested later
+        join the run only when they match it.
 
         community: ``threshold`` (0.75), ``min_size`` (10), ``nprobe`` for large stores;
         kmeans: ``k`` (50), ``seed`` (0); agglomerative: ``distance_threshold`` (1.5), ``linkage``.
@@ -86,7 +95,7 @@ class Store(SentenceStore):
             self.refresh()
             run_id, _ = run_service.run_clustering(
                 self, method, device=device or self._device, force=force, progress=progress,
-                show_progress=show_progress, **params)
+                show_progress=show_progress, where=where, **params)
             self._state = None
         return self.run(run_id)
 
@@ -141,11 +150,17 @@ class Store(SentenceStore):
             rows = cq.members(session, run.id, cluster_id, offset=offset, limit=limit)
             return self._info(session, cluster, self._members(rows))
 
-    def export(self, run_id: int | None = None, batch: int = 5000) -> Iterator[dict[str, Any]]:
-        """Every sentence of a run with its cluster id (None when unassigned) and similarity."""
+    def export(self, run_id: int | None = None, batch: int = 5000, where: Any = None) -> Iterator[dict[str, Any]]:
+        """Every sentence of a run (matching ``where``) with its cluster id (None when unassigned)
+        and similarity."""
         with self.db.read() as session:
             run = self._run_row(session, run_id)
             ids, labels, sims = cq.assignments_of_run(session, run.id)
+            if where is not None:
+                flt = filters.check_fields(session, where)
+                if flt:
+                    keep = np.isin(np.asarray(ids, dtype=np.int64), filters.filtered_ids(session, flt))
+                    ids, labels, sims = ([v for v, k in zip(col, keep) if k] for col in (ids, labels, sims))
             for start in range(0, len(ids), batch):
                 chunk = ids[start : start + batch]
                 rows = sq.get_sentences(session, chunk)
@@ -204,7 +219,7 @@ class Store(SentenceStore):
                 row = cq.get_cluster(session, state.run_id, label)
                 rows = cq.members(session, state.run_id, label, limit=members)
                 cluster = self._info(session, row, self._members(rows)).to_dict() if row else None
-        return {"run_id": state.run_id, "method": state.method, "cluster": cluster,
+        return {"run_id": state.run_id, "method": state.method, "where": state.params.get("where"), "cluster": cluster,
                 "cluster_id": label if label >= 0 else None, "similarity": sim, "votes": votes,
                 "nearest": nearest}
 
@@ -216,6 +231,8 @@ class Store(SentenceStore):
                 raise UnknownSentenceError(f"no sentence with id {sentence_id}")
             run = self._run_row(session, None)
             current = cq.assignment_of(session, run.id, sentence_id)
+            where = (run.params or {}).get("where")
+            outside = bool(where) and not filters.matching_ids(session, [sentence_id], where)
             history = [{"run_id": r.id, "method": r.method, "started_at": RunInfo.from_row(r).started_at,
                         "cluster": a.label, "similarity": a.similarity}
                        for r, a in cq.assignment_history(session, sentence_id)]
@@ -228,7 +245,8 @@ class Store(SentenceStore):
                     "run_id": run.id,
                     "cluster_id": None if current is None else current.label,
                     "similarity": None if current is None else current.similarity,
-                    "pending": current is None,
+                    "pending": current is None and not outside,
+                    "where": where, "outside_filter": outside,
                     "cluster": cluster, "history": history}
 
     def members(self, cluster_id: int, *, offset: int = 0, limit: int = 50, run_id: int | None = None) -> list[Member]:
@@ -267,3 +285,21 @@ class Store(SentenceStore):
             if not rows:
                 raise UnknownClusterError(f"cluster {cluster_id} never existed")
             return [Event.from_row(r) for r in rows]
+
+    # -- near-duplicates (dups) ------------------------------------------------------
+
+    def duplicates(self, threshold: float = 0.95, *, where: Any = None, limit: int | None = None,
+                   search: str = "auto", nprobe: int | None = None) -> "dup_service.DuplicatesReport":
+        """Groups of near-duplicate sentences (cosine >= ``threshold`` to the group's first,
+        earliest member; no chaining), largest first, over the sentences matching ``where``.
+
+        ``limit`` keeps the ``limit`` largest groups in ``report.items``; the counts cover all.
+        Exact search up to 50,000 sentences, IVF range search (``nprobe``) above.
+        """
+        return dup_service.find_duplicates(self, threshold, where=where, limit=limit, search=search, nprobe=nprobe)
+
+    def delete_duplicates(self, report: "dup_service.DuplicatesReport", keep: str = "first") -> list[int]:
+        """Delete every member but one of each group of ``report`` (``keep``: first or longest)
+        through :meth:`delete`, so runs, sizes and keywords are updated; returns the ids removed."""
+        doomed = [i for group in dup_service.deletion_plan(report, keep) for i in group]
+        return self.delete(doomed) if doomed else []

@@ -9,6 +9,7 @@ import sys
 import click
 
 from clusterer.cli.common import emit, open_store, settings_from, store_options
+from clusterer.cli.where import where_option, where_value
 
 
 def _short(text: str | None, width: int = 70) -> str:
@@ -31,8 +32,9 @@ def _short(text: str | None, width: int = 70) -> str:
 @click.option("--linkage", type=click.Choice(["ward", "average", "complete"]), default=None,
               help="agglomerative: linkage [ward].")
 @click.option("--force", is_flag=True, help="Run even when the guard rails predict a memory blow-up or one giant cluster.")
+@where_option
 @store_options
-def cluster(method, threshold, min_size, nprobe, search, k, seed, distance_threshold, linkage, force, as_json, **kwargs):
+def cluster(method, threshold, min_size, nprobe, search, k, seed, distance_threshold, linkage, force, where, as_json, **kwargs):
     """Cluster every stored sentence and store the run."""
     settings = settings_from(kwargs)
     given = {"community": dict(threshold=threshold, min_size=min_size, nprobe=nprobe, search=search),
@@ -46,7 +48,7 @@ def cluster(method, threshold, min_size, nprobe, search, k, seed, distance_thres
     say = (lambda msg: None) if as_json else (lambda msg: click.echo(f"… {msg}", err=True))
     with open_store(settings) as store:
         run = store.cluster(method, device=settings.device, force=force, progress=say,
-                            show_progress=not as_json, **given)
+                            show_progress=not as_json, where=where_value(where), **given)
         top = store.clusters(run.id)[:10]
     data = {"run": run.to_dict(), "top_clusters": [c.to_dict() for c in top]}
 
@@ -76,6 +78,8 @@ def clusters(run_id, limit, as_json, **kwargs):
 
     def human(d):
         click.echo(f"run {run.id} ({run.method}): {run.clusters} clusters, {run.unassigned:,} unassigned sentences")
+        if run.params.get("where"):
+            click.echo(f"covers only sentences where {' and '.join(run.params['where'])}")
         click.echo(f"{'id':>6} {'size':>7} {'cohesion':>8}  keywords / centre")
         for c in items:
             click.echo(f"{c.id:>6} {c.size:>7} {c.cohesion or 0:>8.3f}  {', '.join(c.keywords[:6])}")
@@ -135,8 +139,9 @@ def runs(limit, as_json, **kwargs):
 @click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default="-",
               help="Write to a file instead of standard output.")
 @click.option("--run", "run_id", type=int, default=None, help="Run id (default: the latest).")
+@where_option
 @store_options
-def export(fmt, output, run_id, as_json, **kwargs):
+def export(fmt, output, run_id, where, as_json, **kwargs):
     """Every sentence with its metadata, cluster id (empty when unassigned) and similarity."""
     settings = settings_from(kwargs)
     with open_store(settings, recover=False) as store:
@@ -147,7 +152,7 @@ def export(fmt, output, run_id, as_json, **kwargs):
             if fmt == "csv":
                 writer = csv.writer(out)
                 writer.writerow(["id", "text", "metadata", "cluster", "similarity"])
-            for row in store.export(run_id):
+            for row in store.export(run_id, where=where_value(where)):
                 if fmt == "csv":
                     writer.writerow([row["id"], row["text"], json.dumps(row["metadata"], ensure_ascii=False) if row["metadata"] else "",
                                      "" if row["cluster"] is None else row["cluster"],

@@ -27,6 +27,7 @@ import numpy as np
 
 from clusterer.algorithms import topics
 from storage import clusters as cq
+from storage import filters
 from storage import sentences as sq
 
 
@@ -97,6 +98,16 @@ def load_state(session, dimension: int, dtype: str = "float32") -> RunState | No
         if c.centroid:
             state.centroids[c.label] = np.frombuffer(c.centroid, dtype=np.float32).copy()
     return state
+
+
+def restrict_to_run(session, state: RunState, ids: np.ndarray, vectors: np.ndarray, texts: list[str]):
+    """The part of a batch the run covers (dups): a run made over a ``where`` subset takes only
+    the new sentences that match its filter; the others get no assignment row in it."""
+    where = state.params.get("where")
+    if not where or len(ids) == 0:
+        return ids, vectors, texts
+    keep = np.isin(ids, np.asarray(filters.matching_ids(session, ids.tolist(), where), dtype=np.int64))
+    return ids[keep], vectors[keep], [t for t, k in zip(texts, keep) if k]
 
 
 def vote(neighbor_labels: np.ndarray, neighbor_sims: np.ndarray) -> tuple[int, float, int]:

@@ -18,6 +18,7 @@ from clusterer.algorithms import topics
 from clusterer.errors import ClustererError, InvalidParameterError
 from clusterer.algorithms.matching import groups_from_labels, match_clusters
 from storage import clusters as cq
+from storage import filters
 from storage import sentences as sq
 
 METHODS = ("community", "kmeans", "agglomerative")
@@ -226,10 +227,18 @@ def similarities_for_storage(result: Labels, x: np.ndarray) -> np.ndarray:
 
 
 def run_clustering(store, method: str = "community", *, device: str = "auto", force: bool = False,
-                   progress: Progress | None = None, show_progress: bool = False, **given: Any):
-    """Cluster every stored sentence, store the run, and return its id and summary."""
+                   progress: Progress | None = None, show_progress: bool = False, where: Any = None, **given: Any):
+    """Cluster every stored sentence (or those matching ``where``), store the run, and return its
+    id and summary. A filtered run records its filter as ``params["where"]``."""
     params = default_params(method, **given)
     say = progress or (lambda _msg: None)
+    # -- where (dups): validate the filter before the run row exists; record it in params
+    subset = None
+    if where is not None:
+        with store.db.read() as session:
+            subset = filters.check_fields(session, where) or None
+        if subset is not None:
+            params["where"] = subset.to_strings()
     with store.db.write() as session:
         run_id = cq.create_run(session, method, params).id
     started = time.perf_counter()
@@ -238,6 +247,10 @@ def run_clustering(store, method: str = "community", *, device: str = "auto", fo
             max_seq = sq.max_seq(session)
         say("loading embeddings")
         ids, x = store.embeddings(up_to_seq=max_seq)
+        if subset is not None:  # -- where (dups): only the matching sentences
+            with store.db.read() as session:
+                keep = np.isin(ids, filters.filtered_ids(session, subset, up_to_seq=max_seq))
+            ids, x = ids[keep], x[keep]
         say(f"clustering {len(ids):,} sentences ({method})")
         result = compute_labels(method, x, params, device=device, force=force, show_progress=show_progress)
         raw_labels = [int(l) for l in np.unique(result.labels) if l >= 0]
