@@ -63,6 +63,14 @@ class RunState:
         found = self.ids[pos] == ids
         return np.where(found, self.labels[pos], -1)
 
+    def covers(self, ids: np.ndarray) -> np.ndarray:
+        """Whether each id has an assignment row in the run (a ``where`` run leaves others out)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if len(self.ids) == 0 or len(ids) == 0:
+            return np.zeros(len(ids), dtype=bool)
+        pos = np.minimum(np.searchsorted(self.ids, ids), len(self.ids) - 1)
+        return self.ids[pos] == ids
+
     def add(self, ids: np.ndarray, labels: np.ndarray) -> None:
         ids = np.asarray(ids, dtype=np.int64)
         labels = np.asarray(labels, dtype=np.int64)
@@ -172,7 +180,7 @@ def assign_by_neighbours(state: RunState, ids: np.ndarray, vectors: np.ndarray, 
             labels[i] = label
     centre_sims(state, labels, vectors, sims)
     unassigned_neighbours = {
-        int(i): set(int(x) for x, l in zip(n_ids, state.labels_of(n_ids)) if l < 0)
+        int(i): set(int(x) for x, l, c in zip(n_ids, state.labels_of(n_ids), state.covers(n_ids)) if l < 0 and c)
         for i, (n_ids, _) in zip(ids, found)
     }
     return labels, sims, unassigned_neighbours
