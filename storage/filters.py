@@ -29,8 +29,9 @@ import datetime as dt
 import io
 import math
 import re
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Sequence, Union
+from typing import Any, Union
 
 import numpy as np
 from sqlalchemy import Float, Text, and_, case, cast, func, not_, or_, select, true
@@ -75,7 +76,7 @@ class Condition:
     @property
     def path(self) -> tuple[str, ...]:
         """The JSON path of a metadata condition."""
-        name = self.field[5:] if self.field.startswith("meta.") else self.field
+        name = self.field.removeprefix("meta.")
         return tuple(name.split("."))
 
     def __str__(self) -> str:

@@ -120,7 +120,7 @@ def test_empty_and_singletons():
 @pytest.mark.slow
 @pytest.mark.real_model
 def test_real_embeddings_equal_brute_force(banking77_embeddings):
-    texts, _, emb = banking77_embeddings
+    _, _, emb = banking77_embeddings
     x = emb[:1500]
     for threshold in (0.85, 0.9):
         got = duplicate_groups(x, threshold, search="exact")

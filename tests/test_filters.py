@@ -7,7 +7,13 @@ from sqlalchemy import func, select
 
 from indexer.sentence_store import SentenceStore
 from storage import filters
-from storage.filters import InvalidFilterError, check_fields, filtered_ids, matching_ids, parse_where
+from storage.filters import (
+    InvalidFilterError,
+    check_fields,
+    filtered_ids,
+    matching_ids,
+    parse_where,
+)
 from storage.models import Sentence
 
 ROWS = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import sys
@@ -17,9 +18,9 @@ def _short(text: str, width: int = 90) -> str:
 
 
 def _write(report, fmt: str, output: str) -> int:
-    out = sys.stdout if output == "-" else open(output, "w", encoding="utf-8", newline="")
+    target = contextlib.nullcontext(sys.stdout) if output == "-" else open(output, "w", encoding="utf-8", newline="")  # noqa: SIM115
     rows = 0
-    try:
+    with target as out:
         writer = csv.writer(out) if fmt == "csv" else None
         if writer:
             writer.writerow(["group", "id", "similarity", "text", "metadata", "source", "line"])
@@ -34,9 +35,6 @@ def _write(report, fmt: str, output: str) -> int:
                                           "metadata": m.metadata, "source": m.source, "line": m.line},
                                          ensure_ascii=False) + "\n")
                 rows += 1
-    finally:
-        if out is not sys.stdout:
-            out.close()
     return rows
 
 
