@@ -9,8 +9,9 @@ less similar to each other than the threshold, but a chain a~b~c never pulls c i
 unless c is itself within the threshold of a. Connected components of the threshold graph would
 chain; this does not.
 
-Neighbour lists come from a FAISS range search over the points themselves: exact
-(``IndexFlatIP``) up to ``EXACT_MAX`` points, above that an ``IndexIVFFlat`` probing ``nprobe`` of
+Neighbour lists come from a search of the points against themselves: exact (blocked matrix
+products over the upper triangle) up to ``EXACT_MAX`` points, above that a FAISS
+``IndexIVFFlat`` range search probing ``nprobe`` of
 its ``~4 sqrt(n)`` lists (missed pairs are the only error; recall is measured in
 ``bench/duplicates.py``).
 """
@@ -25,6 +26,7 @@ import numpy as np
 EXACT_MAX = 50_000
 DEFAULT_NPROBE = 16
 QUERY_BLOCK = 4096
+EXACT_BLOCK = 1024
 
 
 @dataclass
@@ -38,7 +40,8 @@ class DuplicateGroup:
 
 @dataclass
 class Neighbours:
-    """CSR lists: the neighbours of point i are ``positions[lims[i]:lims[i+1]]`` (self included)."""
+    """CSR lists: the neighbours of point i are ``positions[lims[i]:lims[i+1]]`` (i itself may be
+    among them or not)."""
 
     lims: np.ndarray
     positions: np.ndarray
@@ -71,31 +74,52 @@ def threshold_neighbours(x: np.ndarray, threshold: float, *, search: str = "auto
         raise ValueError(f"search must be auto, exact or approximate, got {search!r}")
     if n == 0:
         return Neighbours(np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
-    exact = search == "exact" or (search == "auto" and n <= EXACT_MAX)
-    if exact:
-        index = faiss.IndexFlatIP(d)
-        params = None
-    else:
-        k = nlist or nlist_for(n)
-        quantizer = faiss.IndexFlatIP(d)
-        index = faiss.IndexIVFFlat(quantizer, d, k, faiss.METRIC_INNER_PRODUCT)
-        rng = np.random.default_rng(seed)
-        sample = x if n <= 256 * k else x[np.sort(rng.choice(n, 256 * k, replace=False))]
-        index.cp.seed = seed
-        index.train(sample)
-        params = faiss.SearchParametersIVF(nprobe=min(nprobe, k))
+    if search == "exact" or (search == "auto" and n <= EXACT_MAX):
+        return _exact_neighbours(x, threshold)
+    k = nlist or nlist_for(n)
+    quantizer = faiss.IndexFlatIP(d)
+    index = faiss.IndexIVFFlat(quantizer, d, k, faiss.METRIC_INNER_PRODUCT)
+    rng = np.random.default_rng(seed)
+    sample = x if n <= 256 * k else x[np.sort(rng.choice(n, 256 * k, replace=False))]
+    index.cp.seed = seed
+    index.train(sample)
+    params = faiss.SearchParametersIVF(nprobe=min(nprobe, k))
     index.add(x)
     lims_parts, pos_parts, sim_parts = [np.zeros(1, np.int64)], [], []
     offset = 0
     for start in range(0, n, QUERY_BLOCK):
         block = x[start : start + QUERY_BLOCK]
-        lims, sims, ids = index.range_search(block, float(threshold), params=params) if params else \
-            index.range_search(block, float(threshold))
+        lims, sims, ids = index.range_search(block, float(threshold), params=params)
         lims_parts.append(lims[1:].astype(np.int64) + offset)
         offset += int(lims[-1])
         pos_parts.append(ids.astype(np.int64))
         sim_parts.append(sims.astype(np.float32))
-    return Neighbours(np.concatenate(lims_parts), np.concatenate(pos_parts), np.concatenate(sim_parts), exact)
+    return Neighbours(np.concatenate(lims_parts), np.concatenate(pos_parts), np.concatenate(sim_parts), False)
+
+
+def _exact_neighbours(x: np.ndarray, threshold: float, block: int = EXACT_BLOCK) -> Neighbours:
+    """All pairs >= ``threshold`` by blocked matrix products over the upper triangle only (each
+    pair computed once, mirrored), which is half the work of a range search of every row."""
+    n = len(x)
+    t = np.float32(threshold)
+    rows, cols, sims = [], [], []
+    for a in range(0, n, block):
+        b = min(n, a + block)
+        s = x[a:b] @ x[a:].T
+        r, c = np.nonzero(s >= t)
+        upper = c > r
+        r, c = r[upper], c[upper]
+        rows.append(r + a)
+        cols.append(c + a)
+        sims.append(s[r, c])
+    r = np.concatenate(rows).astype(np.int64)
+    c = np.concatenate(cols).astype(np.int64)
+    v = np.concatenate(sims).astype(np.float32)
+    src, dst, val = np.concatenate([r, c]), np.concatenate([c, r]), np.concatenate([v, v])
+    order = np.argsort(src, kind="stable")
+    lims = np.zeros(n + 1, np.int64)
+    np.cumsum(np.bincount(src, minlength=n), out=lims[1:])
+    return Neighbours(lims, dst[order], val[order], True)
 
 
 def star_groups(neighbours: Neighbours, order: np.ndarray | None = None) -> list[DuplicateGroup]:
@@ -109,7 +133,7 @@ def star_groups(neighbours: Neighbours, order: np.ndarray | None = None) -> list
     taken = np.zeros(n, dtype=bool)
     found: list[tuple[int, DuplicateGroup]] = []
     for p in order.tolist():
-        if taken[p] or lims[p + 1] - lims[p] < 2:
+        if taken[p] or lims[p + 1] == lims[p]:
             continue
         nb = positions[lims[p]:lims[p + 1]]
         nb_sims = sims[lims[p]:lims[p + 1]]
