@@ -159,8 +159,10 @@ class Store(SentenceStore):
             if where is not None:
                 flt = filters.check_fields(session, where)
                 if flt:
-                    keep = np.isin(np.asarray(ids, dtype=np.int64), filters.filtered_ids(session, flt))
-                    ids, labels, sims = ([v for v, k in zip(col, keep) if k] for col in (ids, labels, sims))
+                    keep = np.isin(np.asarray(ids, dtype=np.int64), filters.filtered_ids(session, flt)).tolist()
+                    ids = [v for v, k in zip(ids, keep) if k]
+                    labels = [v for v, k in zip(labels, keep) if k]
+                    sims = [v for v, k in zip(sims, keep) if k]
             for start in range(0, len(ids), batch):
                 chunk = ids[start : start + batch]
                 rows = sq.get_sentences(session, chunk)

@@ -264,6 +264,7 @@ def _typed(field: str, value: str):
         return int(value)
     if kind == "date":
         parsed = _as_date(value)
+        assert parsed is not None  # checked by _check_values
         if parsed.tzinfo is not None:
             parsed = parsed.astimezone(dt.timezone.utc).replace(tzinfo=None)
         return parsed

@@ -83,7 +83,7 @@ def threshold_neighbours(x: np.ndarray, threshold: float, *, search: str = "auto
     sample = x if n <= 256 * k else x[np.sort(rng.choice(n, 256 * k, replace=False))]
     index.cp.seed = seed
     index.train(sample)
-    params = faiss.SearchParametersIVF(nprobe=min(nprobe, k))
+    params = faiss.SearchParametersIVF(nprobe=min(nprobe, k))  # type: ignore[call-arg]
     index.add(x)
     lims_parts, pos_parts, sim_parts = [np.zeros(1, np.int64)], [], []
     offset = 0

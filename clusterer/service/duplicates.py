@@ -108,7 +108,9 @@ def deletion_plan(report: DuplicatesReport, keep: str = "first") -> list[list[in
     :func:`clusterer.algorithms.duplicates.keep_one`)."""
     if keep not in KEEP_RULES:
         raise InvalidParameterError(f"--delete-keep must be one of {', '.join(KEEP_RULES)}, got {keep!r}")
-    groups, members, lengths = [], [], []
+    groups: list[algo.DuplicateGroup] = []
+    members: list[int] = []
+    lengths: list[int] = []
     for g in report.items:
         start = len(members)
         members.extend(g.ids)
