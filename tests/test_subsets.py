@@ -121,8 +121,8 @@ def test_search_within_on_ivf_equals_brute_force():
         assert got.ids[row].tolist() == want.tolist()
 
 
-def test_duplicates_and_delete_keep(tmp_path):
-    s = Store.open(tmp_path / "data", device="cpu")
+def test_duplicates_and_delete_keep(tmp_path, db_url):
+    s = Store.open(tmp_path / "data", db_url=db_url, device="cpu")
     try:
         base = ["alpha beta gamma delta", "red green blue yellow", "one two three four"]
         texts = [base[0], base[1], base[0] + " epsilon", base[2], base[0] + " zeta", base[1] + " purple"]
