@@ -473,7 +473,7 @@ class SentenceStore:
         recs = [fresh[h] for h in hashes]
         vectors = self.encoder.encode([r.text for r in recs])
         if self.near_duplicate_threshold is not None:
-            recs, hashes, vectors = self._drop_near_duplicates(index, recs, hashes, vectors, report)
+            recs, hashes, vectors = self._drop_near_duplicates(index, recs, hashes, vectors, report, ingest_id)
             if not recs:
                 with self.db.write() as session:
                     q.update_ingest(session, ingest_id, duplicates=dups)
@@ -498,11 +498,14 @@ class SentenceStore:
         report.added += len(ids)
         report.ids.extend(ids)
 
-    def _drop_near_duplicates(self, index: VectorIndex, recs, hashes, vectors, report: IngestReport):
+    def _drop_near_duplicates(self, index: VectorIndex, recs, hashes, vectors, report: IngestReport, ingest_id: int):
         from indexer.near_duplicates import near_duplicate_mask
 
         skip = near_duplicate_mask(index, vectors, float(self.near_duplicate_threshold))
         report.near_duplicates += int(skip.sum())
+        if skip.any():
+            with self.db.write() as session:
+                q.update_ingest(session, ingest_id, near_duplicates=int(skip.sum()))
         keep = np.flatnonzero(~skip)
         return [recs[i] for i in keep], [hashes[i] for i in keep], vectors[keep]
 
@@ -594,6 +597,7 @@ class SentenceStore:
             out = {
                 "sentences": n,
                 "duplicates_skipped": totals["duplicates"],
+                "near_duplicates_skipped": q.near_duplicates_total(session),
                 "empty_skipped": totals["empty"],
                 "invalid_skipped": totals["invalid"],
                 "ingests": totals["ingests"],

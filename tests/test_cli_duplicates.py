@@ -137,3 +137,5 @@ def test_ingest_near_duplicates_threshold(data_dir, tmp_path):
     human = invoke(["ingest", str(src), "--near-duplicates-threshold", "0.85"], data_dir)
     assert "0 added, 2 duplicates, 2 near-duplicates" in human.output
     assert invoke(["ingest", str(src), "--near-duplicates-threshold", "1.5"], data_dir).exit_code == 2
+    assert as_json(["stats"], data_dir)["near_duplicates_skipped"] == 4
+    assert "near-dups skipped:  4" in invoke(["stats"], data_dir).output

@@ -146,8 +146,8 @@ def test_duplicates_and_delete_keep(tmp_path, db_url):
         s.close()
 
 
-def test_ingest_skips_near_duplicates_counted_apart(tmp_path):
-    s = Store.open(tmp_path / "data", device="cpu")
+def test_ingest_skips_near_duplicates_counted_apart(tmp_path, db_url):
+    s = Store.open(tmp_path / "data", db_url=db_url, device="cpu")
     try:
         first = s.ingest(["a b c d", "a b c d e", "w x y z", "a b c d"], near_duplicates=0.85)
         assert (first.added, first.near_duplicates, first.duplicates) == (2, 1, 1)
@@ -157,5 +157,7 @@ def test_ingest_skips_near_duplicates_counted_apart(tmp_path):
         assert (third.added, third.near_duplicates) == (1, 0)
         assert s.count() == 4
         assert s.verify().ok
+        stats = s.stats()
+        assert stats["near_duplicates_skipped"] == 2 and stats["duplicates_skipped"] == 2
     finally:
         s.close()

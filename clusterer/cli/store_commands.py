@@ -83,6 +83,8 @@ def stats(as_json, **kwargs):
         idx = d["index"]
         click.echo(f"sentences:          {d['sentences']:,}")
         click.echo(f"duplicates skipped: {d['duplicates_skipped']:,}")
+        if d.get("near_duplicates_skipped"):
+            click.echo(f"near-dups skipped:  {d['near_duplicates_skipped']:,}")
         click.echo(f"empty skipped:      {d['empty_skipped']:,}")
         click.echo(f"invalid skipped:    {d['invalid_skipped']:,}")
         click.echo(f"model:              {d['model']} ({d['dimension']}-d)")
