@@ -132,6 +132,8 @@ def test_duplicates_and_delete_keep(tmp_path, db_url):
         assert report.sentences == 6 and report.groups == 2 and report.in_groups == 5 and report.removable == 3
         assert [g.ids for g in report.items] == [[1, 3, 5], [2, 6]] or [g.ids for g in report.items] == [[1, 5, 3], [2, 6]]
         assert report.items[0].members[0].similarity == 1.0
+        approx = s.duplicates(threshold=0.8, search="approximate", nprobe=4)
+        assert approx.search.startswith("approximate") and [g.ids for g in approx.items] == [g.ids for g in report.items]
         assert report.items[0].members[1].metadata["src"] in ("x", "y")
         only_x = s.duplicates(threshold=0.8, where="src=x")
         assert [sorted(g.ids) for g in only_x.items] == [[1, 3]]
