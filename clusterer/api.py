@@ -11,6 +11,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from clusterer.service import duplicates as dup_service
 from clusterer.service import incremental, methods
 from clusterer.service import runs as run_service
 from clusterer.errors import ClustererError, InvalidParameterError
@@ -18,6 +19,7 @@ from clusterer.service.runs import NoRunError
 from clusterer.service.views import ClusterInfo, Event, Member, RunInfo
 from indexer.sentence_store import SentenceStore
 from storage import clusters as cq
+from storage import filters
 from storage import sentences as sq
 
 
@@ -46,6 +48,9 @@ class _Upkeep:
         store = self.store
         state = store._run_state(session)
         if state is None:
+            return None
+        ids, vectors, texts = incremental.restrict_to_run(session, state, np.asarray(ids, dtype=np.int64), vectors, texts)
+        if len(ids) == 0:
             return None
         outcome, centres, centroids = incremental.update_batch(
             session, state, store.index, ids, vectors, texts, max_seq, store.dimension, store.embedding_dtype)
@@ -77,13 +82,17 @@ class Store(SentenceStore):
         return self._state
 
     def cluster(self, method: str | None = None, *, device: str | None = None, force: bool = False,
-                progress=None, show_progress: bool = False, warm_start: bool = False, **params: Any) -> RunInfo:
+                progress=None, show_progress: bool = False, warm_start: bool = False, where: Any = None,
+                **params: Any) -> RunInfo:
         """Cluster every stored sentence and store the run; returns the run's summary.
 
         ``method`` defaults to ``leiden`` (no k, no threshold: its granularity is chosen from the
         data); the methods, their parameters and defaults are listed by
         :func:`clusterer.service.methods.describe`. Parameters are checked before anything runs.
         ``warm_start`` starts leiden from the latest run's membership (what :meth:`recluster` does).
+        ``where`` (a ``--where`` string, list of strings or dict; see :mod:`storage.filters`)
+        clusters only the matching sentences; the run records it, and sentences ingested later
+        join the run only when they match it.
         """
         spec = methods.get(method)
         spec.resolve(params)
@@ -91,7 +100,7 @@ class Store(SentenceStore):
             self.refresh()
             run_id, _ = run_service.run_clustering(
                 self, spec.name, device=device or self._device, force=force, progress=progress,
-                show_progress=show_progress, warm_start=warm_start, **params)
+                show_progress=show_progress, warm_start=warm_start, where=where, **params)
             self._state = None
         return self.run(run_id)
 
@@ -170,13 +179,20 @@ class Store(SentenceStore):
             return cq.members_of_labels(session, run_id, children or [], offset=offset, limit=limit)
         return cq.members(session, run_id, cluster.label, offset=offset, limit=limit)
 
-    def export(self, run_id: int | None = None, batch: int = 5000) -> Iterator[dict[str, Any]]:
-        """Every sentence of a run with its cluster id (None when unassigned), its coarse
-        cluster id (None when unassigned or the run has no hierarchy) and similarity."""
+    def export(self, run_id: int | None = None, batch: int = 5000, where: Any = None) -> Iterator[dict[str, Any]]:
+        """Every sentence of a run (matching ``where``) with its cluster id (None when unassigned),
+        its coarse cluster id (None when unassigned or the run has no hierarchy) and similarity."""
         with self.db.read() as session:
             run = self._run_row(session, run_id)
             parent_of = {c.label: c.parent_label for c in cq.clusters_of_run(session, run.id, level="fine")}
             ids, labels, sims = cq.assignments_of_run(session, run.id)
+            if where is not None:
+                flt = filters.check_fields(session, where)
+                if flt:
+                    keep = np.isin(np.asarray(ids, dtype=np.int64), filters.filtered_ids(session, flt)).tolist()
+                    ids = [v for v, k in zip(ids, keep) if k]
+                    labels = [v for v, k in zip(labels, keep) if k]
+                    sims = [v for v, k in zip(sims, keep) if k]
             for start in range(0, len(ids), batch):
                 chunk = ids[start : start + batch]
                 rows = sq.get_sentences(session, chunk)
@@ -237,7 +253,7 @@ class Store(SentenceStore):
                 row = cq.get_cluster(session, state.run_id, label)
                 rows = cq.members(session, state.run_id, label, limit=members)
                 cluster = self._info(session, row, self._members(rows)).to_dict() if row else None
-        return {"run_id": state.run_id, "method": state.method, "cluster": cluster,
+        return {"run_id": state.run_id, "method": state.method, "where": state.params.get("where"), "cluster": cluster,
                 "cluster_id": label if label >= 0 else None, "similarity": sim, "votes": votes,
                 "nearest": nearest}
 
@@ -249,6 +265,8 @@ class Store(SentenceStore):
                 raise UnknownSentenceError(f"no sentence with id {sentence_id}")
             run = self._run_row(session, None)
             current = cq.assignment_of(session, run.id, sentence_id)
+            where = (run.params or {}).get("where")
+            outside = bool(where) and not filters.matching_ids(session, [sentence_id], where)
             history = [{"run_id": r.id, "method": r.method, "started_at": RunInfo.from_row(r).started_at,
                         "cluster": a.label, "similarity": a.similarity}
                        for r, a in cq.assignment_history(session, sentence_id)]
@@ -261,7 +279,8 @@ class Store(SentenceStore):
                     "run_id": run.id,
                     "cluster_id": None if current is None else current.label,
                     "similarity": None if current is None else current.similarity,
-                    "pending": current is None,
+                    "pending": current is None and not outside,
+                    "where": where, "outside_filter": outside,
                     "cluster": cluster, "history": history}
 
     def members(self, cluster_id: int, *, offset: int = 0, limit: int = 50, run_id: int | None = None) -> list[Member]:
@@ -289,9 +308,10 @@ class Store(SentenceStore):
             run = self._run_row(session, None)
             spec = methods.get(run.method)
             params = {k: v for k, v in (run.params or {}).items() if k in spec.param_names}
+            where = (run.params or {}).get("where")
         params.update({k: v for k, v in kwargs.items() if v is not None and k not in options})
         extra = {k: kwargs[k] for k in options if k in kwargs}
-        return self.cluster(spec.name, warm_start=True, **extra, **params)
+        return self.cluster(spec.name, warm_start=True, where=where, **extra, **params)
 
     def events(self, run_id: int) -> list[Event]:
         """Every event a run recorded."""
@@ -305,3 +325,21 @@ class Store(SentenceStore):
             if not rows:
                 raise UnknownClusterError(f"cluster {cluster_id} never existed")
             return [Event.from_row(r) for r in rows]
+
+    # -- near-duplicates (dups) ------------------------------------------------------
+
+    def duplicates(self, threshold: float = 0.95, *, where: Any = None, limit: int | None = None,
+                   search: str = "auto", nprobe: int | None = None) -> "dup_service.DuplicatesReport":
+        """Groups of near-duplicate sentences (cosine >= ``threshold`` to the group's first,
+        earliest member; no chaining), largest first, over the sentences matching ``where``.
+
+        ``limit`` keeps the ``limit`` largest groups in ``report.items``; the counts cover all.
+        Exact search up to 50,000 sentences, IVF range search (``nprobe``) above.
+        """
+        return dup_service.find_duplicates(self, threshold, where=where, limit=limit, search=search, nprobe=nprobe)
+
+    def delete_duplicates(self, report: "dup_service.DuplicatesReport", keep: str = "first") -> list[int]:
+        """Delete every member but one of each group of ``report`` (``keep``: first or longest)
+        through :meth:`delete`, so runs, sizes and keywords are updated; returns the ids removed."""
+        doomed = [i for group in dup_service.deletion_plan(report, keep) for i in group]
+        return self.delete(doomed) if doomed else []

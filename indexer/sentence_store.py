@@ -48,6 +48,7 @@ class IngestReport:
     read: int = 0
     added: int = 0
     duplicates: int = 0
+    near_duplicates: int = 0
     empty: int = 0
     invalid: int = 0
     errors: list[str] = field(default_factory=list)
@@ -153,6 +154,7 @@ class SentenceStore:
         self._device = device
         self._precision = precision
         self._index: VectorIndex | None = None
+        self.near_duplicate_threshold: float | None = None
         self._index_seq = 0
         self._saved_seq = 0
         self._deletions_seen = 0
@@ -371,14 +373,20 @@ class SentenceStore:
         *,
         source: str = "<python>",
         progress: Progress | None = None,
+        near_duplicates: float | None = None,
     ) -> IngestReport:
-        """Add sentences (and optional metadata dicts, one per sentence)."""
+        """Add sentences (and optional metadata dicts, one per sentence).
+
+        ``near_duplicates``: skip a sentence whose nearest stored sentence (or an earlier kept
+        sentence of the same batch) has cosine similarity >= this value; counted apart from exact
+        duplicates in ``report.near_duplicates``."""
         metas = iter(metadata) if metadata is not None else None
         records = (
             readers.Record(normalize_text(t), (next(metas) if metas else None) or {}, source, i + 1)
             for i, t in enumerate(texts)
         )
-        return self.ingest_records(records, source=source, progress=progress, count_empty=True)
+        return self.ingest_records(records, source=source, progress=progress, count_empty=True,
+                                   near_duplicates=near_duplicates)
 
     def ingest_file(
         self,
@@ -389,6 +397,7 @@ class SentenceStore:
         text_field: str = "text",
         skip_invalid: bool = False,
         progress: Progress | None = None,
+        near_duplicates: float | None = None,
     ) -> IngestReport:
         """Ingest a text, CSV/TSV or JSONL file, or standard input for ``"-"``."""
         stats = readers.ReadStats()
@@ -396,7 +405,7 @@ class SentenceStore:
             path, format=format, text_column=text_column, text_field=text_field, skip_invalid=skip_invalid, stats=stats
         )
         name = "<stdin>" if str(path) == "-" else str(path)
-        return self.ingest_records(records, source=name, progress=progress, stats=stats)
+        return self.ingest_records(records, source=name, progress=progress, stats=stats, near_duplicates=near_duplicates)
 
     def ingest_records(
         self,
@@ -406,8 +415,10 @@ class SentenceStore:
         progress: Progress | None = None,
         stats: readers.ReadStats | None = None,
         count_empty: bool = False,
+        near_duplicates: float | None = None,
     ) -> IngestReport:
         report = IngestReport(source=source)
+        self.near_duplicate_threshold = near_duplicates
         started = time.perf_counter()
         call_started = time.monotonic()
         with self.lock:
@@ -461,6 +472,12 @@ class SentenceStore:
         hashes = list(fresh)
         recs = [fresh[h] for h in hashes]
         vectors = self.encoder.encode([r.text for r in recs])
+        if self.near_duplicate_threshold is not None:
+            recs, hashes, vectors = self._drop_near_duplicates(index, recs, hashes, vectors, report, ingest_id)
+            if not recs:
+                with self.db.write() as session:
+                    q.update_ingest(session, ingest_id, duplicates=dups)
+                return
         blobs = q.encode_embeddings(vectors, self.embedding_dtype)
         rows = [
             q.NewSentence(r.text, h, b, r.metadata or None, r.source, r.line)
@@ -480,6 +497,17 @@ class SentenceStore:
         self._index_seq = max(self._index_seq, int(seqs[-1]))
         report.added += len(ids)
         report.ids.extend(ids)
+
+    def _drop_near_duplicates(self, index: VectorIndex, recs, hashes, vectors, report: IngestReport, ingest_id: int):
+        from indexer.near_duplicates import near_duplicate_mask
+
+        skip = near_duplicate_mask(index, vectors, float(self.near_duplicate_threshold))
+        report.near_duplicates += int(skip.sum())
+        if skip.any():
+            with self.db.write() as session:
+                q.update_ingest(session, ingest_id, near_duplicates=int(skip.sum()))
+        keep = np.flatnonzero(~skip)
+        return [recs[i] for i in keep], [hashes[i] for i in keep], vectors[keep]
 
     def delete(self, ids: Sequence[int]) -> list[int]:
         """Remove sentences from the database and the index; returns the ids removed."""
@@ -504,16 +532,26 @@ class SentenceStore:
 
     # -- reading -------------------------------------------------------------------
 
-    def search(self, text: str, k: int = 10) -> list[Hit]:
-        """The ``k`` stored sentences nearest to ``text``, most similar first."""
+    def search(self, text: str, k: int = 10, where=None) -> list[Hit]:
+        """The ``k`` stored sentences nearest to ``text``, most similar first; ``where`` (a
+        ``--where`` string, list or dict, see :mod:`storage.filters`) restricts them to a subset."""
         if not self.count():
             return []
         query = self.embed([text])
-        return self.search_vector(query[0], k)
+        return self.search_vector(query[0], k, where=where)
 
-    def search_vector(self, vector: np.ndarray, k: int = 10) -> list[Hit]:
+    def search_vector(self, vector: np.ndarray, k: int = 10, where=None) -> list[Hit]:
         self.refresh()
-        result = self.index.search(vector[None, :], k)
+        if where is not None:
+            from storage import filters
+
+            with self.db.read() as session:
+                flt = filters.check_fields(session, where)
+                allowed = filters.filtered_ids(session, flt) if flt else None
+        if where is not None and allowed is not None:
+            result = self.index.search_within(vector[None, :], k, allowed)
+        else:
+            result = self.index.search(vector[None, :], k)
         pairs = [(int(i), float(s)) for i, s in zip(result.ids[0], result.similarities[0]) if i >= 0]
         with self.db.read() as session:
             rows = q.get_sentences(session, [i for i, _ in pairs])
@@ -559,6 +597,7 @@ class SentenceStore:
             out = {
                 "sentences": n,
                 "duplicates_skipped": totals["duplicates"],
+                "near_duplicates_skipped": q.near_duplicates_total(session),
                 "empty_skipped": totals["empty"],
                 "invalid_skipped": totals["invalid"],
                 "ingests": totals["ingests"],

@@ -163,6 +163,31 @@ class VectorIndex:
         sims, ids = self.index.search(queries, k)
         return SearchResult(sims, ids)
 
+    def search_within(self, queries: np.ndarray, k: int, allowed: np.ndarray) -> SearchResult:
+        """The ``k`` nearest among the ids ``allowed`` only, through a FAISS id selector (the
+        selector is applied during the scan, so a filter never loses results to a post-filter).
+
+        On an IVF index a query that found fewer than ``min(k, len(allowed))`` hits in its
+        ``nprobe`` lists is searched again over every list.
+        """
+        faiss = _faiss()
+        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        allowed = np.ascontiguousarray(np.unique(np.asarray(allowed, dtype=np.int64)))
+        if len(allowed) == 0 or self.ntotal == 0:
+            return SearchResult(np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64))
+        k = max(1, min(k, len(allowed), self.ntotal))
+        selector = faiss.IDSelectorBatch(len(allowed), faiss.swig_ptr(allowed))
+        if isinstance(self.index, faiss.IndexIVF):
+            params = faiss.SearchParametersIVF(sel=selector, nprobe=self.index.nprobe)
+            sims, ids = self.index.search(queries, k, params=params)
+            short = np.flatnonzero((ids < 0).any(axis=1))
+            if len(short) and self.index.nprobe < self.index.nlist:
+                params = faiss.SearchParametersIVF(sel=selector, nprobe=self.index.nlist)
+                sims[short], ids[short] = self.index.search(queries[short], k, params=params)
+        else:
+            sims, ids = self.index.search(queries, k, params=faiss.SearchParameters(sel=selector))
+        return SearchResult(sims, ids)
+
     def range_search(self, queries: np.ndarray, threshold: float):
         """(lims, similarities, ids) of every stored vector with similarity >= threshold.
 

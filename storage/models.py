@@ -93,6 +93,7 @@ class IngestLog(Base):
     finished_at: Mapped[Optional[dt.datetime]] = mapped_column(DateTime, nullable=True)
     added: Mapped[int] = mapped_column(Integer, default=0)
     duplicates: Mapped[int] = mapped_column(Integer, default=0)
+    near_duplicates: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     empty: Mapped[int] = mapped_column(Integer, default=0)
     invalid: Mapped[int] = mapped_column(Integer, default=0)
 

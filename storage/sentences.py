@@ -255,3 +255,8 @@ def ingest_totals(session: Session) -> dict[str, int]:
         )
     ).one()
     return {"ingests": row[0], "added": row[1], "duplicates": row[2], "empty": row[3], "invalid": row[4]}
+
+
+def near_duplicates_total(session: Session) -> int:
+    """Sentences every ingest skipped as near-duplicates (``--near-duplicates-threshold``)."""
+    return session.scalar(select(func.coalesce(func.sum(IngestLog.near_duplicates), 0))) or 0

@@ -9,6 +9,7 @@ import sys
 import click
 
 from clusterer.cli.common import emit, open_store, settings_from, store_options
+from clusterer.cli.where import where_option, where_value
 
 
 def _short(text: str | None, width: int = 70) -> str:
@@ -67,15 +68,16 @@ def _params_text(run) -> str:
 @click.command()
 @_method_options
 @click.option("--force", is_flag=True, help="Run even when the guard rails predict a memory blow-up or one giant cluster.")
+@where_option
 @store_options
-def cluster(method, force, as_json, **kwargs):
+def cluster(method, force, where, as_json, **kwargs):
     """Cluster every stored sentence and store the run (leiden by default: no k, no threshold)."""
     settings = settings_from(kwargs)
     given = _given(method, kwargs)
     say = (lambda msg: None) if as_json else (lambda msg: click.echo(f"… {msg}", err=True))
     with open_store(settings) as store:
         run = store.cluster(method, device=settings.device, force=force, progress=say,
-                            show_progress=not as_json, **given)
+                            show_progress=not as_json, where=where_value(where), **given)
         top = store.clusters(run.id)[:10]
         coarse = store.clusters(run.id, level="coarse")[:10]
     data = {"run": run.to_dict(), "top_clusters": [c.to_dict() for c in top],
@@ -122,6 +124,8 @@ def clusters(run_id, limit, level, as_json, **kwargs):
                 click.echo(f"run {run.id} has no coarse level (only leiden runs have one)")
         else:
             click.echo(f"run {run.id} ({run.method}): {run.clusters} clusters, {run.unassigned:,} unassigned sentences")
+        if run.params.get("where"):
+            click.echo(f"covers only sentences where {' and '.join(run.params['where'])}")
         click.echo(f"{'id':>6} {'size':>7} {'cohesion':>8}  keywords / centre")
         for c in items:
             extra = f"  ({len(c.children)} clusters)" if level == "coarse" else (
@@ -195,10 +199,12 @@ def runs(limit, as_json, **kwargs):
 @click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default="-",
               help="Write to a file instead of standard output.")
 @click.option("--run", "run_id", type=int, default=None, help="Run id (default: the latest).")
+@where_option
 @store_options
-def export(fmt, output, run_id, as_json, **kwargs):
-    """Every sentence with its metadata, cluster id (empty when unassigned), similarity and coarse
-    topic id (empty without one). Columns: id, text, metadata, cluster, similarity, coarse_cluster."""
+def export(fmt, output, run_id, where, as_json, **kwargs):
+    """Every sentence (matching --where) with its metadata, cluster id (empty when unassigned),
+    similarity and coarse topic id (empty without one). Columns: id, text, metadata, cluster,
+    similarity, coarse_cluster."""
     settings = settings_from(kwargs)
     with open_store(settings, recover=False) as store:
         store.run(run_id)
@@ -208,7 +214,7 @@ def export(fmt, output, run_id, as_json, **kwargs):
             if fmt == "csv":
                 writer = csv.writer(out)
                 writer.writerow(["id", "text", "metadata", "cluster", "similarity", "coarse_cluster"])
-            for row in store.export(run_id):
+            for row in store.export(run_id, where=where_value(where)):
                 if fmt == "csv":
                     writer.writerow([row["id"], row["text"], json.dumps(row["metadata"], ensure_ascii=False) if row["metadata"] else "",
                                      "" if row["cluster"] is None else row["cluster"],

@@ -33,6 +33,8 @@ def lookup(text, members, as_json, **kwargs):
             click.echo(f"keywords: {', '.join(c['keywords'])}")
             for m in c["members"]:
                 click.echo(f"  {_sim(m['similarity'])}  [{m['id']}] {m['text']}")
+        if d.get("where"):
+            click.echo(f"run {d['run_id']} covers only sentences where {' and '.join(d['where'])}")
         click.echo("nearest stored sentences:")
         for n in d["nearest"]:
             where = f"cluster {n['cluster']}" if n["cluster"] is not None else "unassigned"
@@ -56,6 +58,8 @@ def which(sentence_id, as_json, **kwargs):
         if d["cluster"]:
             c = d["cluster"]
             click.echo(f"cluster {c['id']} ({c['size']} sentences), similarity {_sim(d['similarity'])}: {', '.join(c['keywords'][:6])}")
+        elif d.get("outside_filter"):
+            click.echo(f"outside run {d['run_id']}, which covers only sentences where {' and '.join(d['where'])}")
         elif d["pending"]:
             click.echo(f"not yet seen by run {d['run_id']}")
         else:

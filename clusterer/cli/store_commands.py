@@ -8,6 +8,7 @@ import sys
 import click
 
 from clusterer.cli.common import emit, open_store, settings_from, store_options
+from clusterer.cli.where import where_option, where_value
 
 LINE_COUNT_LIMIT = 2 << 30
 
@@ -37,8 +38,10 @@ def _progress_bar(desc: str, total: int | None):
 @click.option("--text-column", default="text", show_default=True, help="CSV/TSV column holding the sentence.")
 @click.option("--text-field", default="text", show_default=True, help="JSONL field holding the sentence.")
 @click.option("--skip-invalid", is_flag=True, help="Skip and count bad records instead of stopping.")
+@click.option("--near-duplicates-threshold", "near_dups", type=click.FloatRange(-1.0, 1.0), default=None, metavar="T",
+              help="Skip a sentence whose nearest stored sentence (or an earlier one of the batch) has cosine >= T.")
 @store_options
-def ingest(inputs, fmt, text_column, text_field, skip_invalid, as_json, **kwargs):
+def ingest(inputs, fmt, text_column, text_field, skip_invalid, near_dups, as_json, **kwargs):
     """Embed and store sentences from files (one per line, CSV, JSONL) or - for stdin."""
     settings = settings_from(kwargs)
     reports = []
@@ -46,17 +49,19 @@ def ingest(inputs, fmt, text_column, text_field, skip_invalid, as_json, **kwargs
         for path in inputs:
             with _progress_bar(os.path.basename(path) if path != "-" else "<stdin>", _count_lines(path)) as bar:
                 report = store.ingest_file(path, format=fmt, text_column=text_column, text_field=text_field,
-                                           skip_invalid=skip_invalid, progress=bar.update)
+                                           skip_invalid=skip_invalid, progress=bar.update, near_duplicates=near_dups)
             reports.append(report)
     data = {"inputs": [r.to_dict() for r in reports],
             "added": sum(r.added for r in reports),
             "duplicates": sum(r.duplicates for r in reports),
+            "near_duplicates": sum(r.near_duplicates for r in reports),
             "empty": sum(r.empty for r in reports),
             "invalid": sum(r.invalid for r in reports)}
 
     def human(d):
         for r in reports:
-            line = (f"{r.source}: {r.added} added, {r.duplicates} duplicates, {r.empty} empty"
+            line = (f"{r.source}: {r.added} added, {r.duplicates} duplicates, "
+                    f"{f'{r.near_duplicates} near-duplicates, ' if near_dups is not None else ''}{r.empty} empty"
                     f"{f', {r.invalid} invalid skipped' if r.invalid else ''} "
                     f"({r.rate:,.0f} sentences/s)")
             click.echo(line)
@@ -78,6 +83,8 @@ def stats(as_json, **kwargs):
         idx = d["index"]
         click.echo(f"sentences:          {d['sentences']:,}")
         click.echo(f"duplicates skipped: {d['duplicates_skipped']:,}")
+        if d.get("near_duplicates_skipped"):
+            click.echo(f"near-dups skipped:  {d['near_duplicates_skipped']:,}")
         click.echo(f"empty skipped:      {d['empty_skipped']:,}")
         click.echo(f"invalid skipped:    {d['invalid_skipped']:,}")
         click.echo(f"model:              {d['model']} ({d['dimension']}-d)")
@@ -92,13 +99,14 @@ def stats(as_json, **kwargs):
 @click.command()
 @click.argument("text")
 @click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="How many neighbours.")
+@where_option
 @store_options
-def search(text, k, as_json, **kwargs):
+def search(text, k, where, as_json, **kwargs):
     """The stored sentences most similar to TEXT."""
     settings = settings_from(kwargs)
     with open_store(settings) as store:
-        hits = store.search(text, k)
-    data = {"query": text, "hits": [h.to_dict() for h in hits]}
+        hits = store.search(text, k, where=where_value(where))
+    data = {"query": text, "where": list(where), "hits": [h.to_dict() for h in hits]}
 
     def human(d):
         for h in hits:

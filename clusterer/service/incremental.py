@@ -27,6 +27,7 @@ import numpy as np
 
 from clusterer.algorithms import topics
 from storage import clusters as cq
+from storage import filters
 from storage import sentences as sq
 
 
@@ -61,6 +62,14 @@ class RunState:
         pos = np.minimum(pos, len(self.ids) - 1)
         found = self.ids[pos] == ids
         return np.where(found, self.labels[pos], -1)
+
+    def covers(self, ids: np.ndarray) -> np.ndarray:
+        """Whether each id has an assignment row in the run (a ``where`` run leaves others out)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if len(self.ids) == 0 or len(ids) == 0:
+            return np.zeros(len(ids), dtype=bool)
+        pos = np.minimum(np.searchsorted(self.ids, ids), len(self.ids) - 1)
+        return self.ids[pos] == ids
 
     def add(self, ids: np.ndarray, labels: np.ndarray) -> None:
         ids = np.asarray(ids, dtype=np.int64)
@@ -97,6 +106,16 @@ def load_state(session, dimension: int, dtype: str = "float32") -> RunState | No
         if c.centroid:
             state.centroids[c.label] = np.frombuffer(c.centroid, dtype=np.float32).copy()
     return state
+
+
+def restrict_to_run(session, state: RunState, ids: np.ndarray, vectors: np.ndarray, texts: list[str]):
+    """The part of a batch the run covers (dups): a run made over a ``where`` subset takes only
+    the new sentences that match its filter; the others get no assignment row in it."""
+    where = state.params.get("where")
+    if not where or len(ids) == 0:
+        return ids, vectors, texts
+    keep = np.isin(ids, np.asarray(filters.matching_ids(session, ids.tolist(), where), dtype=np.int64))
+    return ids[keep], vectors[keep], [t for t, k in zip(texts, keep) if k]
 
 
 def vote(neighbor_labels: np.ndarray, neighbor_sims: np.ndarray) -> tuple[int, float, int]:
@@ -161,7 +180,7 @@ def assign_by_neighbours(state: RunState, ids: np.ndarray, vectors: np.ndarray, 
             labels[i] = label
     centre_sims(state, labels, vectors, sims)
     unassigned_neighbours = {
-        int(i): set(int(x) for x, l in zip(n_ids, state.labels_of(n_ids)) if l < 0)
+        int(i): set(int(x) for x, l, c in zip(n_ids, state.labels_of(n_ids), state.covers(n_ids)) if l < 0 and c)
         for i, (n_ids, _) in zip(ids, found)
     }
     return labels, sims, unassigned_neighbours

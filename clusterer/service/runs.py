@@ -24,6 +24,7 @@ from clusterer.errors import ClustererError
 from clusterer.service import methods
 from clusterer.service.methods import GuardRailError, Labels  # noqa: F401  (re-exported)
 from storage import clusters as cq
+from storage import filters
 from storage import sentences as sq
 
 KEYWORDS_PER_CLUSTER = 10
@@ -264,8 +265,9 @@ def load_previous(session) -> Previous:
 
 def run_clustering(store, method: str | None = None, *, device: str = "auto", force: bool = False,
                    progress: Progress | None = None, show_progress: bool = False, warm_start: bool = False,
-                   **given: Any) -> tuple[int, float]:
-    """Cluster every stored sentence, store the run, and return its id and duration.
+                   where: Any = None, **given: Any) -> tuple[int, float]:
+    """Cluster every stored sentence (or those matching ``where``), store the run, and return its
+    id and duration. A filtered run records its filter as ``params["where"]``.
 
     ``warm_start``: methods that can (leiden) start from the latest run's fine membership, so
     that clusters that persist keep their members and ids.
@@ -273,6 +275,13 @@ def run_clustering(store, method: str | None = None, *, device: str = "auto", fo
     spec = methods.get(method)
     params = spec.resolve(given)
     say = progress or (lambda _msg: None)
+    # validate the filter before the run row exists; record it in params
+    subset = None
+    if where is not None:
+        with store.db.read() as session:
+            subset = filters.check_fields(session, where) or None
+        if subset is not None:
+            params["where"] = subset.to_strings()
     with store.db.write() as session:
         run_id = cq.create_run(session, spec.name, params).id
     started = time.perf_counter()
@@ -285,6 +294,10 @@ def run_clustering(store, method: str | None = None, *, device: str = "auto", fo
             next_label = cq.max_label(session) + 1
         say("loading embeddings")
         ids, x = store.embeddings(up_to_seq=max_seq)
+        if subset is not None:  # only the matching sentences
+            with store.db.read() as session:
+                keep = np.isin(ids, filters.filtered_ids(session, subset, up_to_seq=max_seq))
+            ids, x = ids[keep], x[keep]
         seconds["load"] = time.perf_counter() - tick
         tick = time.perf_counter()
         initial = previous.labels_for(ids) if warm_start and spec.warm_start and previous.run_id else None
