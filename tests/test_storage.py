@@ -108,25 +108,37 @@ def test_delete_sentences(db):
         assert q.delete_sentences(s, [ids[1]]) == []
 
 
-def test_index_state_set_get(db):
-    with db.write() as s:
-        state = q.get_index_state(s)
-        assert (state.watermark, state.checksum, state.dirty) == (0, None, False)
-    with db.write() as s:
-        q.set_index_state(s, watermark=42, checksum="abc123", ntotal=40, index_type="Flat")
+def test_index_records_per_data_folder_and_deletion_counter(db):
     with db.read() as s:
-        state = q.get_index_state(s)
-        assert (state.watermark, state.checksum, state.ntotal, state.index_type, state.dirty) == (
-            42, "abc123", 40, "Flat", False)
+        assert q.get_cache_state(s, "folder-a") is None
+        assert q.deletion_count(s) == 0
     with db.write() as s:
-        q.mark_index_dirty(s)
+        q.set_cache_state(s, "folder-a", watermark=42, checksum="abc123", ntotal=40, index_type="Flat", deletions=0)
+        q.set_cache_state(s, "folder-b", watermark=7, checksum="fff", ntotal=7, index_type="Flat", deletions=0)
     with db.read() as s:
-        state = q.get_index_state(s)
-        assert state.dirty is True and state.watermark == 42
+        a = q.get_cache_state(s, "folder-a")
+        assert (a.watermark, a.checksum, a.ntotal, a.index_type, a.deletions) == (42, "abc123", 40, "Flat", 0)
+        assert q.get_cache_state(s, "folder-b").watermark == 7
     with db.write() as s:
-        q.set_index_state(s, watermark=43, checksum="def", ntotal=41, index_type="IVFFlat(nlist=4,nprobe=4)")
+        assert q.mark_index_dirty(s) == 1
+    with db.write() as s:
+        q.set_cache_state(s, "folder-a", watermark=43, checksum="def", ntotal=41, index_type="Flat", deletions=1)
     with db.read() as s:
-        assert q.get_index_state(s).dirty is False
+        assert q.get_cache_state(s, "folder-a").deletions == q.deletion_count(s) == 1
+        assert q.get_cache_state(s, "folder-b").deletions == 0  # folder b's file is stale now
+
+
+def test_sequence_numbers_come_from_the_database_counter(db):
+    rng = np.random.default_rng(5)
+    rows, _ = _rows(rng, 6)
+    with db.write() as s:
+        _, seqs = q.insert_sentences(s, rows[:3])
+    with db.write() as s:
+        q.delete_sentences(s, [i for i in q.all_ids(s).tolist()])
+    with db.write() as s:
+        _, more = q.insert_sentences(s, rows[3:])
+    # numbers are never reused, even after the newest rows were deleted (max_seq + 1 would)
+    assert seqs == [1, 2, 3] and more == [4, 5, 6]
 
 
 def test_iter_embeddings_round_trips_float32_exactly(db):

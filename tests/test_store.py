@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +15,8 @@ from indexer.lock import LockTimeoutError, WriterLock
 from indexer.sentence_store import LOCK_FILE, SentenceStore
 from storage.errors import ModelMismatchError
 from tests.fakes import FakeEncoder
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -246,10 +250,11 @@ def test_bad_utf8_mid_file(open_store, tmp_path):
 # -- locking and readers -----------------------------------------------------------
 
 
-def test_writer_lock_blocks_second_writer(open_store, tmp_path):
+def test_writer_lock_blocks_second_writer(open_store, tmp_path, db_url):
     store = open_store(lock_timeout=0.2)
     store.ingest(["before the lock"])
-    other = WriterLock(tmp_path / "data" / LOCK_FILE, timeout=0.2)
+    other = open_store(lock_timeout=0.2).lock if db_url.startswith("postgresql") else \
+        WriterLock(tmp_path / "data" / LOCK_FILE, timeout=0.2)
     with other:
         with pytest.raises(LockTimeoutError, match="another"):
             store.ingest(["while locked"])
@@ -260,20 +265,21 @@ def test_writer_lock_blocks_second_writer(open_store, tmp_path):
     assert store.verify().ok
 
 
-def test_writer_lock_held_by_another_process(open_store, tmp_path):
+def test_writer_lock_held_by_another_process(open_store, tmp_path, db_url):
     import subprocess
 
-    lock_path = tmp_path / "data" / LOCK_FILE
     store = open_store(lock_timeout=0.2)
     child = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys; from indexer.lock import WriterLock; l = WriterLock(sys.argv[1]); l.acquire();"
-         " print('locked', flush=True); sys.stdin.read()", str(lock_path)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+         "import sys; from indexer.sentence_store import SentenceStore;"
+         " s = SentenceStore(sys.argv[1], db_url=sys.argv[2], recover=False); s.lock.acquire();"
+         " print('locked', flush=True); sys.stdin.read()", str(tmp_path / "data"), db_url],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)),
     )
     try:
         assert child.stdout.readline().strip() == "locked"
-        with pytest.raises(LockTimeoutError, match=f"another.*pid {child.pid}"):
+        holder = "another writer" if db_url.startswith("postgresql") else f"another.*pid {child.pid}"
+        with pytest.raises(LockTimeoutError, match=holder):
             store.ingest(["blocked"])
     finally:
         child.stdin.close()
