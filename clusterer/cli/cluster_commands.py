@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from clusterer.cli.common import emit, open_store, settings_from, store_options
+from clusterer.cli.common import CLUSTER_ID, RUN_ID, emit, open_store, settings_from, store_options
 
 
 def _short(text: str | None, width: int = 70) -> str:
@@ -61,7 +61,7 @@ def cluster(method, threshold, min_size, nprobe, search, k, seed, distance_thres
 
 
 @click.command()
-@click.option("--run", "run_id", type=int, default=None, help="Run id (default: the latest).")
+@click.option("--run", "run_id", type=RUN_ID, default=None, help="Run id (default: the latest).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Show only the largest N clusters.")
 @store_options
 def clusters(run_id, limit, as_json, **kwargs):
@@ -85,10 +85,10 @@ def clusters(run_id, limit, as_json, **kwargs):
 
 
 @click.command()
-@click.argument("cluster_id", type=int)
+@click.argument("cluster_id", type=CLUSTER_ID)
 @click.option("--limit", type=click.IntRange(min=0), default=20, show_default=True, help="Members to show.")
 @click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--run", "run_id", type=int, default=None, help="Run id (default: the latest).")
+@click.option("--run", "run_id", type=RUN_ID, default=None, help="Run id (default: the latest).")
 @store_options
 def show(cluster_id, limit, offset, run_id, as_json, **kwargs):
     """One cluster: keywords, representatives, members with similarity to the centre."""
@@ -134,7 +134,7 @@ def runs(limit, as_json, **kwargs):
 @click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="jsonl", show_default=True)
 @click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default="-",
               help="Write to a file instead of standard output.")
-@click.option("--run", "run_id", type=int, default=None, help="Run id (default: the latest).")
+@click.option("--run", "run_id", type=RUN_ID, default=None, help="Run id (default: the latest).")
 @store_options
 def export(fmt, output, run_id, as_json, **kwargs):
     """Every sentence with its metadata, cluster id (empty when unassigned) and similarity."""

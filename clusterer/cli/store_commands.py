@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from clusterer.cli.common import emit, open_store, settings_from, store_options
+from clusterer.cli.common import SENTENCE_ID, emit, open_store, settings_from, store_options
 
 LINE_COUNT_LIMIT = 2 << 30
 
@@ -141,7 +141,7 @@ def rebuild_index(as_json, **kwargs):
 
 
 @click.command()
-@click.argument("ids", nargs=-1, type=int, required=True)
+@click.argument("ids", nargs=-1, type=SENTENCE_ID, required=True)
 @store_options
 def delete(ids, as_json, **kwargs):
     """Remove sentences by id from the database and the index."""
