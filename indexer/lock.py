@@ -8,9 +8,20 @@ import fcntl
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from indexer.errors import IndexerError, ReadOnlyStoreError
+
+
+def _acquired(lock: Any) -> None:
+    """Run the lock's ``on_acquire`` hook; if it fails, give the lock back and re-raise."""
+    if lock.on_acquire is None:
+        return
+    try:
+        lock.on_acquire()
+    except BaseException:
+        lock.release()
+        raise
 
 
 class LockTimeoutError(IndexerError):
@@ -49,6 +60,7 @@ class WriterLock:
         self.poll = poll
         self._fd: int | None = None
         self._depth = 0
+        self.on_acquire: Callable[[], None] | None = None
 
     @property
     def held(self) -> bool:
@@ -93,6 +105,7 @@ class WriterLock:
         os.write(fd, str(os.getpid()).encode())
         self._fd = fd
         self._depth = 1
+        _acquired(self)
 
     def release(self) -> None:
         if self._fd is None:
@@ -130,6 +143,7 @@ class DatabaseWriterLock:
         self._conn = None
         self._key: int | None = None
         self._depth = 0
+        self.on_acquire: Callable[[], None] | None = None
 
     @property
     def held(self) -> bool:
@@ -165,6 +179,7 @@ class DatabaseWriterLock:
             conn.close()
             raise
         self._conn, self._key, self._depth = conn, key, 1
+        _acquired(self)
 
     def release(self) -> None:
         from storage.locks import advisory_unlock

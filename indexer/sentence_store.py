@@ -106,6 +106,7 @@ class SentenceStore:
             self.lock: Any = DatabaseWriterLock(self.db, self.data_dir, timeout=lock_timeout)
         else:
             self.lock = WriterLock(self.data_dir / LOCK_FILE, timeout=lock_timeout)
+        self.lock.on_acquire = self._writer_opened
         self.db.migrate()
         with self.db.read() as session:
             info = q.get_info(session)
@@ -131,6 +132,12 @@ class SentenceStore:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def _writer_opened(self) -> None:
+        hook = getattr(self.listener, "on_writer", None)
+        if hook is not None:
+            with self.db.write() as session:
+                hook(session)
 
     # -- model ---------------------------------------------------------------------
 

@@ -46,6 +46,17 @@ def fail_run(session: Session, run_id: int, error: str) -> None:
     session.execute(update(Run).where(Run.id == run_id).values(status="failed", error=error, finished_at=utcnow()))
 
 
+def interrupt_running_runs(session: Session) -> int:
+    """Mark every run still ``running`` as ``interrupted``; returns how many. Call it holding
+    the writer lock: runs are made under that lock, so one still running then was killed."""
+    result = session.execute(
+        update(Run).where(Run.status == "running")
+        .values(status="interrupted", finished_at=utcnow(),
+                error="the process running it ended before it finished (killed or crashed)")
+    )
+    return result.rowcount or 0
+
+
 def latest_run(session: Session) -> Run | None:
     return session.scalars(select(Run).where(Run.status == "done").order_by(Run.id.desc()).limit(1)).first()
 

@@ -137,8 +137,13 @@ def runs(limit, as_json, **kwargs):
 @click.option("--run", "run_id", type=RUN_ID, default=None, help="Run id (default: the latest).")
 @store_options
 def export(fmt, output, run_id, as_json, **kwargs):
-    """Every sentence with its metadata, cluster id (empty when unassigned) and similarity."""
+    """Every sentence with its metadata, cluster id (empty when unassigned) and similarity.
+
+    To standard output, --json means JSON Lines (one object per sentence, the jsonl
+    format); with --output, --json prints one JSON summary of what was written."""
     settings = settings_from(kwargs)
+    if as_json and output == "-" and fmt != "jsonl":
+        raise click.UsageError("--json on standard output writes JSON Lines: use --format jsonl or --output FILE")
     with open_store(settings, recover=False) as store:
         store.run(run_id)
         out = sys.stdout if output == "-" else open(output, "w", encoding="utf-8", newline="")
