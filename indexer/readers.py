@@ -299,7 +299,7 @@ def _read_jsonl(
         try:
             obj = decoder.decode(line)
         except json.JSONDecodeError as exc:
-            reject(InputError(source, lineno, f"malformed JSON: {exc.msg} at column {exc.colno}"))
+            reject(InputError(source, lineno, f"malformed JSON: {exc.msg.removesuffix(' at')} at column {exc.colno}"))
             continue
         except ValueError as exc:
             reject(InputError(source, lineno, f"malformed JSON: {exc}"))

@@ -219,3 +219,75 @@ def test_unreachable_postgresql(tmp_path):
 def test_invalid_url():
     with pytest.raises(DatabaseUnavailableError):
         Database("not a url at all")
+
+
+def _silent_server():
+    """A TCP server on 127.0.0.1 that accepts connections and never says a word."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    accepted = []
+    stop = threading.Event()
+
+    def serve():
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+                accepted.append(conn)
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+
+    def close():
+        stop.set()
+        thread.join(timeout=5)
+        for conn in accepted:
+            conn.close()
+        server.close()
+
+    return server.getsockname()[1], accepted, close
+
+
+def test_postgresql_server_that_never_answers_fails_within_the_connect_timeout(tmp_path):
+    import time
+
+    port, accepted, close = _silent_server()
+    try:
+        started = time.monotonic()
+        with pytest.raises(DatabaseUnavailableError) as info:
+            Database(f"postgresql://127.0.0.1:{port}/test", connect_timeout=2).migrate()
+        took = time.monotonic() - started
+        assert accepted, "the client never reached the silent server"
+        assert took < 15, f"hung for {took:.1f} s"
+        message = str(info.value)
+        assert f"127.0.0.1:{port}" in message and "\n" not in message
+    finally:
+        close()
+
+
+def test_cli_with_a_silent_postgresql_server_fails_in_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    port, accepted, close = _silent_server()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "clusterer", "stats", "--db", f"postgresql://127.0.0.1:{port}/test",
+             "--data-dir", str(tmp_path / "d")],
+            cwd=root, env=dict(os.environ, PYTHONPATH=str(root), CLUSTERER_CONNECT_TIMEOUT="2"),
+            capture_output=True, text=True, timeout=30)  # raises TimeoutExpired if the command hangs
+        assert result.returncode == 1
+        lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0], result.stderr
+        assert accepted
+    finally:
+        close()

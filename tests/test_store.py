@@ -341,3 +341,45 @@ def test_reader_reloads_when_another_writer_deleted_and_added(tmp_path):
     assert len(hits) == 20
     assert not {1, 2, 3, 4} & {h.id for h in hits}
     assert reader.index.ntotal == 20
+
+
+# -- issue 8: faults 2, 7 and 11 through the Python API -------------------------------------
+
+
+def test_fewer_metadata_entries_than_texts_is_a_clear_error_and_stores_nothing(open_store):
+    store = open_store()
+    with pytest.raises(InputError, match="2 texts but 1 metadata") as err:
+        store.ingest(["first text", "second text"], [{"a": 1}])
+    assert err.value.line is None
+    assert store.count() == 0
+
+
+def test_metadata_generator_running_out_is_a_clear_error(open_store):
+    store = open_store()
+    with pytest.raises(InputError, match="no metadata entry") as err:
+        store.ingest(iter(["one", "two", "three"]), iter([{"n": 1}, {"n": 2}]))
+    assert err.value.line == 3
+    with pytest.raises(InputError, match="more metadata entries than texts"):
+        store.ingest(iter(["four"]), iter([{"n": 4}, {"n": 5}]))
+
+
+def test_unpaired_surrogate_in_metadata_is_rejected_and_reads_keep_working(open_store):
+    store = open_store()
+    with pytest.raises(InputError, match="surrogate"):
+        store.ingest(["x"], [{"note": "\ud800"}])
+    assert store.count() == 0
+    store.ingest(["fine text"], [{"note": "ok"}])
+    hit = store.search("fine text", k=1)[0]
+    json.dumps(hit.to_dict(), ensure_ascii=False).encode("utf-8")
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\u200b"])
+def test_search_for_an_empty_text_is_an_error(open_store, text):
+    from indexer.errors import InvalidArgumentError
+
+    store = open_store()
+    store.ingest(["something stored"])
+    with pytest.raises(InvalidArgumentError, match="empty"):
+        store.search(text)
+    with pytest.raises(InvalidArgumentError, match="empty"):
+        store.embed([text])
