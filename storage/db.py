@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage import migrate
+from storage import locks, migrate
 from storage.errors import DatabaseUnavailableError, ReadOnlyDatabaseError
 
 SQLITE_BUSY_TIMEOUT_MS = 60_000
@@ -129,6 +129,9 @@ class Database:
                         )
                 return
             with self._writer_engine.begin() as conn:
+                if self.dialect == "postgresql":
+                    # hosts opening one new database at once take turns at creating it
+                    locks.advisory_xact_lock(conn, locks.lock_key(conn, "clusterer-migrate"))
                 if migrate.current_revision(conn) != migrate.head_revision():
                     migrate.upgrade(conn)
         except DBAPIError as exc:

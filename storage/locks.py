@@ -25,3 +25,8 @@ def try_advisory_lock(conn: Connection, key: int) -> bool:
 
 def advisory_unlock(conn: Connection, key: int) -> None:
     conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+
+
+def advisory_xact_lock(conn: Connection, key: int) -> None:
+    """Wait for a lock that the current transaction holds until it ends."""
+    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})

@@ -59,6 +59,7 @@ def check(store: SentenceStore, expected: set[str]) -> None:
 def test_two_data_folders_writing_in_turn(tmp_path, pg_url):
     a_dir, b_dir = tmp_path / "host-a", tmp_path / "host-b"
     expected: set[str] = set()
+    built: set[Path] = set()  # a folder's first open builds its cache; later ones never rebuild
     for round_no in range(3):
         for folder, (start, stop) in ((a_dir, (round_no * 40, round_no * 40 + 50)),
                                       (b_dir, (round_no * 40 + 30, round_no * 40 + 80))):
@@ -68,7 +69,9 @@ def test_two_data_folders_writing_in_turn(tmp_path, pg_url):
                 assert report.added + report.duplicates == stop - start
             for other in (a_dir, b_dir):
                 with SentenceStore(other, db_url=pg_url) as store:
-                    assert store.cache.last_load in ("loaded", "replayed"), "the index was rebuilt"
+                    if other in built:
+                        assert store.cache.last_load in ("loaded", "replayed"), "the index was rebuilt"
+                    built.add(other)
                     check(store, expected)
     # the other folder's writes are replayed, never rebuilt; with nothing new, the file is
     # loaded as it is and not rewritten
