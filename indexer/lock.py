@@ -157,7 +157,7 @@ class DatabaseWriterLock:
         return True
 
     def acquire(self, timeout: float | None = None) -> None:
-        from storage.locks import lock_key, try_advisory_lock
+        from storage.locks import advisory_holder, lock_key, try_advisory_lock
 
         if self._conn is not None:
             self._depth += 1
@@ -170,9 +170,10 @@ class DatabaseWriterLock:
             deadline = time.monotonic() + timeout
             while not try_advisory_lock(conn, key):
                 if time.monotonic() >= deadline:
+                    holder = advisory_holder(conn, key)
                     raise LockTimeoutError(
                         f"another writer (on this or another host) holds the lock of the store in "
-                        f"{self.db.describe()}; waited {timeout:g} s for it to finish"
+                        f"{self.db.describe()}{f' ({holder})' if holder else ''}; waited {timeout:g} s for it to finish"
                     )
                 time.sleep(self.poll)
         except BaseException:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 from pathlib import Path
 from typing import Iterator
 
@@ -107,6 +108,8 @@ class Database:
         connect_args = {}
         if self.dialect == "postgresql":
             connect_args["connect_timeout"] = max(1, int(round(connect_timeout)))
+            if "application_name" not in parsed.query:
+                connect_args["application_name"] = f"clusterer {socket.gethostname()} pid {os.getpid()}"[:63]
         try:
             self.engine = create_engine(url, pool_pre_ping=self.dialect != "sqlite", connect_args=connect_args)
         except (ArgumentError, ImportError, SQLAlchemyError) as exc:

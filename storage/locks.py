@@ -30,3 +30,22 @@ def advisory_unlock(conn: Connection, key: int) -> None:
 def advisory_xact_lock(conn: Connection, key: int) -> None:
     """Wait for a lock that the current transaction holds until it ends."""
     conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+
+
+def advisory_holder(conn: Connection, key: int) -> str | None:
+    """Who holds advisory lock ``key``: the holder's application name (clusterer sets host and
+    pid there), its address and backend pid; None when nobody does."""
+    unsigned = key & 0xFFFFFFFFFFFFFFFF
+    row = conn.execute(
+        text(
+            "SELECT a.application_name, a.client_addr, l.pid FROM pg_locks l"
+            " LEFT JOIN pg_stat_activity a ON a.pid = l.pid"
+            " WHERE l.locktype = 'advisory' AND l.granted AND l.classid = :hi AND l.objid = :lo AND l.objsubid = 1"
+        ),
+        {"hi": unsigned >> 32, "lo": unsigned & 0xFFFFFFFF},
+    ).first()
+    if row is None:
+        return None
+    name, addr, pid = row
+    where = f" from {addr}" if addr else ""
+    return f"{name or 'a client'}{where}, backend pid {pid}"

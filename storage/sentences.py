@@ -172,10 +172,6 @@ def texts_for(session: Session, ids: Sequence[int]) -> dict[int, str]:
     return out
 
 
-def find_by_hash(session: Session, text_hash: str) -> Sentence | None:
-    return session.scalars(select(Sentence).where(Sentence.text_hash == text_hash)).first()
-
-
 def existing_ids(session: Session, ids: Sequence[int]) -> list[int]:
     """The ids of ``ids`` that are stored, ascending."""
     present: list[int] = []

@@ -278,7 +278,8 @@ def test_writer_lock_held_by_another_process(open_store, tmp_path, db_url):
     )
     try:
         assert child.stdout.readline().strip() == "locked"
-        holder = "another writer" if db_url.startswith("postgresql") else f"another.*pid {child.pid}"
+        holder = f"another writer.*clusterer .* pid {child.pid}" if db_url.startswith("postgresql") \
+            else f"another.*pid {child.pid}"
         with pytest.raises(LockTimeoutError, match=holder):
             store.ingest(["blocked"])
     finally:
