@@ -13,12 +13,6 @@ import click
 from clusterer.settings import Settings
 
 
-def _remember_json(ctx: click.Context, _param, value: bool) -> bool:
-    if value:
-        ctx.meta["clusterer.json"] = True
-    return value
-
-
 def store_options(f: Callable) -> Callable:
     """--data-dir, --db, --model, --device and --json, on every command."""
     options = [
@@ -30,8 +24,8 @@ def store_options(f: Callable) -> Callable:
                      help="sentence-transformers model name or path [env CLUSTERER_MODEL; default: bundled all-MiniLM-L6-v2]."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
                      help="Where to embed and search [env CLUSTERER_DEVICE; default auto]."),
-        click.option("--json", "as_json", is_flag=True, expose_value=True, callback=_remember_json,
-                     is_eager=True, help="Print one JSON document for scripts."),
+        click.option("--json", "as_json", is_flag=True,
+                     help="Print one JSON document for scripts (errors too: {\"error\": ...})."),
     ]
     for option in reversed(options):
         f = option(f)
