@@ -15,6 +15,23 @@ from storage.models import Assignment, Counter, IndexCacheState, IndexState, Ing
 
 
 SEQ_COUNTER = "seq"
+MAX_ID = 2**63 - 1
+
+
+class InvalidIdError(StorageError, ValueError):
+    """A sentence id outside what the database can hold (0 to 2**63 - 1)."""
+
+
+def _ids(ids: Iterable[int]) -> list[int]:
+    """``ids`` as a list of ints, checked to fit the id column (SQLite would overflow)."""
+    if isinstance(ids, np.ndarray) and ids.dtype.kind in "iu" and ids.dtype.itemsize <= 8 and ids.dtype != np.uint64:
+        out = ids.astype(np.int64, copy=False).tolist()
+    else:
+        out = [int(i) for i in ids]
+    if out and (min(out) < 0 or max(out) > MAX_ID):
+        bad = next(i for i in out if i < 0 or i > MAX_ID)
+        raise InvalidIdError(f"{bad} is not a sentence id: ids go from 0 to {MAX_ID}")
+    return out
 
 
 @dataclass
@@ -147,8 +164,8 @@ def encode_embeddings(matrix: np.ndarray, dtype: str = "float32") -> list[bytes]
 
 def embeddings_for(session: Session, ids: Sequence[int], dimension: int, dtype: str = "float32") -> np.ndarray:
     """Embeddings of ``ids`` in the given order; unknown ids raise KeyError."""
+    ids = _ids(ids)
     found: dict[int, bytes] = {}
-    ids = list(ids)
     for chunk in chunks(ids):
         found.update(session.execute(select(Sentence.id, Sentence.embedding).where(Sentence.id.in_(chunk))).all())
     missing = [i for i in ids if i not in found]
@@ -158,6 +175,7 @@ def embeddings_for(session: Session, ids: Sequence[int], dimension: int, dtype: 
 
 
 def get_sentences(session: Session, ids: Sequence[int]) -> dict[int, Sentence]:
+    ids = _ids(ids)
     out: dict[int, Sentence] = {}
     for chunk in chunks(ids):
         for row in session.scalars(select(Sentence).where(Sentence.id.in_(chunk))):
@@ -166,6 +184,7 @@ def get_sentences(session: Session, ids: Sequence[int]) -> dict[int, Sentence]:
 
 
 def texts_for(session: Session, ids: Sequence[int]) -> dict[int, str]:
+    ids = _ids(ids)
     out: dict[int, str] = {}
     for chunk in chunks(ids):
         out.update(session.execute(select(Sentence.id, Sentence.text).where(Sentence.id.in_(chunk))).all())
@@ -174,6 +193,7 @@ def texts_for(session: Session, ids: Sequence[int]) -> dict[int, str]:
 
 def existing_ids(session: Session, ids: Sequence[int]) -> list[int]:
     """The ids of ``ids`` that are stored, ascending."""
+    ids = _ids(ids)
     present: list[int] = []
     for chunk in chunks(ids):
         present.extend(session.scalars(select(Sentence.id).where(Sentence.id.in_(chunk))))
@@ -182,6 +202,7 @@ def existing_ids(session: Session, ids: Sequence[int]) -> list[int]:
 
 def delete_sentences(session: Session, ids: Sequence[int]) -> list[int]:
     """Delete the rows of ``ids`` that exist; returns the ids actually deleted."""
+    ids = _ids(ids)
     present: list[int] = []
     for chunk in chunks(ids):
         present.extend(session.scalars(select(Sentence.id).where(Sentence.id.in_(chunk))))

@@ -384,3 +384,16 @@ def test_search_for_an_empty_text_is_an_error(open_store, text):
         store.search(text)
     with pytest.raises(InvalidArgumentError, match="empty"):
         store.embed([text])
+
+
+@pytest.mark.parametrize("bad", [2**63, 2**64 + 5, -1])
+def test_sentence_ids_outside_the_column_are_a_clear_error(open_store, bad):
+    from storage.sentences import InvalidIdError
+
+    store = open_store()
+    store.ingest(["one stored sentence"])
+    with pytest.raises(InvalidIdError, match=f"{bad} is not a sentence id"):
+        store.get([1, bad])
+    with pytest.raises(InvalidIdError):
+        store.delete([bad])
+    assert store.count() == 1
