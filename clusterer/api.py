@@ -59,6 +59,9 @@ class _Upkeep:
     def on_delete(self, session, ids):
         return None
 
+    def on_writer(self, session):
+        cq.interrupt_running_runs(session)
+
 
 class Store(SentenceStore):
     """A sentence store that also runs and maintains clusterings.

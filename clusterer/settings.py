@@ -19,6 +19,7 @@ class Settings:
     precision: str = "auto"
     lock_timeout: float = 30.0
     batch_size: int = 4096
+    connect_timeout: float = 5.0
 
     @classmethod
     def resolve(cls, options: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -34,7 +35,7 @@ class Settings:
                 continue
             if f.name == "data_dir":
                 value = Path(value)
-            elif f.name == "lock_timeout":
+            elif f.name in ("lock_timeout", "connect_timeout"):
                 value = float(value)
             elif f.name == "batch_size":
                 value = int(value)
@@ -49,4 +50,5 @@ class Settings:
             "precision": self.precision,
             "lock_timeout": self.lock_timeout,
             "batch_size": self.batch_size,
+            "connect_timeout": self.connect_timeout,
         }

@@ -36,3 +36,11 @@ class ModelLoadError(IndexerError):
 
 class EncodingError(IndexerError):
     """Input to the encoder was invalid (non-str text) or encoding failed."""
+
+
+class ReadOnlyStoreError(IndexerError):
+    """The store can be read but its data folder cannot be written."""
+
+
+class InvalidArgumentError(IndexerError, ValueError):
+    """A value handed to the library is unusable (e.g. an empty query text)."""

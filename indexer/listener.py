@@ -23,3 +23,7 @@ class StoreListener(Protocol):
 
     def on_delete(self, session: Any, ids: Sequence[int]) -> AfterCommit | None:
         """Sentences ``ids`` are being deleted in this transaction (their rows still exist)."""
+
+    # Optional: ``on_writer(session)`` is called, when the listener has it, each time this
+    # store takes the writer lock, so the listener can clean up after a writer that was
+    # killed while holding it (e.g. mark its unfinished work as interrupted).

@@ -38,3 +38,13 @@ def text_hash(text: str) -> str:
     """
     data = normalize_text(text).encode("utf-8")
     return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def l2_normalize(vectors, eps: float = 1e-12):
+    """Rows of ``vectors`` scaled to unit L2 norm as float32 (the store's invariant: similarity
+    is the inner product); an all-zero row stays zero instead of becoming NaN."""
+    import numpy as np
+
+    x = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(norms, np.float32(eps))

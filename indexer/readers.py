@@ -163,7 +163,7 @@ def _generate(
     stats: ReadStats,
 ) -> Iterator[Record]:
     try:
-        lines = _numbered_lines(stream)
+        lines = _numbered_lines(stream, source)
         if format == "text":
             yield from _read_text(lines, source, skip_invalid, stats)
         elif format == "jsonl":
@@ -178,12 +178,33 @@ def _generate(
             stream.close()
 
 
-def _numbered_lines(stream: IO[bytes]) -> Iterator[tuple[int, bytes]]:
+def metadata_problem(meta: Any) -> str | None:
+    """Why ``meta`` cannot be stored (not a dict, not JSON, an unpaired surrogate), or None."""
+    if meta is None:
+        return None
+    if not isinstance(meta, dict):
+        return f"metadata must be a dict or None, not {type(meta).__name__}"
+    try:
+        json.dumps(meta, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return "unpaired surrogate in metadata (not valid Unicode)"
+    except (TypeError, ValueError) as exc:
+        return f"metadata is not JSON: {exc}"
+    return None
+
+
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+UTF16_HINT = "the input is UTF-16, not UTF-8: convert it first (e.g. iconv -f UTF-16 -t UTF-8)"
+
+
+def _numbered_lines(stream: IO[bytes], source: str = STDIN_NAME) -> Iterator[tuple[int, bytes]]:
     """Pair each raw byte line with its 1-based number, removing a UTF-8 BOM that starts line 1."""
     it = iter(stream)
     first = next(it, None)
     if first is None:
         return iter(())
+    if first.startswith(_UTF16_BOMS):
+        raise InputError(source, 1, UTF16_HINT)
     if first.startswith(_BOM):
         first = first[len(_BOM) :]
     return enumerate(itertools.chain((first,), it), 1)
@@ -195,6 +216,9 @@ def _bad_line(raw: bytes) -> str | None:
     Columns are 1-based byte offsets within the line as read (after BOM removal on line 1).
     """
     if b"\0" in raw:
+        body = raw.rstrip(b"\r\n")
+        if len(body) >= 2 and (body[1::2].count(0) * 2 >= len(body) - 1 or body[0::2].count(0) * 2 >= len(body) - 1):
+            return f"NUL bytes between characters: {UTF16_HINT}"
         return f"NUL byte at column {raw.index(0) + 1}"
     try:
         raw.decode("utf-8")
@@ -275,7 +299,7 @@ def _read_jsonl(
         try:
             obj = decoder.decode(line)
         except json.JSONDecodeError as exc:
-            reject(InputError(source, lineno, f"malformed JSON: {exc.msg} at column {exc.colno}"))
+            reject(InputError(source, lineno, f"malformed JSON: {exc.msg.removesuffix(' at')} at column {exc.colno}"))
             continue
         except ValueError as exc:
             reject(InputError(source, lineno, f"malformed JSON: {exc}"))
@@ -303,6 +327,10 @@ def _read_jsonl(
             value.encode("utf-8")
         except UnicodeEncodeError:
             reject(InputError(source, lineno, f"unpaired surrogate in text field {text_field!r}"))
+            continue
+        problem = metadata_problem(obj)
+        if problem:
+            reject(InputError(source, lineno, problem))
             continue
         text = normalize_text(value)
         if not text:

@@ -1,72 +1,42 @@
-"""The sentence store: database rows, embeddings and the FAISS index kept in step.
+"""The sentence store: database rows, embeddings and a FAISS index kept in step.
 
-Writes (ingest, delete, rebuild) hold the writer lock of the data folder.  Rows
-are committed batch by batch; the index file is a cache that is saved
-atomically now and then and at the end of each write, with the highest sequence
-number it covers (the watermark) and its checksum recorded in the database.
-Opening the store replays rows past the watermark and rebuilds the index from
-the stored embeddings when the file is missing, damaged or stale.
+Writes (ingest, delete, rebuild) hold the writer lock: a file in the data folder on SQLite,
+a database advisory lock on PostgreSQL (shared by every host using the database). The
+ingest pipeline lives in :mod:`indexer.ingest`, the upkeep of the data folder's index file
+(load, replay, rebuild, save, verify against its watermark) in :mod:`indexer.index_cache`;
+this class ties them to one data folder and one database.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from indexer import readers
-from indexer.errors import IndexerError, InputError
+from indexer.errors import IndexerError, InvalidArgumentError
+from indexer.index_cache import IndexCache, VerifyReport
+from indexer.ingest import PYTHON_SOURCE, IngestReport, Progress, ingest_records, python_records
 from indexer.listener import StoreListener
-from indexer.lock import WriterLock
-from indexer.normalize import normalize_text, text_hash
-from indexer.vector_index import FLAT_MAX, TRAIN_SAMPLE, IndexFileError, VectorIndex, load_index
+from indexer.lock import DatabaseWriterLock, WriterLock
+from indexer.normalize import normalize_text
+from indexer.vector_index import FLAT_MAX, VectorIndex
 from storage import sentences as q
-from storage.db import Database, describe_url, sqlite_url
-from storage.errors import ModelMismatchError, StorageError
+from storage.db import CONNECT_TIMEOUT_S, Database, describe_url, sqlite_url
+from storage.errors import ModelMismatchError
+
+__all__ = ["SentenceStore", "StoreNotFoundError", "IngestReport", "VerifyReport", "Hit", "make_encoder"]
 
 DEFAULT_DATA_DIR = "clusterer-data"
 DB_FILE = "clusterer.db"
 INDEX_FILE = "index.faiss"
 LOCK_FILE = "writer.lock"
-SAVE_INTERVAL_S = 60.0
-SMALL_INDEX = 100_000
-UNSAVED_FRACTION = 0.02
-
-Progress = Callable[[int], None]
 
 
 class StoreNotFoundError(IndexerError):
     """No store exists at the given place yet."""
-
-
-@dataclass
-class IngestReport:
-    source: str
-    read: int = 0
-    added: int = 0
-    duplicates: int = 0
-    near_duplicates: int = 0
-    empty: int = 0
-    invalid: int = 0
-    errors: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-    ids: list[int] = field(default_factory=list)
-    clustering: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def rate(self) -> float:
-        return self.read / self.seconds if self.seconds > 0 else 0.0
-
-    def to_dict(self, with_ids: bool = False) -> dict[str, Any]:
-        out = asdict(self)
-        if not with_ids:
-            out.pop("ids")
-        out["sentences_per_second"] = round(self.rate, 1)
-        out["seconds"] = round(self.seconds, 3)
-        return out
 
 
 @dataclass
@@ -79,36 +49,6 @@ class Hit:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass
-class VerifyReport:
-    ok: bool
-    problems: list[str]
-    sentences: int
-    indexed: int
-    watermark: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _batched(items: Iterable, size: int) -> Iterator[list]:
-    batch: list = []
-    try:
-        for item in items:
-            batch.append(item)
-            if len(batch) >= size:
-                yield batch
-                batch = []
-    except InputError:
-        # Bad input at line N: hand over the rows read before it, so that they are
-        # committed, then raise.
-        if batch:
-            yield batch
-        raise
-    if batch:
-        yield batch
 
 
 def make_encoder(model: str | None, device: str = "auto", precision: str = "auto"):
@@ -142,6 +82,7 @@ class SentenceStore:
         flat_max: int = FLAT_MAX,
         recover: bool = True,
         listener: StoreListener | None = None,
+        connect_timeout: float = CONNECT_TIMEOUT_S,
     ):
         self.data_dir = Path(data_dir)
         self.index_path = self.data_dir / INDEX_FILE
@@ -153,26 +94,27 @@ class SentenceStore:
         self._encoder = encoder
         self._device = device
         self._precision = precision
-        self._index: VectorIndex | None = None
-        self.near_duplicate_threshold: float | None = None
-        self._index_seq = 0
-        self._saved_seq = 0
-        self._deletions_seen = 0
-        self._last_save = time.monotonic()
-        self.lock = WriterLock(self.data_dir / LOCK_FILE, timeout=lock_timeout)
         if not create and db_url is None and not (self.data_dir / DB_FILE).exists():
             raise StoreNotFoundError(f"no store in {self.data_dir} (run `clusterer ingest` first)")
-        if create:
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.db = Database(self.db_url, create=create)
+        if create and db_url is None:
+            try:
+                self.data_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreNotFoundError(f"cannot create the data folder {self.data_dir}: {exc.strerror}") from None
+        self.db = Database(self.db_url, create=create, connect_timeout=connect_timeout)
+        if self.db.dialect == "postgresql":
+            self.lock: Any = DatabaseWriterLock(self.db, self.data_dir, timeout=lock_timeout)
+        else:
+            self.lock = WriterLock(self.data_dir / LOCK_FILE, timeout=lock_timeout)
+        self.lock.on_acquire = self._writer_opened
         self.db.migrate()
         with self.db.read() as session:
             info = q.get_info(session)
             self.model_name = info.model_name if info else None
             self.dimension = info.dimension if info else None
             self.embedding_dtype = info.embedding_dtype if info else "float32"
-        if info is None and not create:
-            raise StoreNotFoundError(f"the database {describe_url(self.db_url)} holds no store yet")
+        self.cache = IndexCache(self.db, self.data_dir, self.index_path, self.lock, flat_max)
+        self.cache.configure(self.dimension, self.embedding_dtype)
         self._check_model()
         if recover:
             self.recover()
@@ -190,6 +132,12 @@ class SentenceStore:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def _writer_opened(self) -> None:
+        hook = getattr(self.listener, "on_writer", None)
+        if hook is not None:
+            with self.db.write() as session:
+                hook(session)
 
     # -- model ---------------------------------------------------------------------
 
@@ -216,143 +164,11 @@ class SentenceStore:
         return self._encoder
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        return self.encoder.encode([normalize_text(t) for t in texts])
-
-    # -- index ---------------------------------------------------------------------
-
-    @property
-    def index(self) -> VectorIndex:
-        if self._index is None:
-            self._index = self._load_index()
-        return self._index
-
-    def recover(self) -> bool:
-        """Bring the index file up to date with the database if no writer is busy.
-
-        Replays rows committed after the file's watermark and rebuilds a
-        missing, damaged or stale file.  Returns False when another process
-        holds the writer lock (it will do the same when it finishes).
-        """
-        if self.dimension is None or not self.lock.try_acquire():
-            return False
-        try:
-            self._index = self._load_index()
-        finally:
-            self.lock.release()
-        return True
-
-    def _load_index(self) -> VectorIndex:
-        if self.dimension is None:
-            return VectorIndex.flat(1)
-        with self.db.read() as session:
-            state = q.get_index_state(session)
-            watermark, checksum, dirty = state.watermark, state.checksum, state.dirty
-            self._deletions_seen = state.deletions or 0
-        index = None
-        if not dirty and checksum is not None:
-            try:
-                index = load_index(self.index_path, checksum)
-            except IndexFileError:
-                index = None
-        if index is None or index.dimension != self.dimension:
-            return self._build_from_db(persist=self.lock.held)
-        self._index_seq = self._saved_seq = watermark
-        if self._replay(index) and self.lock.held:
-            self._save_if_due(index)
-        return index
-
-    def _replay(self, index: VectorIndex) -> int:
-        """Add rows committed after ``self._index_seq``; returns how many."""
-        added = 0
-        with self.db.read() as session:
-            for ids, matrix, last in q.iter_embeddings(
-                session, self.dimension, self.embedding_dtype, after_seq=self._index_seq
-            ):
-                index.add(ids, matrix)
-                added += len(ids)
-                self._index_seq = last
-        return added
-
-    def refresh(self) -> None:
-        """Catch up with what other processes committed since the index was loaded.
-
-        New rows are replayed; if sentences were deleted meanwhile (the deletion
-        counter moved), the index is loaded afresh. Both checks are single indexed
-        lookups, so a refresh costs the same on any store size.
-        """
-        if self._index is None:
-            return
-        with self.db.read() as session:
-            deletions = q.deletion_count(session)
-            newest = q.max_seq(session)
-        if deletions != self._deletions_seen:
-            self._index = self._load_index()
-        elif newest > self._index_seq:
-            self._replay(self._index)
-
-    def _training_sample(self, session, n: int) -> np.ndarray | None:
-        if n <= self.flat_max:
-            return None
-        parts, got = [], 0
-        for _, matrix, _ in q.iter_embeddings(session, self.dimension, self.embedding_dtype):
-            parts.append(matrix)
-            got += len(matrix)
-            if got >= TRAIN_SAMPLE:
-                break
-        return np.vstack(parts)
-
-    def _build_from_db(self, persist: bool) -> VectorIndex:
-        with self.db.read() as session:
-            self._deletions_seen = q.deletion_count(session)
-            n = q.count_sentences(session)
-            index = VectorIndex.for_size(self.dimension, n, self._training_sample(session, n), self.flat_max)
-            watermark = 0
-            for ids, matrix, last in q.iter_embeddings(session, self.dimension, self.embedding_dtype):
-                index.add(ids, matrix)
-                watermark = last
-        self._index_seq = watermark
-        if persist:
-            self._save(index, watermark)
-        return index
-
-    def _save(self, index: VectorIndex, watermark: int | None = None) -> None:
-        if watermark is None:
-            watermark = self._index_seq
-        checksum = index.save(self.index_path)
-        with self.db.write() as session:
-            q.set_index_state(session, watermark=watermark, checksum=checksum, ntotal=index.ntotal, index_type=index.kind)
-        self._last_save = time.monotonic()
-        self._saved_seq = watermark
-
-    def _save_if_due(self, index: VectorIndex) -> None:
-        """Save after a write unless the unsaved tail is a small part of a large index.
-
-        Rows past the file's watermark are safe in the database and replayed on
-        open, so a 1,000-sentence batch on a million-sentence store need not
-        rewrite a gigabyte-sized file; small indexes are always saved. (A long
-        ingest also saves every ``SAVE_INTERVAL_S`` seconds of its own work, which
-        bounds the replay after a crash.)
-        """
-        unsaved = self._index_seq - self._saved_seq
-        if unsaved <= 0 and self.index_path.exists():
-            return
-        if index.ntotal <= SMALL_INDEX or unsaved >= UNSAVED_FRACTION * index.ntotal:
-            self._save(index)
-
-    def rebuild_index(self) -> dict[str, Any]:
-        """Rebuild the FAISS file from the stored embeddings (no re-embedding)."""
-        started = time.perf_counter()
-        with self.lock:
-            self._index = self._build_from_db(persist=True)
-        return {"indexed": self._index.ntotal, "index_type": self._index.kind, "seconds": round(time.perf_counter() - started, 3)}
-
-    def _maybe_upgrade_index(self) -> bool:
-        if self._index is not None and self._index.is_exact and self._index.ntotal > self.flat_max:
-            self._index = self._build_from_db(persist=False)
-            return True
-        return False
-
-    # -- writing -------------------------------------------------------------------
+        """Embeddings of ``texts`` (as ingest would store them); an empty text is an error."""
+        normalised = [normalize_text(t) for t in texts]
+        if any(not t for t in normalised):
+            raise InvalidArgumentError("the text is empty: give a sentence to compare")
+        return self.encoder.encode(normalised)
 
     def _ensure_info(self) -> None:
         if self.model_name is not None:
@@ -364,14 +180,52 @@ class SentenceStore:
                 info = q.init_info(session, enc.model_name, int(enc.dimension))
             self.model_name, self.dimension, self.embedding_dtype = info.model_name, info.dimension, info.embedding_dtype
         self._check_model()
-        self._index = None
+        self.cache.configure(self.dimension, self.embedding_dtype)
+
+    # -- the index -----------------------------------------------------------------
+
+    @property
+    def index(self) -> VectorIndex:
+        return self.cache.index
+
+    def recover(self) -> bool:
+        """Bring the index file up to date with the database if no writer is busy.
+
+        Replays rows committed after the file's watermark and rebuilds a missing, damaged
+        or stale file. Returns False when another process holds the writer lock (it will
+        do the same when it finishes) or the data folder is read-only.
+        """
+        from indexer.errors import ReadOnlyStoreError
+
+        try:
+            return self.cache.recover()
+        except ReadOnlyStoreError:
+            return False
+
+    def refresh(self) -> None:
+        """Catch up with what other processes committed since the index was loaded."""
+        self.cache.refresh()
+
+    def rebuild_index(self) -> dict[str, Any]:
+        """Rebuild the FAISS file from the stored embeddings (no re-embedding)."""
+        return self.cache.rebuild()
+
+    def repair(self) -> dict[str, Any]:
+        """Bring the index file in line with the database, replaying when that is enough."""
+        return self.cache.repair()
+
+    def verify(self) -> VerifyReport:
+        """Check that the index file and the database agree, without changing either."""
+        return self.cache.verify()
+
+    # -- writing -------------------------------------------------------------------
 
     def ingest(
         self,
         texts: Iterable[str],
         metadata: Iterable[dict[str, Any] | None] | None = None,
         *,
-        source: str = "<python>",
+        source: str = PYTHON_SOURCE,
         progress: Progress | None = None,
         near_duplicates: float | None = None,
     ) -> IngestReport:
@@ -380,13 +234,8 @@ class SentenceStore:
         ``near_duplicates``: skip a sentence whose nearest stored sentence (or an earlier kept
         sentence of the same batch) has cosine similarity >= this value; counted apart from exact
         duplicates in ``report.near_duplicates``."""
-        metas = iter(metadata) if metadata is not None else None
-        records = (
-            readers.Record(normalize_text(t), (next(metas) if metas else None) or {}, source, i + 1)
-            for i, t in enumerate(texts)
-        )
-        return self.ingest_records(records, source=source, progress=progress, count_empty=True,
-                                   near_duplicates=near_duplicates)
+        return self.ingest_records(python_records(texts, metadata, source), source=source, progress=progress,
+                                   count_empty=True, near_duplicates=near_duplicates)
 
     def ingest_file(
         self,
@@ -405,7 +254,8 @@ class SentenceStore:
             path, format=format, text_column=text_column, text_field=text_field, skip_invalid=skip_invalid, stats=stats
         )
         name = "<stdin>" if str(path) == "-" else str(path)
-        return self.ingest_records(records, source=name, progress=progress, stats=stats, near_duplicates=near_duplicates)
+        return self.ingest_records(records, source=name, progress=progress, stats=stats,
+                                   near_duplicates=near_duplicates)
 
     def ingest_records(
         self,
@@ -417,104 +267,16 @@ class SentenceStore:
         count_empty: bool = False,
         near_duplicates: float | None = None,
     ) -> IngestReport:
-        report = IngestReport(source=source)
-        self.near_duplicate_threshold = near_duplicates
-        started = time.perf_counter()
-        call_started = time.monotonic()
-        with self.lock:
-            self._ensure_info()
-            self.refresh()
-            index = self.index
-            with self.db.write() as session:
-                ingest_id = q.start_ingest(session, source)
-            try:
-                for batch in _batched(records, self.batch_size):
-                    if count_empty:
-                        kept = [r for r in batch if r.text]
-                        report.empty += len(batch) - len(kept)
-                        batch = kept
-                    self._ingest_batch(batch, index, report, ingest_id)
-                    report.read += len(batch)
-                    if progress:
-                        progress(len(batch))
-                    if time.monotonic() - max(self._last_save, call_started) > SAVE_INTERVAL_S:
-                        self._save(index)
-            except IndexerError as exc:
-                exc.partial_report = report
-                raise
-            finally:
-                if stats is not None:
-                    report.empty, report.invalid, report.errors = stats.empty, stats.invalid, list(stats.errors)
-                with self.db.write() as session:
-                    q.update_ingest(session, ingest_id, finished=True, empty=report.empty, invalid=report.invalid)
-                if self._maybe_upgrade_index():
-                    self._save(self._index)
-                else:
-                    self._save_if_due(self._index)
-                report.seconds = time.perf_counter() - started
-        return report
-
-    def _ingest_batch(self, batch: list[readers.Record], index: VectorIndex, report: IngestReport, ingest_id: int) -> None:
-        fresh: dict[str, readers.Record] = {}
-        for rec in batch:
-            fresh.setdefault(text_hash(rec.text), rec)
-        dups = len(batch) - len(fresh)
-        with self.db.read() as session:
-            known = q.existing_hashes(session, fresh.keys())
-        for h in known:
-            del fresh[h]
-        dups += len(known)
-        report.duplicates += dups
-        if not fresh:
-            with self.db.write() as session:
-                q.update_ingest(session, ingest_id, duplicates=dups)
-            return
-        hashes = list(fresh)
-        recs = [fresh[h] for h in hashes]
-        vectors = self.encoder.encode([r.text for r in recs])
-        if self.near_duplicate_threshold is not None:
-            recs, hashes, vectors = self._drop_near_duplicates(index, recs, hashes, vectors, report, ingest_id)
-            if not recs:
-                with self.db.write() as session:
-                    q.update_ingest(session, ingest_id, duplicates=dups)
-                return
-        blobs = q.encode_embeddings(vectors, self.embedding_dtype)
-        rows = [
-            q.NewSentence(r.text, h, b, r.metadata or None, r.source, r.line)
-            for r, h, b in zip(recs, hashes, blobs)
-        ]
-        with self.db.write() as session:
-            ids, seqs = q.insert_sentences(session, rows)
-            q.update_ingest(session, ingest_id, added=len(ids), duplicates=dups)
-            after_commit = None
-            if self.listener is not None:
-                after_commit = self.listener.on_insert(session, np.asarray(ids, dtype=np.int64), vectors,
-                                                       [r.text for r in recs], int(seqs[-1]))
-        if after_commit is not None:
-            for key, value in (after_commit() or {}).items():
-                report.clustering[key] = report.clustering.get(key, 0) + value
-        index.add(np.asarray(ids, dtype=np.int64), vectors)
-        self._index_seq = max(self._index_seq, int(seqs[-1]))
-        report.added += len(ids)
-        report.ids.extend(ids)
-
-    def _drop_near_duplicates(self, index: VectorIndex, recs, hashes, vectors, report: IngestReport, ingest_id: int):
-        from indexer.near_duplicates import near_duplicate_mask
-
-        skip = near_duplicate_mask(index, vectors, float(self.near_duplicate_threshold))
-        report.near_duplicates += int(skip.sum())
-        if skip.any():
-            with self.db.write() as session:
-                q.update_ingest(session, ingest_id, near_duplicates=int(skip.sum()))
-        keep = np.flatnonzero(~skip)
-        return [recs[i] for i in keep], [hashes[i] for i in keep], vectors[keep]
+        return ingest_records(self, records, source=source, progress=progress, stats=stats, count_empty=count_empty,
+                              near_duplicates=near_duplicates)
 
     def delete(self, ids: Sequence[int]) -> list[int]:
         """Remove sentences from the database and the index; returns the ids removed."""
         with self.lock:
             self.refresh()
-            index = self.index
+            self.cache.index  # noqa: B018  (loaded before the rows go)
             after_commit = None
+            deletions = None
             with self.db.write() as session:
                 if self.listener is not None:
                     present = q.existing_ids(session, ids)
@@ -522,33 +284,35 @@ class SentenceStore:
                         after_commit = self.listener.on_delete(session, present)
                 removed = q.delete_sentences(session, ids)
                 if removed:
-                    self._deletions_seen = q.mark_index_dirty(session)
+                    deletions = q.mark_index_dirty(session)
             if after_commit is not None:
                 after_commit()
             if removed:
-                index.remove(removed)
-                self._save(index)
+                self.cache.removed(removed, deletions)
         return removed
 
     # -- reading -------------------------------------------------------------------
 
-    def search(self, text: str, k: int = 10, where=None) -> list[Hit]:
+    def search(self, text: str, k: int = 10, where: Any = None) -> list[Hit]:
         """The ``k`` stored sentences nearest to ``text``, most similar first; ``where`` (a
         ``--where`` string, list or dict, see :mod:`storage.filters`) restricts them to a subset."""
+        if not normalize_text(text):
+            raise InvalidArgumentError("the text is empty: give a sentence to search for")
         if not self.count():
             return []
         query = self.embed([text])
         return self.search_vector(query[0], k, where=where)
 
-    def search_vector(self, vector: np.ndarray, k: int = 10, where=None) -> list[Hit]:
+    def search_vector(self, vector: np.ndarray, k: int = 10, where: Any = None) -> list[Hit]:
         self.refresh()
+        allowed = None
         if where is not None:
             from storage import filters
 
             with self.db.read() as session:
                 flt = filters.check_fields(session, where)
                 allowed = filters.filtered_ids(session, flt) if flt else None
-        if where is not None and allowed is not None:
+        if allowed is not None:
             result = self.index.search_within(vector[None, :], k, allowed)
         else:
             result = self.index.search(vector[None, :], k)
@@ -591,63 +355,19 @@ class SentenceStore:
     def stats(self) -> dict[str, Any]:
         with self.db.read() as session:
             totals = q.ingest_totals(session)
-            state = q.get_index_state(session)
+            near = q.near_duplicates_total(session)
             n = q.count_sentences(session)
-            last = q.max_seq(session)
-            out = {
-                "sentences": n,
-                "duplicates_skipped": totals["duplicates"],
-                "near_duplicates_skipped": q.near_duplicates_total(session),
-                "empty_skipped": totals["empty"],
-                "invalid_skipped": totals["invalid"],
-                "ingests": totals["ingests"],
-                "model": self.model_name,
-                "dimension": self.dimension,
-                "database": describe_url(self.db_url),
-                "data_dir": str(self.data_dir),
-                "index": {
-                    "file": str(self.index_path),
-                    "exists": self.index_path.exists(),
-                    "bytes": self.index_path.stat().st_size if self.index_path.exists() else 0,
-                    "type": state.index_type,
-                    "indexed": state.ntotal,
-                    "watermark": state.watermark,
-                    "pending": n - q.count_up_to(session, state.watermark),
-                    "dirty": state.dirty,
-                    "max_seq": last,
-                },
-            }
-        return out
-
-    def verify(self) -> VerifyReport:
-        """Check that the index file and the database agree, without changing either."""
-        problems: list[str] = []
-        with self.db.read() as session:
-            state = q.get_index_state(session)
-            watermark, checksum, dirty = state.watermark, state.checksum, state.dirty
-            db_ids = q.all_ids(session, up_to_seq=watermark)
-            n = q.count_sentences(session)
-        indexed = 0
-        if dirty:
-            problems.append("a deletion was not yet applied to the index file")
-        if n == 0 and not self.index_path.exists():
-            return VerifyReport(not problems, problems, 0, 0, watermark)
-        try:
-            index = load_index(self.index_path, checksum)
-        except IndexFileError as exc:
-            problems.append(str(exc))
-        else:
-            file_ids = index.ids()
-            indexed = len(file_ids)
-            uniq = np.unique(file_ids)
-            if len(uniq) != len(file_ids):
-                problems.append(f"{len(file_ids) - len(uniq)} duplicate ids in the index")
-            missing = np.setdiff1d(db_ids, uniq)
-            extra = np.setdiff1d(uniq, db_ids)
-            if len(missing):
-                problems.append(f"{len(missing)} sentences up to the watermark are missing from the index (e.g. id {missing[0]})")
-            if len(extra):
-                problems.append(f"{len(extra)} ids in the index are not in the database (e.g. id {extra[0]})")
-            if self.dimension and index.dimension != self.dimension:
-                problems.append(f"index dimension {index.dimension} != store dimension {self.dimension}")
-        return VerifyReport(not problems, problems, n, indexed, watermark)
+        return {
+            "sentences": n,
+            "duplicates_skipped": totals["duplicates"],
+            "near_duplicates_skipped": near,
+            "empty_skipped": totals["empty"],
+            "invalid_skipped": totals["invalid"],
+            "ingests": totals["ingests"],
+            "model": self.model_name,
+            "dimension": self.dimension,
+            "database": describe_url(self.db_url),
+            "data_dir": str(self.data_dir),
+            "read_only": self.db.read_only,
+            "index": self.cache.state(),
+        }

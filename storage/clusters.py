@@ -8,9 +8,9 @@ from typing import Any, Iterable, Mapping, Sequence
 from sqlalchemy import and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from storage.chunked import chunks
 from storage.models import Assignment, Cluster, ClusterEvent, ClusterTerm, Run, Sentence, utcnow
 
-CHUNK = 500
 INSERT_CHUNK = 10_000
 
 
@@ -46,6 +46,17 @@ def finish_run(session: Session, run_id: int, *, n_sentences: int, n_clusters: i
 
 def fail_run(session: Session, run_id: int, error: str) -> None:
     session.execute(update(Run).where(Run.id == run_id).values(status="failed", error=error, finished_at=utcnow()))
+
+
+def interrupt_running_runs(session: Session) -> int:
+    """Mark every run still ``running`` as ``interrupted``; returns how many. Call it holding
+    the writer lock: runs are made under that lock, so one still running then was killed."""
+    result = session.execute(
+        update(Run).where(Run.status == "running")
+        .values(status="interrupted", finished_at=utcnow(),
+                error="the process running it ended before it finished (killed or crashed)")
+    )
+    return result.rowcount or 0
 
 
 def latest_run(session: Session) -> Run | None:
@@ -110,8 +121,8 @@ def insert_assignments(
 def set_assignments(session: Session, run_id: int, sentence_ids: Sequence[int], labels: Sequence[int | None], similarities: Sequence[float | None]) -> None:
     """Replace the assignments of ``sentence_ids`` in a run."""
     ids = [int(s) for s in sentence_ids]
-    for start in range(0, len(ids), CHUNK):
-        session.execute(delete(Assignment).where(Assignment.run_id == run_id, Assignment.sentence_id.in_(ids[start : start + CHUNK])))
+    for chunk in chunks(ids):
+        session.execute(delete(Assignment).where(Assignment.run_id == run_id, Assignment.sentence_id.in_(chunk)))
     insert_assignments(session, run_id, ids, labels, similarities)
 
 
@@ -241,11 +252,6 @@ def assignment_history(session: Session, sentence_id: int) -> list[tuple[Run, As
     return [(r[0], r[1]) for r in rows]
 
 
-def unassigned_after(session: Session, run_id: int, seq: int) -> list[int]:
-    """Ids of sentences with a sequence number above ``seq`` (not yet seen by the run)."""
-    return list(session.scalars(select(Sentence.id).where(Sentence.seq > seq).order_by(Sentence.seq)))
-
-
 def record_event(session: Session, run_id: int, label: int, kind: str, size: int, related: list[int] | None = None, detail: dict | None = None) -> None:
     session.add(ClusterEvent(run_id=run_id, label=label, kind=kind, size=size, related=related, detail=detail))
 
@@ -284,10 +290,8 @@ def touch_run(session: Session, run_id: int, **values: Any) -> None:
 
 def term_totals(session: Session, run_id: int, terms: Iterable[str]) -> dict[str, int]:
     """Total count of each of ``terms`` over all clusters of a run."""
-    terms = list(terms)
     totals: dict[str, int] = {}
-    for start in range(0, len(terms), CHUNK):
-        chunk = terms[start : start + CHUNK]
+    for chunk in chunks(terms):
         totals.update(
             (t, int(c))
             for t, c in session.execute(

@@ -8,18 +8,21 @@ the busy timeout instead of failing half-way with "database is locked".
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
 from pathlib import Path
 from typing import Iterator
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage import migrate
-from storage.errors import DatabaseUnavailableError
+from storage import locks, migrate
+from storage.errors import DatabaseUnavailableError, ReadOnlyDatabaseError
 
 SQLITE_BUSY_TIMEOUT_MS = 60_000
+CONNECT_TIMEOUT_S = 5.0
 
 
 def sqlite_url(path: str | Path) -> str:
@@ -34,13 +37,38 @@ def describe_url(url: str) -> str:
         return url
 
 
-def _sqlite_setup(engine: Engine) -> None:
+def one_line(message: object) -> str:
+    """A driver's message (often several lines with hints) as one line."""
+    return " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+
+
+def _writable(path: Path) -> bool:
+    return os.access(path, os.W_OK)
+
+
+def sqlite_read_only(database: str) -> bool:
+    """True when the SQLite file or its folder cannot be written (WAL needs both)."""
+    path = Path(database)
+    return path.exists() and not (_writable(path) and _writable(path.parent))
+
+
+def _read_only_sqlite_url(database: str) -> str:
+    path = Path(database).resolve()
+    wal_ready = path.with_name(path.name + "-shm").exists()
+    # A WAL database opens read-only only beside its -shm file; without one (a cleanly
+    # closed store in a read-only folder) nobody can be writing it, so it is immutable.
+    flag = "mode=ro" if wal_ready else "immutable=1"
+    return f"sqlite:///file:{path}?{flag}&uri=true"
+
+
+def _sqlite_setup(engine: Engine, read_only: bool) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-        cur.execute("PRAGMA journal_mode = WAL")
+        if not read_only:
+            cur.execute("PRAGMA journal_mode = WAL")
         cur.execute("PRAGMA synchronous = NORMAL")
         cur.execute("PRAGMA foreign_keys = ON")
         cur.close()
@@ -56,8 +84,9 @@ def _sqlite_setup(engine: Engine) -> None:
 class Database:
     """A database handle: engine, schema migration and sessions."""
 
-    def __init__(self, url: str, *, create: bool = True):
+    def __init__(self, url: str, *, create: bool = True, connect_timeout: float = CONNECT_TIMEOUT_S):
         self.url = url
+        self.read_only = False
         try:
             parsed = make_url(url)
         except ArgumentError as exc:
@@ -73,12 +102,20 @@ class Database:
                     folder.mkdir(parents=True, exist_ok=True)
                 if not create and not Path(database).exists():
                     raise DatabaseUnavailableError(f"no database at {database}")
+                self.read_only = sqlite_read_only(database)
+                if self.read_only:
+                    url = _read_only_sqlite_url(database)
+        connect_args = {}
+        if self.dialect == "postgresql":
+            connect_args["connect_timeout"] = max(1, int(round(connect_timeout)))
+            if "application_name" not in parsed.query:
+                connect_args["application_name"] = f"clusterer {socket.gethostname()} pid {os.getpid()}"[:63]
         try:
-            self.engine = create_engine(url, pool_pre_ping=self.dialect != "sqlite")
+            self.engine = create_engine(url, pool_pre_ping=self.dialect != "sqlite", connect_args=connect_args)
         except (ArgumentError, ImportError, SQLAlchemyError) as exc:
             raise DatabaseUnavailableError(f"cannot use database {describe_url(url)}: {exc}") from exc
         if self.dialect == "sqlite":
-            _sqlite_setup(self.engine)
+            _sqlite_setup(self.engine, self.read_only)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._writer_engine = self.engine.execution_options(sqlite_write=True)
         self._write_sessions = sessionmaker(self._writer_engine, expire_on_commit=False)
@@ -86,13 +123,31 @@ class Database:
     def migrate(self) -> None:
         """Create or upgrade the schema to the newest revision."""
         try:
+            if self.read_only:
+                with self.engine.connect() as conn:
+                    if migrate.current_revision(conn) != migrate.head_revision():
+                        raise ReadOnlyDatabaseError(
+                            f"the database {describe_url(self.url)} is read-only and needs a schema upgrade: "
+                            "open it once where it can be written"
+                        )
+                return
             with self._writer_engine.begin() as conn:
+                if self.dialect == "postgresql":
+                    # hosts opening one new database at once take turns at creating it
+                    locks.advisory_xact_lock(conn, locks.lock_key(conn, "clusterer-migrate"))
                 if migrate.current_revision(conn) != migrate.head_revision():
                     migrate.upgrade(conn)
-        except OperationalError as exc:
-            raise DatabaseUnavailableError(
-                f"cannot open database {describe_url(self.url)}: {exc.orig}"
-            ) from exc
+        except DBAPIError as exc:
+            raise self.unavailable(exc) from exc
+
+    def unavailable(self, exc: DBAPIError) -> DatabaseUnavailableError:
+        """The error to raise when the database cannot be opened, naming it."""
+        reason = one_line(exc.orig)
+        if "readonly database" in reason or "read-only" in reason:
+            return ReadOnlyDatabaseError(f"the database {describe_url(self.url)} is not writable ({reason})")
+        if "not a database" in reason or "malformed" in reason:
+            return DatabaseUnavailableError(f"{describe_url(self.url)} is damaged or not a clusterer database ({reason})")
+        return DatabaseUnavailableError(f"cannot open database {describe_url(self.url)}: {reason}")
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Session]:
@@ -110,9 +165,17 @@ class Database:
     @contextlib.contextmanager
     def write(self) -> Iterator[Session]:
         """A session whose work is committed on success and rolled back on error."""
-        with self._write_sessions() as session:
-            with session.begin():
-                yield session
+        try:
+            with self._write_sessions() as session:
+                with session.begin():
+                    yield session
+        except OperationalError as exc:
+            if "readonly database" in str(exc.orig):
+                raise ReadOnlyDatabaseError(f"the database {describe_url(self.url)} is not writable") from exc
+            raise
+
+    def describe(self) -> str:
+        return describe_url(self.url)
 
     def dispose(self) -> None:
         self.engine.dispose()

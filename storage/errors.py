@@ -13,5 +13,5 @@ class ModelMismatchError(StorageError):
     """The store was created with another embedding model or dimension."""
 
 
-class NotFoundError(StorageError):
-    """A requested row does not exist."""
+class ReadOnlyDatabaseError(DatabaseUnavailableError):
+    """The database can be read but not written (a read-only file or folder)."""

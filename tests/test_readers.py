@@ -307,3 +307,37 @@ def test_csv_invalid_header_raises_even_with_skip_invalid(tmp_path):
     p = write(tmp_path / "d.csv", b"te\xffxt\nhi\n")
     with pytest.raises(InputError, match="line 1: invalid UTF-8"):
         list(read_records(p, skip_invalid=True))
+
+
+# -- issue 8, faults 7 and 14 -------------------------------------------------------------
+
+
+def test_unterminated_json_string_message_says_at_once(tmp_path):
+    p = write(tmp_path / "u.jsonl", b'{"text": "ok"}\n{"text": "never closed}')
+    with pytest.raises(InputError) as err:
+        list(read_records(p))
+    assert err.value.line == 2
+    assert "at at" not in str(err.value)
+    assert "Unterminated string starting at column 10" in str(err.value)
+    p = write(tmp_path / "c.jsonl", b'{"text": "never closed}\n')
+    with pytest.raises(InputError) as err:
+        list(read_records(p))
+    assert "Invalid control character at column 24" in str(err.value)
+
+
+def test_unpaired_surrogate_in_jsonl_metadata_is_rejected_with_its_line(tmp_path):
+    p = write(tmp_path / "s.jsonl", b'{"text": "fine", "note": "ok"}\n{"text": "x", "note": "\\ud800"}\n')
+    with pytest.raises(InputError) as err:
+        list(read_records(p))
+    assert err.value.line == 2 and "surrogate" in err.value.reason and "metadata" in err.value.reason
+    stats = ReadStats()
+    recs = list(read_records(p, skip_invalid=True, stats=stats))
+    assert texts(recs) == ["fine"] and stats.invalid == 1
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be"])
+def test_utf16_file_is_named_as_utf16(tmp_path, encoding):
+    p = write(tmp_path / "w.txt", "first line\nsecond line\n".encode(encoding))
+    with pytest.raises(InputError) as err:
+        list(read_records(p))
+    assert "UTF-16" in str(err.value) and err.value.line == 1

@@ -88,8 +88,6 @@ def test_unique_text_hash_enforced(db):
     with db.read() as s:
         assert q.count_sentences(s) == 1
         assert q.existing_hashes(s, [rows[0].text_hash, rows[1].text_hash]) == {rows[0].text_hash}
-        assert q.find_by_hash(s, rows[0].text_hash).text == rows[0].text
-        assert q.find_by_hash(s, rows[1].text_hash) is None
 
 
 def test_delete_sentences(db):
@@ -108,25 +106,37 @@ def test_delete_sentences(db):
         assert q.delete_sentences(s, [ids[1]]) == []
 
 
-def test_index_state_set_get(db):
-    with db.write() as s:
-        state = q.get_index_state(s)
-        assert (state.watermark, state.checksum, state.dirty) == (0, None, False)
-    with db.write() as s:
-        q.set_index_state(s, watermark=42, checksum="abc123", ntotal=40, index_type="Flat")
+def test_index_records_per_data_folder_and_deletion_counter(db):
     with db.read() as s:
-        state = q.get_index_state(s)
-        assert (state.watermark, state.checksum, state.ntotal, state.index_type, state.dirty) == (
-            42, "abc123", 40, "Flat", False)
+        assert q.get_cache_state(s, "folder-a") is None
+        assert q.deletion_count(s) == 0
     with db.write() as s:
-        q.mark_index_dirty(s)
+        q.set_cache_state(s, "folder-a", watermark=42, checksum="abc123", ntotal=40, index_type="Flat", deletions=0)
+        q.set_cache_state(s, "folder-b", watermark=7, checksum="fff", ntotal=7, index_type="Flat", deletions=0)
     with db.read() as s:
-        state = q.get_index_state(s)
-        assert state.dirty is True and state.watermark == 42
+        a = q.get_cache_state(s, "folder-a")
+        assert (a.watermark, a.checksum, a.ntotal, a.index_type, a.deletions) == (42, "abc123", 40, "Flat", 0)
+        assert q.get_cache_state(s, "folder-b").watermark == 7
     with db.write() as s:
-        q.set_index_state(s, watermark=43, checksum="def", ntotal=41, index_type="IVFFlat(nlist=4,nprobe=4)")
+        assert q.mark_index_dirty(s) == 1
+    with db.write() as s:
+        q.set_cache_state(s, "folder-a", watermark=43, checksum="def", ntotal=41, index_type="Flat", deletions=1)
     with db.read() as s:
-        assert q.get_index_state(s).dirty is False
+        assert q.get_cache_state(s, "folder-a").deletions == q.deletion_count(s) == 1
+        assert q.get_cache_state(s, "folder-b").deletions == 0  # folder b's file is stale now
+
+
+def test_sequence_numbers_come_from_the_database_counter(db):
+    rng = np.random.default_rng(5)
+    rows, _ = _rows(rng, 6)
+    with db.write() as s:
+        _, seqs = q.insert_sentences(s, rows[:3])
+    with db.write() as s:
+        q.delete_sentences(s, [i for i in q.all_ids(s).tolist()])
+    with db.write() as s:
+        _, more = q.insert_sentences(s, rows[3:])
+    # numbers are never reused, even after the newest rows were deleted (max_seq + 1 would)
+    assert seqs == [1, 2, 3] and more == [4, 5, 6]
 
 
 def test_iter_embeddings_round_trips_float32_exactly(db):
@@ -207,3 +217,75 @@ def test_unreachable_postgresql(tmp_path):
 def test_invalid_url():
     with pytest.raises(DatabaseUnavailableError):
         Database("not a url at all")
+
+
+def _silent_server():
+    """A TCP server on 127.0.0.1 that accepts connections and never says a word."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    accepted = []
+    stop = threading.Event()
+
+    def serve():
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+                accepted.append(conn)
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+
+    def close():
+        stop.set()
+        thread.join(timeout=5)
+        for conn in accepted:
+            conn.close()
+        server.close()
+
+    return server.getsockname()[1], accepted, close
+
+
+def test_postgresql_server_that_never_answers_fails_within_the_connect_timeout(tmp_path):
+    import time
+
+    port, accepted, close = _silent_server()
+    try:
+        started = time.monotonic()
+        with pytest.raises(DatabaseUnavailableError) as info:
+            Database(f"postgresql://127.0.0.1:{port}/test", connect_timeout=2).migrate()
+        took = time.monotonic() - started
+        assert accepted, "the client never reached the silent server"
+        assert took < 15, f"hung for {took:.1f} s"
+        message = str(info.value)
+        assert f"127.0.0.1:{port}" in message and "\n" not in message
+    finally:
+        close()
+
+
+def test_cli_with_a_silent_postgresql_server_fails_in_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    port, accepted, close = _silent_server()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "clusterer", "stats", "--db", f"postgresql://127.0.0.1:{port}/test",
+             "--data-dir", str(tmp_path / "d")],
+            cwd=root, env=dict(os.environ, PYTHONPATH=str(root), CLUSTERER_CONNECT_TIMEOUT="2"),
+            capture_output=True, text=True, timeout=30)  # raises TimeoutExpired if the command hangs
+        assert result.returncode == 1
+        lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0], result.stderr
+        assert accepted
+    finally:
+        close()

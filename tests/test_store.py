@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +15,8 @@ from indexer.lock import LockTimeoutError, WriterLock
 from indexer.sentence_store import LOCK_FILE, SentenceStore
 from storage.errors import ModelMismatchError
 from tests.fakes import FakeEncoder
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -246,10 +250,11 @@ def test_bad_utf8_mid_file(open_store, tmp_path):
 # -- locking and readers -----------------------------------------------------------
 
 
-def test_writer_lock_blocks_second_writer(open_store, tmp_path):
+def test_writer_lock_blocks_second_writer(open_store, tmp_path, db_url):
     store = open_store(lock_timeout=0.2)
     store.ingest(["before the lock"])
-    other = WriterLock(tmp_path / "data" / LOCK_FILE, timeout=0.2)
+    other = open_store(lock_timeout=0.2).lock if db_url.startswith("postgresql") else \
+        WriterLock(tmp_path / "data" / LOCK_FILE, timeout=0.2)
     with other:
         with pytest.raises(LockTimeoutError, match="another"):
             store.ingest(["while locked"])
@@ -260,20 +265,22 @@ def test_writer_lock_blocks_second_writer(open_store, tmp_path):
     assert store.verify().ok
 
 
-def test_writer_lock_held_by_another_process(open_store, tmp_path):
+def test_writer_lock_held_by_another_process(open_store, tmp_path, db_url):
     import subprocess
 
-    lock_path = tmp_path / "data" / LOCK_FILE
     store = open_store(lock_timeout=0.2)
     child = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys; from indexer.lock import WriterLock; l = WriterLock(sys.argv[1]); l.acquire();"
-         " print('locked', flush=True); sys.stdin.read()", str(lock_path)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+         "import sys; from indexer.sentence_store import SentenceStore;"
+         " s = SentenceStore(sys.argv[1], db_url=sys.argv[2], recover=False); s.lock.acquire();"
+         " print('locked', flush=True); sys.stdin.read()", str(tmp_path / "data"), db_url],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)),
     )
     try:
         assert child.stdout.readline().strip() == "locked"
-        with pytest.raises(LockTimeoutError, match=f"another.*pid {child.pid}"):
+        holder = f"another writer.*clusterer .* pid {child.pid}" if db_url.startswith("postgresql") \
+            else f"another.*pid {child.pid}"
+        with pytest.raises(LockTimeoutError, match=holder):
             store.ingest(["blocked"])
     finally:
         child.stdin.close()
@@ -335,3 +342,58 @@ def test_reader_reloads_when_another_writer_deleted_and_added(tmp_path):
     assert len(hits) == 20
     assert not {1, 2, 3, 4} & {h.id for h in hits}
     assert reader.index.ntotal == 20
+
+
+# -- issue 8: faults 2, 7 and 11 through the Python API -------------------------------------
+
+
+def test_fewer_metadata_entries_than_texts_is_a_clear_error_and_stores_nothing(open_store):
+    store = open_store()
+    with pytest.raises(InputError, match="2 texts but 1 metadata") as err:
+        store.ingest(["first text", "second text"], [{"a": 1}])
+    assert err.value.line is None
+    assert store.count() == 0
+
+
+def test_metadata_generator_running_out_is_a_clear_error(open_store):
+    store = open_store()
+    with pytest.raises(InputError, match="no metadata entry") as err:
+        store.ingest(iter(["one", "two", "three"]), iter([{"n": 1}, {"n": 2}]))
+    assert err.value.line == 3
+    with pytest.raises(InputError, match="more metadata entries than texts"):
+        store.ingest(iter(["four"]), iter([{"n": 4}, {"n": 5}]))
+
+
+def test_unpaired_surrogate_in_metadata_is_rejected_and_reads_keep_working(open_store):
+    store = open_store()
+    with pytest.raises(InputError, match="surrogate"):
+        store.ingest(["x"], [{"note": "\ud800"}])
+    assert store.count() == 0
+    store.ingest(["fine text"], [{"note": "ok"}])
+    hit = store.search("fine text", k=1)[0]
+    json.dumps(hit.to_dict(), ensure_ascii=False).encode("utf-8")
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\u200b"])
+def test_search_for_an_empty_text_is_an_error(open_store, text):
+    from indexer.errors import InvalidArgumentError
+
+    store = open_store()
+    store.ingest(["something stored"])
+    with pytest.raises(InvalidArgumentError, match="empty"):
+        store.search(text)
+    with pytest.raises(InvalidArgumentError, match="empty"):
+        store.embed([text])
+
+
+@pytest.mark.parametrize("bad", [2**63, 2**64 + 5, -1])
+def test_sentence_ids_outside_the_column_are_a_clear_error(open_store, bad):
+    from storage.sentences import InvalidIdError
+
+    store = open_store()
+    store.ingest(["one stored sentence"])
+    with pytest.raises(InvalidIdError, match=f"{bad} is not a sentence id"):
+        store.get([1, bad])
+    with pytest.raises(InvalidIdError):
+        store.delete([bad])
+    assert store.count() == 1

@@ -186,7 +186,7 @@ def test_damaged_index_detected_and_rebuilt(tmp_path, db_url, damage):
         assert not result.ok
         assert result.problems and all(isinstance(p, str) and p for p in result.problems)
         with store.db.read() as session:
-            checksum = q.get_index_state(session).checksum
+            checksum = q.get_cache_state(session, store.cache.folder_id).checksum
         with pytest.raises(IndexFileError):
             load_index(path, checksum)
         if damage != "bitflip":  # a flipped bit may still deserialise; only the checksum notices

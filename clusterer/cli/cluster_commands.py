@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from clusterer.cli.common import emit, open_store, settings_from, store_options
+from clusterer.cli.common import CLUSTER_ID, RUN_ID, emit, open_store, settings_from, store_options
 from clusterer.cli.where import where_option, where_value
 
 
@@ -102,7 +102,7 @@ def cluster(method, force, where, as_json, **kwargs):
 
 
 @click.command()
-@click.option("--run", "run_id", type=int, default=None, help="Run id (default: the latest).")
+@click.option("--run", "run_id", type=RUN_ID, default=None, help="Run id (default: the latest).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Show only the largest N clusters.")
 @click.option("--level", type=click.Choice(["fine", "coarse"]), default="fine", show_default=True,
               help="fine: the clusters sentences are assigned to; coarse: the topics grouping them (leiden runs).")
@@ -137,10 +137,10 @@ def clusters(run_id, limit, level, as_json, **kwargs):
 
 
 @click.command()
-@click.argument("cluster_id", type=int)
+@click.argument("cluster_id", type=CLUSTER_ID)
 @click.option("--limit", type=click.IntRange(min=0), default=20, show_default=True, help="Members to show.")
 @click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--run", "run_id", type=int, default=None, help="Run id (default: the latest).")
+@click.option("--run", "run_id", type=RUN_ID, default=None, help="Run id (default: the latest).")
 @store_options
 def show(cluster_id, limit, offset, run_id, as_json, **kwargs):
     """One cluster: keywords, representatives, members with similarity to the centre; a coarse
@@ -198,14 +198,19 @@ def runs(limit, as_json, **kwargs):
 @click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="jsonl", show_default=True)
 @click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default="-",
               help="Write to a file instead of standard output.")
-@click.option("--run", "run_id", type=int, default=None, help="Run id (default: the latest).")
+@click.option("--run", "run_id", type=RUN_ID, default=None, help="Run id (default: the latest).")
 @where_option
 @store_options
 def export(fmt, output, run_id, where, as_json, **kwargs):
     """Every sentence (matching --where) with its metadata, cluster id (empty when unassigned),
     similarity and coarse topic id (empty without one). Columns: id, text, metadata, cluster,
-    similarity, coarse_cluster."""
+    similarity, coarse_cluster.
+
+    To standard output, --json means JSON Lines (one object per sentence, the jsonl
+    format); with --output, --json prints one JSON summary of what was written."""
     settings = settings_from(kwargs)
+    if as_json and output == "-" and fmt != "jsonl":
+        raise click.UsageError("--json on standard output writes JSON Lines: use --format jsonl or --output FILE")
     with open_store(settings, recover=False) as store:
         store.run(run_id)
         out = sys.stdout if output == "-" else open(output, "w", encoding="utf-8", newline="")

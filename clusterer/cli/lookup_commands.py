@@ -6,7 +6,7 @@ import json
 
 import click
 
-from clusterer.cli.common import emit, open_store, settings_from, store_options
+from clusterer.cli.common import CLUSTER_ID, SENTENCE_ID, emit, open_store, settings_from, store_options
 
 
 def _sim(value) -> str:
@@ -44,7 +44,7 @@ def lookup(text, members, as_json, **kwargs):
 
 
 @click.command()
-@click.argument("sentence_id", type=int)
+@click.argument("sentence_id", type=SENTENCE_ID)
 @store_options
 def which(sentence_id, as_json, **kwargs):
     """The cluster of stored sentence SENTENCE_ID, with its history across runs."""
@@ -72,7 +72,7 @@ def which(sentence_id, as_json, **kwargs):
 
 
 @click.command()
-@click.argument("cluster_id", type=int)
+@click.argument("cluster_id", type=CLUSTER_ID)
 @click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
 @store_options
@@ -141,7 +141,7 @@ def recluster(force, as_json, **kwargs):
 
 
 @click.command()
-@click.argument("cluster_id", type=int)
+@click.argument("cluster_id", type=CLUSTER_ID)
 @store_options
 def history(cluster_id, as_json, **kwargs):
     """Births, growth, merges, splits and death of cluster CLUSTER_ID."""

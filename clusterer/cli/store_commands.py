@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from clusterer.cli.common import emit, open_store, settings_from, store_options
+from clusterer.cli.common import SENTENCE_ID, emit, open_store, settings_from, store_options
 from clusterer.cli.where import where_option, where_value
 
 LINE_COUNT_LIMIT = 2 << 30
@@ -91,7 +91,9 @@ def stats(as_json, **kwargs):
         click.echo(f"database:           {d['database']}")
         click.echo(f"index:              {idx['type']}, {idx['indexed']:,} vectors, "
                    f"{idx['bytes']:,} bytes, watermark {idx['watermark']}, {idx['pending']} pending"
-                   f"{', DIRTY' if idx['dirty'] else ''}")
+                   f"{', DIRTY' if idx['dirty'] else ''}{', DAMAGED (run verify --repair)' if idx.get('damaged') else ''}")
+        if d.get("read_only"):
+            click.echo("read-only:          yes (reads work; writes need a writable data folder)")
 
     emit(data, as_json, human)
 
@@ -116,18 +118,26 @@ def search(text, k, where, as_json, **kwargs):
 
 
 @click.command()
-@click.option("--repair", is_flag=True, help="Bring the index up to date (replay or rebuild), then check again.")
+@click.option("--repair", is_flag=True,
+              help="First bring the index file in line with the database (replay what is missing; rebuild only a "
+                   "damaged file), then check.")
 @store_options
 def verify(repair, as_json, **kwargs):
     """Check that the index file and the database agree (exit 1 if not)."""
     settings = settings_from(kwargs)
+    repaired = None
     with open_store(settings, recover=False) as store:
         if repair:
-            store.rebuild_index() if not store.verify().ok else store.recover()
+            repaired = store.repair()
         report = store.verify()
     data = report.to_dict()
+    if repaired is not None:
+        data["repair"] = repaired
 
     def human(d):
+        if repaired is not None and repaired["action"] != "none":
+            click.echo(f"repair: {repaired['action']} ({repaired['added']:,} added, {repaired['removed']:,} removed, "
+                       f"{repaired['seconds']:.2f} s)")
         if report.ok:
             click.echo(f"OK: {report.sentences:,} sentences, {report.indexed:,} indexed (watermark {report.watermark})")
         for p in report.problems:
@@ -149,7 +159,7 @@ def rebuild_index(as_json, **kwargs):
 
 
 @click.command()
-@click.argument("ids", nargs=-1, type=int, required=True)
+@click.argument("ids", nargs=-1, type=SENTENCE_ID, required=True)
 @store_options
 def delete(ids, as_json, **kwargs):
     """Remove sentences by id from the database and the index."""

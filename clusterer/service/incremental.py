@@ -167,9 +167,9 @@ def neighbours(index, vectors: np.ndarray, threshold: float) -> list[tuple[np.nd
 def assign_by_neighbours(state: RunState, ids: np.ndarray, vectors: np.ndarray, index, threshold: float):
     """Labels and centre similarities for a batch of a community run.
 
-    Neighbours are the indexed sentences plus the batch itself (which is not in
-    the index yet); batch members only vote once they have been assigned, so
-    the result does not depend on the batch's order beyond that rule.
+    Neighbours are the indexed sentences only: the batch is not in the index yet,
+    so its sentences do not vote for each other, and each one is labelled on its
+    own (the result does not depend on the batch's order).
     """
     found = neighbours(index, vectors, threshold)
     labels = np.full(len(ids), -1, dtype=np.int64)
