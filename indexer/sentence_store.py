@@ -22,6 +22,7 @@ from indexer.errors import IndexerError, InputError
 from indexer.listener import StoreListener
 from indexer.lock import WriterLock
 from indexer.normalize import normalize_text, text_hash
+from indexer.rwlock import ReadWriteLock
 from indexer.vector_index import FLAT_MAX, TRAIN_SAMPLE, IndexFileError, VectorIndex, load_index
 from storage import sentences as q
 from storage.db import Database, describe_url, sqlite_url
@@ -158,6 +159,7 @@ class SentenceStore:
         self._deletions_seen = 0
         self._last_save = time.monotonic()
         self.lock = WriterLock(self.data_dir / LOCK_FILE, timeout=lock_timeout)
+        self._rw = ReadWriteLock()
         if not create and db_url is None and not (self.data_dir / DB_FILE).exists():
             raise StoreNotFoundError(f"no store in {self.data_dir} (run `clusterer ingest` first)")
         if create:
@@ -221,8 +223,15 @@ class SentenceStore:
     @property
     def index(self) -> VectorIndex:
         if self._index is None:
-            self._index = self._load_index()
+            with self._rw.write():
+                if self._index is None:
+                    self._index = self._load_index()
         return self._index
+
+    def reading(self):
+        """Hold while searching the in-memory index from several threads: no batch, replay or
+        swap changes it meanwhile (call :meth:`refresh` before, not inside)."""
+        return self._rw.read()
 
     def recover(self) -> bool:
         """Bring the index file up to date with the database if no writer is busy.
@@ -234,7 +243,8 @@ class SentenceStore:
         if self.dimension is None or not self.lock.try_acquire():
             return False
         try:
-            self._index = self._load_index()
+            with self._rw.write():
+                self._index = self._load_index()
         finally:
             self.lock.release()
         return True
@@ -279,14 +289,18 @@ class SentenceStore:
         lookups, so a refresh costs the same on any store size.
         """
         if self._index is None:
+            self.index
             return
         with self.db.read() as session:
             deletions = q.deletion_count(session)
             newest = q.max_seq(session)
-        if deletions != self._deletions_seen:
-            self._index = self._load_index()
-        elif newest > self._index_seq:
-            self._replay(self._index)
+        if deletions == self._deletions_seen and newest <= self._index_seq:
+            return
+        with self._rw.write():
+            if deletions != self._deletions_seen:
+                self._index = self._load_index()
+            elif newest > self._index_seq:
+                self._replay(self._index)
 
     def _training_sample(self, session, n: int) -> np.ndarray | None:
         if n <= self.flat_max:
@@ -316,7 +330,8 @@ class SentenceStore:
     def _save(self, index: VectorIndex, watermark: int | None = None) -> None:
         if watermark is None:
             watermark = self._index_seq
-        checksum = index.save(self.index_path)
+        with self._rw.read():
+            checksum = index.save(self.index_path)
         with self.db.write() as session:
             q.set_index_state(session, watermark=watermark, checksum=checksum, ntotal=index.ntotal, index_type=index.kind)
         self._last_save = time.monotonic()
@@ -340,13 +355,14 @@ class SentenceStore:
     def rebuild_index(self) -> dict[str, Any]:
         """Rebuild the FAISS file from the stored embeddings (no re-embedding)."""
         started = time.perf_counter()
-        with self.lock:
+        with self.lock, self._rw.write():
             self._index = self._build_from_db(persist=True)
         return {"indexed": self._index.ntotal, "index_type": self._index.kind, "seconds": round(time.perf_counter() - started, 3)}
 
     def _maybe_upgrade_index(self) -> bool:
         if self._index is not None and self._index.is_exact and self._index.ntotal > self.flat_max:
-            self._index = self._build_from_db(persist=False)
+            with self._rw.write():
+                self._index = self._build_from_db(persist=False)
             return True
         return False
 
@@ -362,7 +378,8 @@ class SentenceStore:
                 info = q.init_info(session, enc.model_name, int(enc.dimension))
             self.model_name, self.dimension, self.embedding_dtype = info.model_name, info.dimension, info.embedding_dtype
         self._check_model()
-        self._index = None
+        with self._rw.write():
+            self._index = None
 
     def ingest(
         self,
@@ -466,18 +483,19 @@ class SentenceStore:
             q.NewSentence(r.text, h, b, r.metadata or None, r.source, r.line)
             for r, h, b in zip(recs, hashes, blobs)
         ]
-        with self.db.write() as session:
-            ids, seqs = q.insert_sentences(session, rows)
-            q.update_ingest(session, ingest_id, added=len(ids), duplicates=dups)
-            after_commit = None
-            if self.listener is not None:
-                after_commit = self.listener.on_insert(session, np.asarray(ids, dtype=np.int64), vectors,
-                                                       [r.text for r in recs], int(seqs[-1]))
-        if after_commit is not None:
-            for key, value in (after_commit() or {}).items():
-                report.clustering[key] = report.clustering.get(key, 0) + value
-        index.add(np.asarray(ids, dtype=np.int64), vectors)
-        self._index_seq = max(self._index_seq, int(seqs[-1]))
+        with self._rw.write():  # readers see the batch in the database, index and run at once
+            with self.db.write() as session:
+                ids, seqs = q.insert_sentences(session, rows)
+                q.update_ingest(session, ingest_id, added=len(ids), duplicates=dups)
+                after_commit = None
+                if self.listener is not None:
+                    after_commit = self.listener.on_insert(session, np.asarray(ids, dtype=np.int64), vectors,
+                                                           [r.text for r in recs], int(seqs[-1]))
+            if after_commit is not None:
+                for key, value in (after_commit() or {}).items():
+                    report.clustering[key] = report.clustering.get(key, 0) + value
+            index.add(np.asarray(ids, dtype=np.int64), vectors)
+            self._index_seq = max(self._index_seq, int(seqs[-1]))
         report.added += len(ids)
         report.ids.extend(ids)
 
@@ -487,18 +505,20 @@ class SentenceStore:
             self.refresh()
             index = self.index
             after_commit = None
-            with self.db.write() as session:
-                if self.listener is not None:
-                    present = q.existing_ids(session, ids)
-                    if present:
-                        after_commit = self.listener.on_delete(session, present)
-                removed = q.delete_sentences(session, ids)
+            with self._rw.write():
+                with self.db.write() as session:
+                    if self.listener is not None:
+                        present = q.existing_ids(session, ids)
+                        if present:
+                            after_commit = self.listener.on_delete(session, present)
+                    removed = q.delete_sentences(session, ids)
+                    if removed:
+                        self._deletions_seen = q.mark_index_dirty(session)
+                if after_commit is not None:
+                    after_commit()
                 if removed:
-                    self._deletions_seen = q.mark_index_dirty(session)
-            if after_commit is not None:
-                after_commit()
+                    index.remove(removed)
             if removed:
-                index.remove(removed)
                 self._save(index)
         return removed
 
@@ -513,7 +533,8 @@ class SentenceStore:
 
     def search_vector(self, vector: np.ndarray, k: int = 10) -> list[Hit]:
         self.refresh()
-        result = self.index.search(vector[None, :], k)
+        with self.reading():
+            result = self.index.search(vector[None, :], k)
         pairs = [(int(i), float(s)) for i, s in zip(result.ids[0], result.similarities[0]) if i >= 0]
         with self.db.read() as session:
             rows = q.get_sentences(session, [i for i, _ in pairs])
