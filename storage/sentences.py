@@ -255,3 +255,13 @@ def ingest_totals(session: Session) -> dict[str, int]:
         )
     ).one()
     return {"ingests": row[0], "added": row[1], "duplicates": row[2], "empty": row[3], "invalid": row[4]}
+
+
+def ids_by_hash(session: Session, hashes: Iterable[str]) -> dict[str, int]:
+    """The id of each stored sentence whose text hash is in ``hashes``."""
+    hashes = list(hashes)
+    found: dict[str, int] = {}
+    for start in range(0, len(hashes), HASH_CHUNK):
+        chunk = hashes[start : start + HASH_CHUNK]
+        found.update(session.execute(select(Sentence.text_hash, Sentence.id).where(Sentence.text_hash.in_(chunk))).all())
+    return found
