@@ -95,7 +95,7 @@ async function showCluster(id, offset) {
     })));
   }
   parts.push(el("h3", {}, `members ${offset + 1}–${offset + page.members.length}`),
-    el("ul", { id: "members" }, ...page.members.map((m) => el("li", {}, el("span", { class: "sim" }, sim(m.similarity)), m.text))),
+    el("ul", { id: "members" }, ...page.members.map((m) => el("li", {}, el("span", { class: "sim" }, sim(m.similarity)), el("span", { class: "text" }, m.text)))),
     el("div", { class: "pager" },
       el("button", { id: "prev-page", onclick: () => showCluster(id, Math.max(0, offset - PAGE)), ...(offset ? {} : { disabled: "" }) }, "previous"),
       el("button", { id: "next-page", onclick: () => showCluster(id, offset + PAGE), ...(offset + PAGE < info.size ? {} : { disabled: "" }) }, "next")),
