@@ -57,7 +57,7 @@ class Service:
                 except ClustererError:
                     pass
             self.ready.set()
-        except Exception as exc:  # reported by /readyz and every data route
+        except Exception as exc:  # noqa: BLE001 (reported by /readyz and every data route)
             self.load_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
             log.error("loading the model or index failed: %s", self.load_error)
 
@@ -109,7 +109,7 @@ class Service:
                 if run is not None:
                     out.update(last_run_id=run.id, last_run_clusters=run.n_clusters, last_run_assigned=run.n_assigned,
                                last_run_finished=run.finished_at.timestamp() if run.finished_at else None)
-        except Exception as exc:  # a scrape must not fail because the database is busy
+        except Exception as exc:  # noqa: BLE001 (a scrape must not fail because the database is busy)
             log.warning("metrics snapshot: %s", exc)
         return out
 
@@ -229,5 +229,5 @@ def _version() -> str:
         from importlib.metadata import version
 
         return version("clusterer")
-    except Exception:
+    except Exception:  # noqa: BLE001 (not installed: run from a checkout)
         return "0"

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -45,7 +45,7 @@ class EncodeBatcher:
                 total += len(nxt[0])
             try:
                 vectors = self._encode([t for texts, _ in waiting for t in texts])
-            except BaseException as exc:
+            except BaseException as exc:  # noqa: BLE001 (handed to every waiting caller)
                 for _, fut in waiting:
                     fut.set_exception(exc)
             else:

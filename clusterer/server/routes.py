@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -24,24 +24,24 @@ MAX_ID = 2**63 - 1
 MAX_PAGE = 1000
 SentenceId = Annotated[int, Path(ge=1, le=MAX_ID, description="Sentence id")]
 ClusterId = Annotated[int, Path(ge=0, le=2**31 - 1, description="Cluster id")]
-RunParam = Annotated[Optional[int], Query(alias="run", ge=1, le=MAX_ID, description="Run id (default: the latest)")]
+RunParam = Annotated[int | None, Query(alias="run", ge=1, le=MAX_ID, description="Run id (default: the latest)")]
 Offset = Annotated[int, Query(ge=0, le=MAX_ID)]
 
 
 class IngestBody(BaseModel):
     texts: list[str] = Field(description="Sentences to store")
-    metadata: Optional[list[Optional[dict[str, Any]]]] = Field(None, description="One metadata object per text")
-    source: Optional[str] = Field(None, max_length=200, description="Recorded as the sentences' source")
+    metadata: list[dict[str, Any] | None] | None = Field(None, description="One metadata object per text")
+    source: str | None = Field(None, max_length=200, description="Recorded as the sentences' source")
 
 
 class LookupBody(BaseModel):
-    text: Optional[str] = Field(None, description="One text")
-    texts: Optional[list[str]] = Field(None, description="Several texts")
+    text: str | None = Field(None, description="One text")
+    texts: list[str] | None = Field(None, description="Several texts")
     members: int = Field(5, ge=0, le=100, description="Members of the cluster to show")
 
 
 class RunBody(BaseModel):
-    method: Optional[str] = Field(None, max_length=64, description="Clustering method (default: the store's default)")
+    method: str | None = Field(None, max_length=64, description="Clustering method (default: the store's default)")
     params: dict[str, Any] = Field(default_factory=dict, description="The method's parameters")
     force: bool = Field(False, description="Run even when the guard rails object")
 
@@ -218,8 +218,8 @@ def get_job(request: Request, job_id: Annotated[int, Path(ge=1, le=MAX_ID)]):
 
 
 @router.get("/clusters", tags=["clusters"])
-def clusters(request: Request, run_id: RunParam = None, limit: Annotated[Optional[int], Query(ge=1)] = None,
-             level: Annotated[Optional[str], Query(max_length=32)] = None):
+def clusters(request: Request, run_id: RunParam = None, limit: Annotated[int | None, Query(ge=1)] = None,
+             level: Annotated[str | None, Query(max_length=32)] = None):
     """As `clusterer clusters --json` (`level` where the store's runs have levels)."""
     store = _store(request)
     run = store.run(run_id)

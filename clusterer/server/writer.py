@@ -13,9 +13,10 @@ import itertools
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from clusterer.service.batches import Batch, ingest_batches
 
@@ -133,7 +134,7 @@ class Writer:
                 if item.kind == "ingest":
                     self._ingest(item)
                 elif item.kind == "delete":
-                    self._run(item, lambda: self.store.delete(item.payload))
+                    self._run(item, lambda ids=item.payload: self.store.delete(ids))
                 else:
                     self._cluster(item)
             finally:
@@ -154,7 +155,7 @@ class Writer:
             total += len(nxt.payload.texts)
         try:
             answers = ingest_batches(self.store, [i.payload for i in items])
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 (handed to every waiting caller)
             for i in items:
                 i.future.set_exception(exc)
             return
@@ -165,7 +166,7 @@ class Writer:
     def _run(item: _Item, work: Callable[[], Any]) -> None:
         try:
             item.future.set_result(work())
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 (handed to the caller)
             item.future.set_exception(exc)
 
     def _cluster(self, item: _Item) -> None:
@@ -183,7 +184,7 @@ class Writer:
             job.result = {"run": run.to_dict(), "top_clusters": [c.to_dict() for c in top]}
             job.state = "done"
             item.future.set_result(job.result)
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 (recorded in the job)
             job.state, job.error, job.error_type = "failed", str(exc).splitlines()[0] if str(exc) else type(exc).__name__, type(exc).__name__
             item.future.set_exception(exc)
         finally:

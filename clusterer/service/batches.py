@@ -5,8 +5,9 @@ each answer has the shape of ``clusterer ingest --json`` plus one entry per text
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from indexer.normalize import normalize_text, text_hash
 from indexer.sentence_store import IngestReport
