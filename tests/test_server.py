@@ -378,3 +378,23 @@ def test_other_commands_do_not_import_fastapi():
     code = "import sys, clusterer.cli; print(any(m.split('.')[0] in ('fastapi', 'uvicorn', 'starlette') for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_map_samples_large_runs(data_dir):
+    with open_client(data_dir, map_sample=10) as client:
+        m = client.get("/map").json()
+        assert m["total"] == 28 and m["sampled"] == 10 == len({p["id"] for p in m["points"]})
+
+
+@pytest.mark.postgres
+def test_server_on_postgresql(pg_url, tmp_path):
+    store = Store.open(tmp_path / "pgdata", db_url=pg_url, device="cpu")
+    store.ingest(topic_texts() + NOISE)
+    store.cluster("community", threshold=0.6, min_size=5)
+    with TestClient(create_app(store)) as client:
+        added = client.post("/sentences", json={"texts": ["forgot pin code reset pin99"]}).json()
+        pin = client.post("/lookup", json={"text": "forgot pin code reset"}).json()["cluster_id"]
+        assert added["added"] == 1 and added["sentences"][0]["cluster"] == pin
+        hit = client.get("/search", params={"q": "forgot pin code reset pin99", "k": 1}).json()["hits"][0]
+        assert hit["id"] == added["sentences"][0]["id"]
+        assert client.get("/verify").json()["ok"]
