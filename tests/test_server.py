@@ -398,3 +398,21 @@ def test_server_on_postgresql(pg_url, tmp_path):
         hit = client.get("/search", params={"q": "forgot pin code reset pin99", "k": 1}).json()["hits"][0]
         assert hit["id"] == added["sentences"][0]["id"]
         assert client.get("/verify").json()["ok"]
+
+
+def test_writes_wait_for_the_folders_writer_lock(data_dir):
+    from indexer.lock import WriterLock
+
+    store = Store.open(data_dir, device="cpu", lock_timeout=0.5)
+    with TestClient(create_app(store)) as client:
+        client.get("/readyz")
+        other = WriterLock(data_dir / "writer.lock")  # what a CLI ingest on the same folder holds
+        other.acquire()
+        try:
+            r = client.post("/sentences", json={"texts": ["while the cli writes"]})
+            assert r.status_code == 503 and r.headers["retry-after"] and "another ingest" in r.json()["error"]
+            assert client.get("/search", params={"q": "credit card", "k": 2}).status_code == 200  # reads go on
+        finally:
+            other.release()
+        r = client.post("/sentences", json={"texts": ["while the cli writes"]})
+        assert r.status_code == 200 and r.json()["added"] == 1
