@@ -162,6 +162,19 @@ def main() -> None:
             results["in_process_lookup"] = {"calls": len(lat), "p50_ms": round(pct(lat, 50), 1),
                                             "p99_ms": round(pct(lat, 99), 1), "per_s": round(len(lat) / sum(lat), 1)}
             print("in-process lookup", results["in_process_lookup"], flush=True)
+            import faiss
+
+            faiss.omp_set_num_threads(1)  # as the server's request threads search
+            lat = []
+            for q in queries[:200]:
+                t = time.perf_counter()
+                store.lookup(q)
+                lat.append(time.perf_counter() - t)
+            faiss.omp_set_num_threads(os.cpu_count() or 1)
+            results["in_process_lookup_one_omp_thread"] = {
+                "calls": len(lat), "p50_ms": round(pct(lat, 50), 1), "p99_ms": round(pct(lat, 99), 1),
+                "per_s": round(len(lat) / sum(lat), 1)}
+            print("in-process lookup, one OpenMP thread", results["in_process_lookup_one_omp_thread"], flush=True)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         log = open(tmp / "server.log", "w")  # noqa: SIM115 (open for the server's lifetime)

@@ -416,3 +416,39 @@ def test_writes_wait_for_the_folders_writer_lock(data_dir):
             other.release()
         r = client.post("/sentences", json={"texts": ["while the cli writes"]})
         assert r.status_code == 200 and r.json()["added"] == 1
+
+
+def test_writer_stop_finishes_the_write_in_flight_and_refuses_the_queued(data_dir, monkeypatch):
+    import threading
+
+    from clusterer.server.writer import ShuttingDown, Writer
+    from clusterer.service import batches
+
+    gate, started = threading.Event(), threading.Event()
+    real = batches.ingest_batches
+
+    def slow(store, items):
+        started.set()
+        gate.wait(10)
+        return real(store, items)
+
+    monkeypatch.setattr("clusterer.server.writer.ingest_batches", slow)
+    store = Store.open(data_dir, device="cpu")
+    try:
+        writer = Writer(store, maxsize=4, coalesce=1)
+        first = writer.ingest(batches.Batch(["in flight at shutdown"]))
+        assert started.wait(10)
+        queued = writer.ingest(batches.Batch(["queued at shutdown"]))
+        job = writer.cluster("kmeans", {"k": 2})
+        threading.Timer(0.2, gate.set).start()
+        assert writer.stop(timeout=20)
+        assert first.result(1)["added"] == 1
+        with pytest.raises(ShuttingDown):
+            queued.result(1)
+        assert writer.job(job.id).state == "cancelled"
+        with pytest.raises(ShuttingDown):
+            writer.ingest(batches.Batch(["after shutdown"]))
+        assert store.search("in flight at shutdown", 1)[0].text == "in flight at shutdown"
+        assert store.search("queued at shutdown", 1)[0].text != "queued at shutdown"
+    finally:
+        store.close()
