@@ -74,9 +74,19 @@ def wait_job(client, job_id, timeout=30):
 # -- health, metrics, page ----------------------------------------------------------------
 
 
+def wait_ready(client, timeout=30):
+    deadline = time.monotonic() + timeout
+    while True:
+        ready = client.get("/readyz")
+        if ready.status_code == 200 or time.monotonic() > deadline:
+            return ready
+        assert ready.status_code == 503 and ready.headers["retry-after"] and not ready.json()["ready"]
+        time.sleep(0.05)
+
+
 def test_health_readiness_and_metrics(client):
     assert client.get("/healthz").json() == {"status": "ok"}
-    ready = client.get("/readyz")
+    ready = wait_ready(client)
     assert ready.status_code == 200 and ready.json()["ready"] and ready.json()["index"]
     client.get("/clusters")
     client.get("/clusters/999999")
