@@ -194,15 +194,30 @@ def runs(request: Request, limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 20)
 @router.post("/runs", tags=["runs"], status_code=202)
 def start_run(request: Request, body: RunBody):
     """Start a clustering run in the background (through the writer): 202 and the job to follow."""
-    from clusterer.service import runs as run_service
-
     svc = _service(request)
     svc.require_ready()
-    check = getattr(run_service, "default_params", None)
-    if body.method is not None and check is not None:
-        check(body.method, **body.params)
+    _check_run_params(body.method, body.params)
     job = svc.writer.cluster(body.method, body.params, body.force)
     return JSONResponse({"job": job.to_dict()}, status_code=202, headers={"Location": f"/jobs/{job.id}"})
+
+
+def _check_run_params(method: str | None, params: dict[str, Any]) -> None:
+    """Refuse a bad method or parameters before queueing, with the service layer's own check
+    (the method registry where there is one, else the runs module's defaults)."""
+    import importlib
+
+    try:
+        registry = importlib.import_module("clusterer.service.methods")
+    except ImportError:
+        registry = None
+    if registry is not None and hasattr(registry, "resolve"):
+        registry.resolve(method, **params)
+        return
+    from clusterer.service import runs as run_service
+
+    check = getattr(run_service, "default_params", None)
+    if method is not None and check is not None:
+        check(method, **params)
 
 
 @router.get("/jobs/{job_id}", tags=["runs"])
