@@ -238,15 +238,19 @@ def clusters(request: Request, run_id: RunParam = None, limit: Annotated[int | N
     """As `clusterer clusters --json` (`level` where the store's runs have levels)."""
     store = _store(request)
     run = store.run(run_id)
+    body: dict[str, Any] = {"run": run.to_dict()}
     kwargs: dict[str, Any] = {}
-    if level is not None:
-        if "level" not in inspect.signature(store.clusters).parameters:
-            raise ApiError(422, "level: this version has no cluster levels", "level")
-        kwargs["level"] = level
+    accepted = inspect.signature(store.clusters).parameters
+    if "level" in accepted:
+        default = accepted["level"].default
+        kwargs["level"] = body["level"] = level if level is not None else (None if default is inspect.Parameter.empty else default)
+    elif level is not None:
+        raise ApiError(422, "level: this version has no cluster levels", "level")
     items = store.clusters(run.id, **kwargs)
     if limit:
         items = items[:limit]
-    return {"run": run.to_dict(), "clusters": [c.to_dict() for c in items]}
+    body["clusters"] = [c.to_dict() for c in items]
+    return body
 
 
 @router.get("/clusters/{cluster_id}", tags=["clusters"])
