@@ -256,8 +256,19 @@ def clusters(request: Request, run_id: RunParam = None, limit: Annotated[int | N
 @router.get("/clusters/{cluster_id}", tags=["clusters"])
 def cluster(request: Request, cluster_id: ClusterId, run_id: RunParam = None,
             limit: Annotated[int, Query(ge=0, le=MAX_PAGE)] = 20, offset: Offset = 0):
-    """As `clusterer show ID --json`: keywords, centre, representatives, members (and children)."""
-    return _store(request).cluster_info(cluster_id, run_id=run_id, limit=limit, offset=offset).to_dict()
+    """As `clusterer show ID --json`: keywords, centre, representatives, members (and, where the run
+    has a hierarchy, its child clusters or its parent topic)."""
+    store = _store(request)
+    info = store.cluster_info(cluster_id, run_id=run_id, limit=limit, offset=offset)
+    body = info.to_dict()
+    if hasattr(info, "children") and hasattr(info, "parent"):
+        def brief(c):
+            return {"id": c.id, "size": c.size, "keywords": c.keywords}
+
+        body["child_clusters"] = [brief(store.cluster_info(c, run_id=info.run_id, limit=0)) for c in info.children]
+        body["parent_cluster"] = (None if info.parent is None
+                                  else brief(store.cluster_info(info.parent, run_id=info.run_id, limit=0)))
+    return body
 
 
 @router.get("/clusters/{cluster_id}/members", tags=["clusters"])

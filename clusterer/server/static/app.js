@@ -85,10 +85,13 @@ async function showCluster(id, offset) {
     el("p", {}, "centre: ", el("em", {}, info.centre_text || "-")),
   ];
   if (info.parent !== undefined && info.parent !== null) {
-    parts.push(el("p", {}, "parent: ", el("span", { class: "link", onclick: () => showCluster(info.parent, 0) }, info.parent)));
+    const p = info.parent_cluster;
+    const label = p ? `${p.id} · ${(p.keywords || []).slice(0, 4).join(", ")}` : info.parent;
+    parts.push(el("p", {}, "topic: ", el("span", { class: "link", onclick: () => showCluster(info.parent, 0) }, label)));
   }
-  if (info.children && info.children.length) {
-    parts.push(el("h3", {}, "children"), el("ul", { id: "children" }, ...info.children.map((c) => {
+  const kids = info.child_clusters || info.children;
+  if (kids && kids.length) {
+    parts.push(el("h3", {}, "children"), el("ul", { id: "children" }, ...kids.map((c) => {
       const cid = typeof c === "object" ? c.id : c;
       const label = typeof c === "object" && c.keywords ? `${cid} · ${c.size ?? ""} · ${c.keywords.slice(0, 4).join(", ")}` : cid;
       return el("li", {}, el("span", { class: "link", onclick: () => showCluster(cid, 0) }, label));
