@@ -462,3 +462,27 @@ def test_writer_stop_finishes_the_write_in_flight_and_refuses_the_queued(data_di
         assert store.search("queued at shutdown", 1)[0].text != "queued at shutdown"
     finally:
         store.close()
+
+
+def test_hierarchy_passes_through_where_runs_have_levels(data_dir):
+    import inspect
+
+    store = Store.open(data_dir, device="cpu")
+    if "level" not in inspect.signature(store.clusters).parameters:
+        store.close()
+        pytest.skip("this version's runs have no cluster levels")
+    with TestClient(create_app(store)) as client:
+        job = wait_job(client, client.post("/runs", json={}).json()["job"]["id"], timeout=120)
+        assert job["state"] == "done", job
+        fine = client.get("/clusters", params={"level": "fine"}).json()
+        coarse = client.get("/clusters", params={"level": "coarse"}).json()
+        assert fine["level"] == "fine" and coarse["level"] == "coarse"
+        assert fine == cli_json(data_dir, "clusters", "--level", "fine")
+        coarse_ids = {c["id"] for c in coarse["clusters"]}
+        for c in fine["clusters"]:
+            assert c["parent"] is None or c["parent"] in coarse_ids
+        for c in coarse["clusters"]:
+            shown = client.get(f"/clusters/{c['id']}").json()
+            assert [k["id"] for k in shown["child_clusters"]] == c["children"]
+            assert shown == cli_json(data_dir, "show", str(c["id"]))
+        assert client.get("/clusters", params={"level": "medium"}).status_code in (400, 422)
