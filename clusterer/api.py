@@ -7,6 +7,7 @@ default), ``store.clusters(level=...)``, ``store.cluster_info(id)`` and ``store.
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Iterator
 
 import numpy as np
@@ -74,10 +75,15 @@ class Store(SentenceStore):
 
     def __init__(self, *args: Any, **kwargs: Any):
         kwargs.setdefault("listener", _Upkeep(self))
+        self._state_lock = threading.Lock()
         super().__init__(*args, **kwargs)
 
     def _run_state(self, session) -> incremental.RunState | None:
         latest = cq.latest_run(session)
+        with self._state_lock:  # server readers share one state; load it once
+            return self._current_state(session, latest)
+
+    def _current_state(self, session, latest) -> incremental.RunState | None:
         if latest is None:
             self._state = None
         elif self._state is None or not self._state.is_current(latest):
@@ -223,7 +229,7 @@ class Store(SentenceStore):
 
     def lookup_vector(self, vector: np.ndarray, *, members: int = 5) -> dict[str, Any]:
         self.refresh()
-        with self.db.read() as session:
+        with self.reading(), self.db.read() as session:
             state = self._run_state(session)
             if state is None:
                 raise NoRunError("no clustering run yet: run `clusterer cluster` first")

@@ -52,3 +52,37 @@ class Settings:
             "batch_size": self.batch_size,
             "connect_timeout": self.connect_timeout,
         }
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """``clusterer serve``: options over ``CLUSTERER_<NAME>`` variables over defaults."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    token: str | None = None
+    max_batch: int = 1000
+    max_text: int = 10_000
+    max_body: int = 8 << 20
+    queue_size: int = 64
+    coalesce: int = 4096
+    map_sample: int = 5000
+    cors_origins: tuple[str, ...] = ()
+
+    @classmethod
+    def resolve(cls, options: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> "ServerSettings":
+        options = options or {}
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            value = options.get(f.name)
+            if value is None or value == ():
+                value = environ.get(ENV_PREFIX + f.name.upper()) or None
+            if value is None:
+                continue
+            if f.name == "cors_origins":
+                value = tuple(value.split(",")) if isinstance(value, str) else tuple(value)
+            elif f.type == "int":
+                value = int(value)
+            values[f.name] = value
+        return cls(**values)

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from indexer.rwlock import ReadWriteLock
 from indexer.vector_index import TRAIN_SAMPLE, IndexFileError, VectorIndex, checksum_bytes, load_index
 from storage import sentences as q
 
@@ -80,10 +81,12 @@ class IndexCache:
         self._saved_seq = 0
         self._deletions_seen = 0
         self._folder_id: str | None = None
+        self.rw = ReadWriteLock()
 
     def configure(self, dimension: int | None, dtype: str) -> None:
-        self.dimension, self.dtype = dimension, dtype
-        self._index = None
+        with self.rw.write():
+            self.dimension, self.dtype = dimension, dtype
+            self._index = None
 
     @property
     def folder_id(self) -> str | None:
@@ -94,7 +97,9 @@ class IndexCache:
     @property
     def index(self) -> VectorIndex:
         if self._index is None:
-            self._index = self.load()
+            with self.rw.write():
+                if self._index is None:
+                    self._index = self.load()
         return self._index
 
     @index.setter
@@ -155,7 +160,8 @@ class IndexCache:
         if self.dimension is None or not self.lock.try_acquire():
             return False
         try:
-            self._index = self.load()
+            with self.rw.write():
+                self._index = self.load()
         finally:
             self.lock.release()
         return True
@@ -165,14 +171,18 @@ class IndexCache:
         rows are replayed; after a deletion elsewhere the index is loaded afresh. Both
         checks are single indexed lookups."""
         if self._index is None:
+            self.index  # noqa: B018  (loaded now, so that readers never load it under the read lock)
             return
         with self.db.read() as session:
             deletions = q.deletion_count(session)
             newest = q.max_seq(session)
-        if deletions != self._deletions_seen:
-            self._index = self.load()
-        elif newest > self.index_seq:
-            self.replay(self._index)
+        if deletions == self._deletions_seen and newest <= self.index_seq:
+            return
+        with self.rw.write():  # re-checked inside: two threads never replay the same rows
+            if deletions != self._deletions_seen:
+                self._index = self.load()
+            elif newest > self.index_seq:
+                self.replay(self._index)
 
     def _training_sample(self, session, n: int) -> np.ndarray | None:
         if n <= self.flat_max:
@@ -216,7 +226,8 @@ class IndexCache:
         if watermark is None:
             watermark = self.index_seq
         folder_id = self.folder_id
-        checksum = index.save(self.index_path)
+        with self.rw.read():
+            checksum = index.save(self.index_path)
         if folder_id is not None:
             with self.db.write() as session:
                 q.set_cache_state(session, folder_id, watermark=watermark, checksum=checksum, ntotal=index.ntotal,
@@ -244,14 +255,15 @@ class IndexCache:
         if self._index is None:
             return
         if self._index.is_exact and self._index.ntotal > self.flat_max:
-            self._index = self.build(persist=False)
+            with self.rw.write():
+                self._index = self.build(persist=False)
             self.save(self._index)
         else:
             self.save_if_due(self._index)
 
     def rebuild(self) -> dict[str, Any]:
         started = time.perf_counter()
-        with self.lock:
+        with self.lock, self.rw.write():
             self._index = self.build(persist=True)
             self.last_load = "rebuilt"
         return {"indexed": self._index.ntotal, "index_type": self._index.kind,

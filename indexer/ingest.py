@@ -178,17 +178,18 @@ def _ingest_batch(store: "SentenceStore", batch: list[readers.Record], report: I
             return
     blobs = q.encode_embeddings(vectors, store.embedding_dtype)
     rows = [q.NewSentence(r.text, h, b, r.metadata or None, r.source, r.line) for r, h, b in zip(recs, hashes, blobs)]
-    with store.db.write() as session:
-        ids, seqs = q.insert_sentences(session, rows)
-        q.update_ingest(session, ingest_id, added=len(ids), duplicates=dups)
-        after_commit = None
-        if store.listener is not None:
-            after_commit = store.listener.on_insert(session, np.asarray(ids, dtype=np.int64), vectors,
-                                                    [r.text for r in recs], int(seqs[-1]))
-    if after_commit is not None:
-        for key, value in (after_commit() or {}).items():
-            report.clustering[key] = report.clustering.get(key, 0) + value
-    store.cache.add(np.asarray(ids, dtype=np.int64), vectors, int(seqs[-1]))
+    with store.cache.rw.write():  # readers see the batch in the database, the index and the run at once
+        with store.db.write() as session:
+            ids, seqs = q.insert_sentences(session, rows)
+            q.update_ingest(session, ingest_id, added=len(ids), duplicates=dups)
+            after_commit = None
+            if store.listener is not None:
+                after_commit = store.listener.on_insert(session, np.asarray(ids, dtype=np.int64), vectors,
+                                                        [r.text for r in recs], int(seqs[-1]))
+        if after_commit is not None:
+            for key, value in (after_commit() or {}).items():
+                report.clustering[key] = report.clustering.get(key, 0) + value
+        store.cache.add(np.asarray(ids, dtype=np.int64), vectors, int(seqs[-1]))
     report.added += len(ids)
     report.ids.extend(ids)
 

@@ -188,6 +188,11 @@ class SentenceStore:
     def index(self) -> VectorIndex:
         return self.cache.index
 
+    def reading(self):
+        """Hold while searching the in-memory index from several threads: no batch, replay or
+        swap changes it meanwhile (call :meth:`refresh` before, not inside)."""
+        return self.cache.rw.read()
+
     def recover(self) -> bool:
         """Bring the index file up to date with the database if no writer is busy.
 
@@ -277,18 +282,19 @@ class SentenceStore:
             self.cache.index  # noqa: B018  (loaded before the rows go)
             after_commit = None
             deletions = None
-            with self.db.write() as session:
-                if self.listener is not None:
-                    present = q.existing_ids(session, ids)
-                    if present:
-                        after_commit = self.listener.on_delete(session, present)
-                removed = q.delete_sentences(session, ids)
+            with self.cache.rw.write():
+                with self.db.write() as session:
+                    if self.listener is not None:
+                        present = q.existing_ids(session, ids)
+                        if present:
+                            after_commit = self.listener.on_delete(session, present)
+                    removed = q.delete_sentences(session, ids)
+                    if removed:
+                        deletions = q.mark_index_dirty(session)
+                if after_commit is not None:
+                    after_commit()
                 if removed:
-                    deletions = q.mark_index_dirty(session)
-            if after_commit is not None:
-                after_commit()
-            if removed:
-                self.cache.removed(removed, deletions)
+                    self.cache.removed(removed, deletions)
         return removed
 
     # -- reading -------------------------------------------------------------------
@@ -312,10 +318,11 @@ class SentenceStore:
             with self.db.read() as session:
                 flt = filters.check_fields(session, where)
                 allowed = filters.filtered_ids(session, flt) if flt else None
-        if allowed is not None:
-            result = self.index.search_within(vector[None, :], k, allowed)
-        else:
-            result = self.index.search(vector[None, :], k)
+        with self.reading():
+            if allowed is not None:
+                result = self.index.search_within(vector[None, :], k, allowed)
+            else:
+                result = self.index.search(vector[None, :], k)
         pairs = [(int(i), float(s)) for i, s in zip(result.ids[0], result.similarities[0]) if i >= 0]
         with self.db.read() as session:
             rows = q.get_sentences(session, [i for i, _ in pairs])

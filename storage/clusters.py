@@ -323,3 +323,14 @@ def term_mass(session: Session, run_id: int) -> tuple[int, int]:
         .where(ClusterTerm.run_id == run_id)
     ).one()
     return int(total), int(classes)
+
+
+def assignments_for(session: Session, run_id: int, sentence_ids: Sequence[int]) -> dict[int, tuple[int | None, float | None]]:
+    """(label, similarity) under ``run_id`` of each of ``sentence_ids`` the run has assigned (or left out)."""
+    ids = list(sentence_ids)
+    out: dict[int, tuple[int | None, float | None]] = {}
+    for start in range(0, len(ids), 500):
+        rows = session.execute(select(Assignment.sentence_id, Assignment.label, Assignment.similarity)
+                               .where(Assignment.run_id == run_id, Assignment.sentence_id.in_(ids[start : start + 500])))
+        out.update({sid: (label, sim) for sid, label, sim in rows})
+    return out

@@ -301,3 +301,11 @@ def ingest_totals(session: Session) -> dict[str, int]:
 def near_duplicates_total(session: Session) -> int:
     """Sentences every ingest skipped as near-duplicates (``--near-duplicates-threshold``)."""
     return session.scalar(select(func.coalesce(func.sum(IngestLog.near_duplicates), 0))) or 0
+
+
+def ids_by_hash(session: Session, hashes: Iterable[str]) -> dict[str, int]:
+    """The id of each stored sentence whose text hash is in ``hashes``."""
+    found: dict[str, int] = {}
+    for chunk in chunks(hashes):
+        found.update(session.execute(select(Sentence.text_hash, Sentence.id).where(Sentence.text_hash.in_(chunk))).all())
+    return found

@@ -1,0 +1,252 @@
+"""The FastAPI application: the service object that owns the store's threads, middleware,
+error handlers and the lifespan; the routes are in :mod:`clusterer.server.routes`."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Any
+
+from clusterer.server.batcher import EncodeBatcher
+from clusterer.server.errors import NotReady, classify
+from clusterer.server.metrics import Metrics
+from clusterer.server.security import BodyLimit, TokenAuth
+from clusterer.server.writer import Writer
+from clusterer.settings import ServerSettings
+
+log = logging.getLogger("clusterer.server")
+
+READY_WAIT_S = 60.0
+STOP_WAIT_S = 30.0
+
+_reader = threading.local()
+
+
+def single_threaded_search() -> None:
+    """One FAISS (OpenMP) thread for searches in this request thread.
+
+    A request searches with one query vector; OpenMP's team start-up and spinning on a busy
+    machine then cost more than the search itself (measured: 25 ms against 1-5 ms per lookup
+    on a 3,000-sentence store, two cores under load). Parallelism comes from the concurrent
+    requests instead. The setting is per thread, so the writer thread's clustering runs keep
+    every core.
+    """
+    if not getattr(_reader, "set", False):
+        import faiss
+
+        faiss.omp_set_num_threads(1)
+        _reader.set = True
+
+
+class Service:
+    """One store shared by every request: a writer thread, an embedding batcher, readiness, maps."""
+
+    def __init__(self, store, settings: ServerSettings, *, close_store: bool = True):
+        self.store = store
+        self.settings = settings
+        self.close_store = close_store
+        self.ready = threading.Event()
+        self.load_error: str | None = None
+        self.writer: Writer | None = None
+        self.batcher: EncodeBatcher | None = None
+        self.metrics = Metrics(self.snapshot)
+        self.maps: dict[int, dict[str, Any]] = {}
+        self._map_lock = threading.Lock()
+        self.started_at = time.time()
+
+    def start(self) -> None:
+        self.writer = Writer(self.store, maxsize=self.settings.queue_size, coalesce=self.settings.coalesce,
+                             on_done=lambda kind, s: self.metrics.writes.labels(kind).observe(s))
+        self.batcher = EncodeBatcher(self.store.embed)
+        threading.Thread(target=self._warm, name="clusterer-warm-up", daemon=True).start()
+
+    def _warm(self) -> None:
+        from clusterer.errors import ClustererError
+
+        try:
+            vector = self.store.embed(["warm up"])[0]
+            self.store.refresh()
+            if self.store.dimension is not None:
+                try:
+                    self.store.lookup_vector(vector)
+                except ClustererError:
+                    pass
+            self.ready.set()
+        except Exception as exc:  # noqa: BLE001 (reported by /readyz and every data route)
+            self.load_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            log.error("loading the model or index failed: %s", self.load_error)
+
+    def require_ready(self, wait: float = READY_WAIT_S):
+        if self.load_error:
+            raise NotReady(f"the service could not load: {self.load_error}")
+        if not self.ready.wait(wait):
+            raise NotReady("the model and index are still loading")
+        single_threaded_search()
+        return self.store
+
+    def embed(self, texts: list[str]):
+        return self.batcher.encode(texts)
+
+    def stop(self) -> None:
+        stopped = self.writer.stop(STOP_WAIT_S) if self.writer else True
+        if self.batcher:
+            self.batcher.close()
+        if not stopped:
+            log.warning("the write in flight did not finish in %.0f s; leaving it to the next open", STOP_WAIT_S)
+        elif self.close_store:
+            self.store.close()
+
+    def run_map(self, run_id: int | None):
+        from clusterer.service.projection import run_map
+
+        store = self.require_ready()
+        rid = store.run(run_id).id
+        with self._map_lock:
+            if rid not in self.maps:
+                self.maps[rid] = run_map(store, rid, self.settings.map_sample)
+            return self.maps[rid]
+
+    def snapshot(self) -> dict[str, Any]:
+        from storage import clusters as cq
+        from storage import sentences as sq
+
+        out: dict[str, Any] = {"queue_depth": self.writer.depth if self.writer else 0,
+                               "ready": 1 if self.ready.is_set() else 0}
+        index = self.store.index if self.store.cache.loaded else None
+        out["index_vectors"] = index.ntotal if index is not None else None
+        try:
+            out["index_bytes"] = self.store.index_path.stat().st_size
+        except OSError:
+            out["index_bytes"] = 0
+        try:
+            with self.store.db.read() as session:
+                out["sentences"] = sq.count_sentences(session)
+                run = cq.latest_run(session)
+                if run is not None:
+                    out.update(last_run_id=run.id, last_run_clusters=run.n_clusters, last_run_assigned=run.n_assigned,
+                               last_run_finished=run.finished_at.timestamp() if run.finished_at else None)
+        except Exception as exc:  # noqa: BLE001 (a scrape must not fail because the database is busy)
+            log.warning("metrics snapshot: %s", exc)
+        return out
+
+
+class RequestMetrics:
+    """Counts and times every request by its route template (``/clusters/{cluster_id}``, not the id)."""
+
+    def __init__(self, app, metrics: Metrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        status = [500]
+
+        async def watch(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or ("unauthorized" if status[0] == 401 else "unmatched")
+            self.metrics.observe(template, scope.get("method", ""), status[0], time.perf_counter() - started)
+
+
+def static_dir():
+    return resources.files("clusterer.server") / "static"
+
+
+def create_app(store, settings: ServerSettings | None = None, *, close_store: bool = True):
+    """The ASGI app serving ``store``; the store is closed when the app shuts down (unless told not to)."""
+    from fastapi import FastAPI
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from fastapi.staticfiles import StaticFiles
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    from clusterer.server import routes
+
+    settings = settings or ServerSettings()
+    service = Service(store, settings, close_store=close_store)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        service.start()
+        try:
+            yield
+        finally:
+            import anyio
+
+            await anyio.to_thread.run_sync(service.stop)
+
+    app = FastAPI(title="clusterer", version=_version(), lifespan=lifespan,
+                  description="Sentence clustering service: ingest, search, look up and explore clusters. "
+                              "Every answer is the JSON of the matching `clusterer ... --json` command.")
+    app.state.service = service
+    app.include_router(routes.router)
+    app.mount("/static", StaticFiles(directory=str(static_dir())), name="static")
+
+    def error_response(exc: BaseException) -> JSONResponse:
+        status, body, headers = classify(exc)
+        return JSONResponse(body, status_code=status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request, exc: RequestValidationError):
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        if first.get("type") == "json_invalid":
+            return JSONResponse({"error": f"malformed JSON body: {first.get('ctx', {}).get('error', 'cannot parse')}",
+                                 "field": "body"}, status_code=400)
+        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+        field = ".".join(loc) or "body"
+        return JSONResponse({"error": f"{field}: {first.get('msg', 'invalid value')}", "field": field}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, exc: StarletteHTTPException):
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    for cls in _library_errors():
+        app.add_exception_handler(cls, lambda request, exc: error_response(exc))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request, exc: Exception):
+        return error_response(exc)
+
+    app.add_middleware(BodyLimit, limit=settings.max_body)
+    if settings.token:
+        app.add_middleware(TokenAuth, token=settings.token)
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
+                           allow_methods=["GET", "POST", "DELETE"], allow_headers=["Authorization", "Content-Type"])
+    app.add_middleware(RequestMetrics, metrics=service.metrics)
+    return app
+
+
+def _library_errors() -> tuple[type[BaseException], ...]:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from clusterer.errors import ClustererError
+    from clusterer.server.errors import ApiError
+    from clusterer.server.writer import QueueFull, ShuttingDown
+    from indexer.errors import IndexerError
+    from storage.errors import StorageError
+
+    return (ClustererError, IndexerError, StorageError, SQLAlchemyError, ApiError, QueueFull, ShuttingDown, NotReady)
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("clusterer")
+    except Exception:  # noqa: BLE001 (not installed: run from a checkout)
+        return "0"
