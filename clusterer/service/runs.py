@@ -142,9 +142,9 @@ def community_labels(x: np.ndarray, threshold: float, min_size: int, device: str
 
 
 def _cuda_available() -> bool:
-    import torch
+    from indexer.hardware import cuda_available
 
-    return torch.cuda.is_available()
+    return cuda_available()
 
 
 def kmeans_labels(x: np.ndarray, k: int, seed: int = 0) -> Labels:
