@@ -175,9 +175,16 @@ def test_onnx_cache_reused(onnx_cache, monkeypatch):
     monkeypatch.setenv("CLUSTERER_CACHE_DIR", str(root))
     model_file = first.onnx_path
     mtime = model_file.stat().st_mtime_ns
+    from indexer import onnx_backend
+
+    probes = []
+    real_probe = onnx_backend.OnnxRunner.probe
+    monkeypatch.setattr(onnx_backend.OnnxRunner, "probe", lambda self: probes.append(1) or real_probe(self))
+    monkeypatch.setattr(onnx_backend, "sha256_file", lambda p: pytest.fail(f"{p} hashed on a cached load"))
     enc = Encoder().load()  # auto picks onnx on CPU
     assert enc.backend == "onnx" and not enc.onnx_exported
     assert enc.onnx_path == model_file and model_file.stat().st_mtime_ns == mtime
+    assert len(probes) == 1 and enc.fidelity >= 0.99
 
 
 def test_onnx_corrupt_cache_reexported(onnx_cache, tmp_path, monkeypatch, caplog):
