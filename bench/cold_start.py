@@ -72,12 +72,16 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--threshold", type=float, default=0.75)
     parser.add_argument("--min-size", type=int, default=25)
+    parser.add_argument("--embeddings", type=Path, default=None,
+                        help="a .npy of the mix50k embeddings (rows in load_mix50k order) instead of the bench cache")
     args = parser.parse_args()
 
     from bench._data import load_mix50k, mix50k
 
     texts, _ = load_mix50k()
-    emb, _ = mix50k()
+    emb = np.load(args.embeddings) if args.embeddings else mix50k()[0]
+    if len(emb) != len(texts):
+        parser.error(f"{args.embeddings} holds {len(emb)} rows, mix50k has {len(texts)} texts")
     with tempfile.TemporaryDirectory(prefix="cold-start-") as tmp:
         folder = args.store or Path(tmp) / "store"
         if not (folder / "clusterer.db").exists() and not any(folder.glob("*.db")):

@@ -151,11 +151,12 @@ def main(argv: list[str] | None = None) -> None:
 
         best: dict[str, float] = {}
         embeddings: dict[str, np.ndarray] = {}
-        for _ in range(args.reps):
+        for rep in range(args.reps):
             for name, (_, encode) in encoders.items():
                 t0 = time.perf_counter()
                 emb = encode(texts)
                 seconds = time.perf_counter() - t0
+                print(f"pass {rep + 1} {name}: {len(texts) / seconds:.0f} sentences/s", flush=True)
                 best[name] = min(best.get(name, float("inf")), seconds)
                 embeddings[name] = unit(emb)
         truth = embeddings.get("torch")
