@@ -51,18 +51,23 @@ def unit(x) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def st_variants(names: list[str], workdir: Path) -> dict[str, tuple[float, Callable[[list[str]], np.ndarray]]]:
+def st_variants(names: list[str], workdir: Path, same_session: bool) -> dict[str, tuple[float, Callable[[list[str]], np.ndarray]]]:
     """The library's variants as ``{name: (load seconds, encode)}``; a failed one is reported
-    and left out."""
+    and left out.  ``same_session``: onnxruntime sessions get our runner's options (threads,
+    no spinning) instead of onnxruntime's defaults."""
     from sentence_transformers import SentenceTransformer
 
     from indexer.model_resolution import bundled_model_path
+    from indexer.onnx_backend import session_options
+
+    def kwargs(**extra):
+        return {"session_options": session_options(), **extra} if same_session else extra
 
     folder = workdir / "st-model"
     shutil.copytree(bundled_model_path(), folder)
     out: dict[str, tuple[float, Callable]] = {}
     t0 = time.perf_counter()
-    base = SentenceTransformer(str(folder), device="cpu", backend="onnx")
+    base = SentenceTransformer(str(folder), device="cpu", backend="onnx", model_kwargs=kwargs())
     base_s = time.perf_counter() - t0
     base.save_pretrained(str(folder))  # keeps onnx/model.onnx next to the model files
     if "st-onnx" in names:
@@ -76,7 +81,7 @@ def st_variants(names: list[str], workdir: Path) -> dict[str, tuple[float, Calla
             t0 = time.perf_counter()
             export_optimized_onnx_model(base, level, str(folder))
             m = SentenceTransformer(str(folder), device="cpu", backend="onnx",
-                                    model_kwargs={"file_name": f"onnx/model_{level}.onnx"})
+                                    model_kwargs=kwargs(file_name=f"onnx/model_{level}.onnx"))
             out[level] = (base_s + time.perf_counter() - t0, lambda t, m=m: m.encode(t, batch_size=32))
         except Exception as exc:  # noqa: BLE001 - report and go on (O4 needs a GPU)
             print(f"{level}: failed ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})", flush=True)
@@ -90,7 +95,7 @@ def st_variants(names: list[str], workdir: Path) -> dict[str, tuple[float, Calla
             t0 = time.perf_counter()
             export_dynamic_quantized_onnx_model(base, config, str(folder))
             m = SentenceTransformer(str(folder), device="cpu", backend="onnx",
-                                    model_kwargs={"file_name": f"onnx/model_qint8_{config}.onnx"})
+                                    model_kwargs=kwargs(file_name=f"onnx/model_qint8_{config}.onnx"))
             out["qint8"] = (base_s + time.perf_counter() - t0, lambda t, m=m: m.encode(t, batch_size=32))
         except Exception as exc:  # noqa: BLE001
             print(f"qint8: failed ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})", flush=True)
@@ -101,6 +106,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=5000, help="corpus size (default 5000)")
     parser.add_argument("--reps", type=int, default=2, help="timed passes per variant (best is kept)")
+    parser.add_argument("--ort-defaults", action="store_true",
+                        help="run the library's sessions with onnxruntime's default options instead of ours")
     parser.add_argument("--variants", default=",".join(ALL_VARIANTS), help=f"comma list of {ALL_VARIANTS}")
     args = parser.parse_args(argv)
     names = [v for v in args.variants.split(",") if v]
@@ -117,7 +124,12 @@ def main(argv: list[str] | None = None) -> None:
     from indexer.encoder import Encoder
     from indexer.hardware import cpu_threads
     from indexer.model_resolution import load_sentence_transformer
-    from indexer.precision import PROBE_SENTENCES, min_cosine, probe_reference, torch_embed
+    from indexer.precision import (
+        PROBE_SENTENCES,
+        min_cosine,
+        probe_reference,
+        torch_embed,
+    )
 
     versions = {p: md.version(p) for p in ("sentence-transformers", "transformers", "onnxruntime", "torch")}
     try:
@@ -126,7 +138,8 @@ def main(argv: list[str] | None = None) -> None:
         versions["optimum"] = "-"
     texts = corpus(args.n)
     print(f"corpus: {len(texts)} banking77+clinc150 texts; {cpu_threads()} CPUs (shared machine), "
-          f"torch threads {torch.get_num_threads()}; {versions}", flush=True)
+          f"torch threads {torch.get_num_threads()}; library sessions with "
+          f"{'onnxruntime defaults' if args.ort_defaults else 'our session options'}; {versions}", flush=True)
 
     fp32 = load_sentence_transformer(None, "cpu")
     reference = probe_reference(fp32)
@@ -147,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
             except ImportError:
                 print(f"optimum[onnxruntime] is not installed: skipping {lib}", flush=True)
             else:
-                encoders.update(st_variants(lib, work))
+                encoders.update(st_variants(lib, work, same_session=not args.ort_defaults))
 
         best: dict[str, float] = {}
         embeddings: dict[str, np.ndarray] = {}

@@ -123,6 +123,21 @@ def verify_model_file(folder: Path, meta: dict) -> None:
         _write_meta(folder, meta)
 
 
+def session_options(threads: int | None = None):
+    """onnxruntime session options of the runner: all graph optimisations, ``threads`` intra-op
+    threads (default: the CPUs this process may use), and no busy-waiting worker threads, which
+    only steal cycles on a shared, loaded machine (``CLUSTERER_ORT_SPIN=1`` turns it back on)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = threads or cpu_threads()
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    so.add_session_config_entry("session.intra_op.allow_spinning", os.environ.get("CLUSTERER_ORT_SPIN", "0"))
+    return so
+
+
 def _write_meta(folder: Path, meta: dict) -> None:
     tmp = folder / "meta.json.tmp"
     tmp.write_text(json.dumps(meta, indent=1), encoding="utf-8")
@@ -163,15 +178,7 @@ class OnnxRunner:
         self.dimension = int(meta["dimension"])
         self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
         self.reference = np.load(folder / "probe_reference.npy")
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.intra_op_num_threads = threads or cpu_threads()
-        so.inter_op_num_threads = 1
-        so.log_severity_level = 3
-        # Busy-waiting worker threads only steal cycles on a shared, loaded machine.
-        so.add_session_config_entry(
-            "session.intra_op.allow_spinning", os.environ.get("CLUSTERER_ORT_SPIN", "0")
-        )
+        so = session_options(threads)
         self.session = ort.InferenceSession(str(model_file), so, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
         unknown = set(self.input_names) - set(_ONNX_INPUTS)

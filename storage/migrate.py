@@ -36,7 +36,9 @@ def current_revision(connection: Connection) -> str | None:
     rows = connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
     if len(rows) <= 1:
         return rows[0] if rows else None
-    from alembic.runtime.migration import MigrationContext  # several heads: Alembic's error
+    from alembic.runtime.migration import (
+        MigrationContext,  # several heads: Alembic's error
+    )
 
     return MigrationContext.configure(connection).get_current_revision()
 

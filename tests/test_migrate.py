@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import textwrap
 
-import pytest
 from sqlalchemy import create_engine
 
 from storage import migrate

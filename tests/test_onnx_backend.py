@@ -9,7 +9,12 @@ from pathlib import Path
 import pytest
 
 from indexer import onnx_backend
-from indexer.onnx_backend import model_file_record, onnx_cache_dir, open_cached, verify_model_file
+from indexer.onnx_backend import (
+    model_file_record,
+    onnx_cache_dir,
+    open_cached,
+    verify_model_file,
+)
 
 
 def _model_dir(tmp_path: Path) -> Path:

@@ -10,7 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clusterer.algorithms.topics import count_terms, ctfidf_keywords, stop_words, term_counts, text_terms
+from clusterer.algorithms.topics import (
+    count_terms,
+    ctfidf_keywords,
+    stop_words,
+    term_counts,
+    text_terms,
+)
 
 SAMPLE = Path(__file__).resolve().parents[1] / "clusterer" / "data" / "banking77_sample.csv"
 TRICKY = [

@@ -29,7 +29,7 @@ import functools
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from itertools import chain
+from itertools import chain, pairwise
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +55,7 @@ def text_terms(text: str) -> list[str]:
     """The terms of one text, in order: its non-stop words, then the bigrams of adjacent ones."""
     stop = stop_words()
     words = [w for w in _TOKEN.findall(text.lower()) if w not in stop]
-    return words + [f"{a} {b}" for a, b in zip(words, words[1:])]
+    return words + [f"{a} {b}" for a, b in pairwise(words)]
 
 
 def term_counts(texts: Iterable[str]) -> Counts:
