@@ -36,9 +36,8 @@ def current_revision(connection: Connection) -> str | None:
     rows = connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
     if len(rows) <= 1:
         return rows[0] if rows else None
-    from alembic.runtime.migration import (
-        MigrationContext,  # several heads: Alembic's error
-    )
+    # several rows: let Alembic raise its own error about multiple heads
+    from alembic.runtime.migration import MigrationContext
 
     return MigrationContext.configure(connection).get_current_revision()
 
