@@ -187,6 +187,22 @@ def test_onnx_cache_reused(onnx_cache, monkeypatch):
     assert len(probes) == 1 and enc.fidelity >= 0.99
 
 
+def test_cached_onnx_load_imports_no_torch(onnx_cache):
+    import os
+
+    root, _ = onnx_cache
+    code = (
+        "import sys\n"
+        "from indexer.encoder import Encoder\n"
+        "e = Encoder(device='cpu').load()\n"
+        "assert e.encode(['hello there']).shape == (1, 384)\n"
+        "print(e.backend, e.onnx_exported, *(m in sys.modules for m in ('torch', 'transformers', 'sentence_transformers')))\n"
+    )
+    env = {**os.environ, "CLUSTERER_CACHE_DIR": str(root), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.split() == ["onnx", "False", "False", "False", "False"]
+
+
 def test_onnx_corrupt_cache_reexported(onnx_cache, tmp_path, monkeypatch, caplog):
     import shutil
 
