@@ -134,6 +134,7 @@ def _int8_encoder(texts):
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from indexer import encoder as E
+    from indexer import onnx_backend as O
 
     enc = E.Encoder(backend="onnx").load()
     src = enc.onnx_path.parent
@@ -144,10 +145,9 @@ def _int8_encoder(texts):
                      extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     import json
     meta = json.loads((dst / "meta.json").read_text())
-    meta["size"] = (dst / "model.onnx").stat().st_size
-    meta["sha256"] = E._sha256(dst / "model.onnx")
+    meta.update(O.model_file_record(dst / "model.onnx"))
     (dst / "meta.json").write_text(json.dumps(meta))
-    runner = E._OnnxRunner(dst)
+    runner = O.OnnxRunner(dst)
     print(f"int8 probe min cosine {runner.probe():.4f}", flush=True)
     return lambda t: runner.encode(list(t), 128)
 

@@ -175,9 +175,32 @@ def test_onnx_cache_reused(onnx_cache, monkeypatch):
     monkeypatch.setenv("CLUSTERER_CACHE_DIR", str(root))
     model_file = first.onnx_path
     mtime = model_file.stat().st_mtime_ns
+    from indexer import onnx_backend
+
+    probes = []
+    real_probe = onnx_backend.OnnxRunner.probe
+    monkeypatch.setattr(onnx_backend.OnnxRunner, "probe", lambda self: probes.append(1) or real_probe(self))
+    monkeypatch.setattr(onnx_backend, "sha256_file", lambda p: pytest.fail(f"{p} hashed on a cached load"))
     enc = Encoder().load()  # auto picks onnx on CPU
     assert enc.backend == "onnx" and not enc.onnx_exported
     assert enc.onnx_path == model_file and model_file.stat().st_mtime_ns == mtime
+    assert len(probes) == 1 and enc.fidelity >= 0.99
+
+
+def test_cached_onnx_load_imports_no_torch(onnx_cache):
+    import os
+
+    root, _ = onnx_cache
+    code = (
+        "import sys\n"
+        "from indexer.encoder import Encoder\n"
+        "e = Encoder(device='cpu').load()\n"
+        "assert e.encode(['hello there']).shape == (1, 384)\n"
+        "print(e.backend, e.onnx_exported, *(m in sys.modules for m in ('torch', 'transformers', 'sentence_transformers')))\n"
+    )
+    env = {**os.environ, "CLUSTERER_CACHE_DIR": str(root), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.split() == ["onnx", "False", "False", "False", "False"]
 
 
 def test_onnx_corrupt_cache_reexported(onnx_cache, tmp_path, monkeypatch, caplog):

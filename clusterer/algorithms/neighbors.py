@@ -417,9 +417,9 @@ def neighbor_graph(
     if device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
     if device == "auto":
-        import torch
+        from indexer.hardware import cuda_available
 
-        device = "cuda" if index is None and torch.cuda.is_available() else "cpu"
+        device = "cuda" if index is None and cuda_available() else "cpu"
     if device == "cuda":
         return torch_neighbor_graph(
             embeddings, threshold, min_size, device="cuda", batch_size=batch_size or 4096, show_progress=show_progress

@@ -15,15 +15,22 @@ Because counting is additive over texts (stop words are removed per text before 
 formed, and no document-frequency cut-offs are used), counts updated incrementally are exactly
 the counts recomputed from scratch, and so are the keywords.
 
-Tokenisation is scikit-learn's ``CountVectorizer`` with its English stop words, lower-casing
-and ``ngram_range=(1, 2)``: terms are words of two or more characters and the bigrams of
-adjacent words left after stop-word removal (bigram terms contain one space).
+Tokenisation gives exactly what scikit-learn's ``CountVectorizer(stop_words="english",
+ngram_range=(1, 2))`` counts, without importing scikit-learn: texts are lower-cased, words are
+runs of two or more word characters (``\\b\\w\\w+\\b``), words in scikit-learn's English
+stop-word list (kept as data, ``clusterer/data/english_stop_words.txt``) are dropped, and the
+terms are the words left plus the bigrams of adjacent words left (bigram terms contain one
+space).
 """
 
 from __future__ import annotations
 
+import functools
+import re
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from itertools import chain
+from itertools import chain, pairwise
+from pathlib import Path
 
 import numpy as np
 
@@ -33,37 +40,30 @@ Counts = dict[str, int]
 ClassCounts = dict[int, dict[str, int]]
 
 NGRAM_RANGE = (1, 2)
-STOP_WORDS = "english"
+_TOKEN = re.compile(r"(?u)\b\w\w+\b")
 
 
-def _vectorizer():
-    from sklearn.feature_extraction.text import CountVectorizer
+@functools.cache
+def stop_words() -> frozenset[str]:
+    """scikit-learn's English stop words (the list ``CountVectorizer(stop_words="english")``
+    uses), read from the package data."""
+    text = (Path(__file__).resolve().parents[1] / "data" / "english_stop_words.txt").read_text(encoding="utf-8")
+    return frozenset(w for w in text.split() if w)
 
-    return CountVectorizer(stop_words=STOP_WORDS, ngram_range=NGRAM_RANGE)
 
-
-def _count_matrix(texts: Sequence[str]):
-    """Return (document x term CSR matrix, vocabulary array), or (None, None) when no terms."""
-    vectorizer = _vectorizer()
-    try:
-        matrix = vectorizer.fit_transform(list(texts))
-    except ValueError:
-        # CountVectorizer raises on an empty vocabulary (only stop words / empty strings).
-        return None, None
-    return matrix.tocsr(), vectorizer.get_feature_names_out()
+def text_terms(text: str) -> list[str]:
+    """The terms of one text, in order: its non-stop words, then the bigrams of adjacent ones."""
+    stop = stop_words()
+    words = [w for w in _TOKEN.findall(text.lower()) if w not in stop]
+    return words + [f"{a} {b}" for a, b in pairwise(words)]
 
 
 def term_counts(texts: Iterable[str]) -> Counts:
     """Term counts of ``texts`` taken together as one class (an empty dict when no terms)."""
-    texts = list(texts)
-    if not texts:
-        return {}
-    matrix, vocab = _count_matrix(texts)
-    if matrix is None:
-        return {}
-    totals = np.asarray(matrix.sum(axis=0)).ravel()
-    nonzero = np.flatnonzero(totals)
-    return {str(vocab[j]): int(totals[j]) for j in nonzero}
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update(text_terms(text))
+    return dict(counts)
 
 
 def count_terms(texts: Sequence[str], labels) -> ClassCounts:
@@ -78,28 +78,10 @@ def count_terms(texts: Sequence[str], labels) -> ClassCounts:
             f"texts and labels differ in length ({len(texts)} != {len(labels)})"
         )
     keep = np.flatnonzero(labels != -1)
-    if keep.size == 0:
-        return {}
-    kept_labels = labels[keep]
-    classes, rows = np.unique(kept_labels, return_inverse=True)
-    result: ClassCounts = {int(c): {} for c in classes}
-    matrix, vocab = _count_matrix([texts[i] for i in keep])
-    if matrix is None:
-        return result
-
-    from scipy import sparse
-
-    indicator = sparse.csr_matrix(
-        (np.ones(len(rows), dtype=np.int64), (rows, np.arange(len(rows)))),
-        shape=(len(classes), len(rows)),
-    )
-    per_class = (indicator @ matrix.astype(np.int64)).tocsr()
-    per_class.sum_duplicates()
-    for r, label in enumerate(classes):
-        start, end = per_class.indptr[r], per_class.indptr[r + 1]
-        cols, data = per_class.indices[start:end], per_class.data[start:end]
-        result[int(label)] = {str(vocab[j]): int(v) for j, v in zip(cols, data) if v}
-    return result
+    per_label: dict[int, Counter[str]] = {int(c): Counter() for c in np.unique(labels[keep])}
+    for i in keep:
+        per_label[int(labels[i])].update(text_terms(texts[i]))
+    return {label: dict(c) for label, c in per_label.items()}
 
 
 def add_counts(counts: Mapping[str, int], texts: Iterable[str]) -> Counts:

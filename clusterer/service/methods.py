@@ -164,9 +164,9 @@ class Method:
 
 
 def _cuda_available() -> bool:
-    import torch
+    from indexer.hardware import cuda_available
 
-    return torch.cuda.is_available()
+    return cuda_available()
 
 
 def _raise_threshold_hint(threshold: float) -> str:
