@@ -255,3 +255,14 @@ def ingest_totals(session: Session) -> dict[str, int]:
         )
     ).one()
     return {"ingests": row[0], "added": row[1], "duplicates": row[2], "empty": row[3], "invalid": row[4]}
+
+
+def embeddings_found(session: Session, ids: Sequence[int], dimension: int, dtype: str = "float32") -> dict[int, np.ndarray]:
+    """Embeddings of those of ``ids`` that are stored (``{id: vector}``; missing ids are absent)."""
+    found: dict[int, bytes] = {}
+    ids = sorted({int(i) for i in ids})
+    for start in range(0, len(ids), HASH_CHUNK):
+        chunk = ids[start : start + HASH_CHUNK]
+        found.update(session.execute(select(Sentence.id, Sentence.embedding).where(Sentence.id.in_(chunk))).all())
+    keys = list(found)
+    return dict(zip(keys, decode_embeddings([found[i] for i in keys], dimension, dtype)))
