@@ -207,9 +207,16 @@ def merge_neighbours(stored_ids: np.ndarray, stored_sims: np.ndarray, queries: n
     return out_keys, out_sims
 
 
+UNASSIGNED = -2
+"""The label of a neighbour that is stored but in no cluster (or a batch sentence not yet
+placed): under the graph rule the unassigned weight competes with every cluster's."""
+_POOL = np.iinfo(np.int64).max
+
+
 def key_labels(keys: np.ndarray, stored_label: Callable[[np.ndarray], np.ndarray], batch_labels: np.ndarray) -> np.ndarray:
-    """Labels of neighbour keys: stored ids through ``stored_label`` (ids -> labels, -1 none),
-    batch keys from ``batch_labels`` (one per batch position), padding -1."""
+    """Labels of neighbour keys: stored ids through ``stored_label`` (ids -> labels,
+    :data:`UNASSIGNED`, or -1 when the run does not know the id), batch keys from
+    ``batch_labels`` (one per batch position; -1 there means unassigned), padding -1."""
     keys = np.asarray(keys, dtype=np.int64)
     out = np.full(keys.shape, -1, dtype=np.int64)
     stored = keys >= 0
@@ -217,25 +224,36 @@ def key_labels(keys: np.ndarray, stored_label: Callable[[np.ndarray], np.ndarray
         out[stored] = stored_label(keys[stored])
     batch = keys <= BATCH_KEY
     if batch.any():
-        out[batch] = np.asarray(batch_labels, dtype=np.int64)[BATCH_KEY - keys[batch]]
+        given = np.asarray(batch_labels, dtype=np.int64)[BATCH_KEY - keys[batch]]
+        out[batch] = np.where(given >= 0, given, UNASSIGNED)
     return out
+
+
+def weighted_label(labels: np.ndarray, sims: np.ndarray, min_similarity: float) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`assign_by_weight` with the unassigned weight (:data:`UNASSIGNED` neighbours) as one
+    more contender: a row whose winner it is gets -1 (share 0)."""
+    from clusterer.algorithms.graph import assign_by_weight
+
+    labels = np.asarray(labels, dtype=np.int64)
+    won, share = assign_by_weight(np.where(labels == UNASSIGNED, _POOL, labels), sims, min_similarity=min_similarity)
+    lost = won == _POOL
+    return np.where(lost, -1, won), np.where(lost, 0.0, share).astype(np.float32)
 
 
 def graph_assign(keys: np.ndarray, sims: np.ndarray, stored_label: Callable[[np.ndarray], np.ndarray],
                  min_similarity: float) -> tuple[np.ndarray, np.ndarray]:
     """The graph rule over a batch: (labels or -1, the winning label's share of the kNN weight).
 
-    Pass one counts only stored neighbours (batch neighbours are unlabelled); pass two lets a
-    batch neighbour count with the label pass one gave it. Both passes treat every row alike,
-    so the order of the batch does not matter.
+    A row joins the cluster holding most of its kNN weight, unless more of it lies with
+    unassigned sentences (then it stays unassigned and may found a cluster with them). Pass one
+    counts the batch's other sentences as unassigned; pass two lets each count with the label
+    pass one gave it. Both passes treat every row alike, so the order of the batch does not matter.
     """
-    from clusterer.algorithms.graph import assign_by_weight
-
     m = len(keys)
-    first, share = assign_by_weight(key_labels(keys, stored_label, np.full(m, -1)), sims, min_similarity=min_similarity)
+    first, share = weighted_label(key_labels(keys, stored_label, np.full(m, -1)), sims, min_similarity)
     if not (np.asarray(keys) <= BATCH_KEY).any():
         return first, share
-    return assign_by_weight(key_labels(keys, stored_label, first), sims, min_similarity=min_similarity)
+    return weighted_label(key_labels(keys, stored_label, first), sims, min_similarity)
 
 
 @dataclass
@@ -295,7 +313,7 @@ def plan_graph_births(pool_ids: np.ndarray, pool_vectors: np.ndarray, pool_keys:
     proposed group), the group holds most of its weight; a group keeping ``min_size`` members is
     born. A group of noise points loses this test to the clusters around them.
     """
-    from clusterer.algorithms.graph import assign_by_weight, graph_clustering
+    from clusterer.algorithms.graph import graph_clustering
 
     n = len(pool_ids)
     if n < max(min_size, 2):
@@ -310,8 +328,8 @@ def plan_graph_births(pool_ids: np.ndarray, pool_vectors: np.ndarray, pool_keys:
     for (r, c), key in np.ndenumerate(pool_keys):
         p = position.get(int(key)) if key >= 0 else None
         if p is not None:
-            labels[r, c] = offset + proposed[p] if proposed[p] >= 0 else -1
-    won, _ = assign_by_weight(labels, pool_sims, min_similarity=min_similarity)
+            labels[r, c] = offset + proposed[p] if proposed[p] >= 0 else UNASSIGNED
+    won, _ = weighted_label(labels, pool_sims, min_similarity)
     keep = (proposed >= 0) & (won == offset + proposed)
     births = []
     label = next_label

@@ -76,8 +76,9 @@ class Gather:
     @staticmethod
     def label_fn(known: dict[int, int | None]) -> Callable[[np.ndarray], np.ndarray]:
         def of(ids: np.ndarray) -> np.ndarray:
-            return np.fromiter((-1 if (l := known.get(int(i))) is None else l for i in np.asarray(ids).ravel()),
-                               dtype=np.int64, count=np.asarray(ids).size).reshape(np.shape(ids))
+            flat = np.asarray(ids).ravel()
+            return np.fromiter((-1 if (l := known.get(int(i), -1)) == -1 else inc.UNASSIGNED if l is None else l
+                                for i in flat), dtype=np.int64, count=flat.size).reshape(np.shape(ids))
         return of
 
     def rows(self, labels) -> dict[int, Cluster]:
