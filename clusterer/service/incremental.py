@@ -425,10 +425,11 @@ def new_centre(member_ids: list[int], vectors: np.ndarray, centroid: np.ndarray)
 
 
 TERM_CACHE_MAX = 2_000_000
+KEYWORDS = 10
 
 
 def keyword_scores(counts: dict[int, dict[str, int]], totals: Mapping[str, int], mass: tuple[int, int],
-                   top_n: int = 10) -> dict[int, dict[str, Any]]:
+                   top_n: int = KEYWORDS) -> dict[int, dict[str, Any]]:
     """The ``keywords`` column of each cluster in ``counts`` given every term's total over the
     run and the run's (term occurrences, clusters with terms)."""
     average = mass[0] / mass[1] if mass[1] else None

@@ -253,28 +253,34 @@ def keywords_for(session, state: inc.RunState, counts: dict[int, dict[str, int]]
                  pending_mass: tuple[int, int]) -> dict[int, dict[str, Any]]:
     """New keywords of the clusters in ``counts`` (their term counts after this change).
 
-    c-TF-IDF needs each term's total over the run and the run's term mass; both are read from
-    the database the first time a term (or the mass) is needed and kept in ``state`` as
-    committed values (``pending`` and ``pending_mass`` are this uncommitted change's share,
-    already visible to ``session``), so a stream of batches reads only terms it meets anew.
+    c-TF-IDF needs the run's term mass (read once, then kept in ``state``) and the total over
+    the run of each term that can make a top list. A term's total is at least its count in
+    the clusters at hand, which bounds its score from above, so totals are read only for the
+    terms that reach a top list under that bound, until every list holds only terms with known
+    totals: the same keywords as with every total known, for a few reads instead of one per
+    term. Totals are kept in ``state`` as committed values (``pending`` and ``pending_mass`` are
+    this uncommitted change's share, already visible to ``session``).
     """
     if not counts:
         return {}
     if state.term_mass is None:
         mass, classes = cq.term_mass(session, state.run_id)
         state.term_mass = (mass - pending_mass[0], classes - pending_mass[1])
-    terms = set().union(*counts.values())
-    missing = [t for t in terms if t not in state.term_totals]
-    if len(state.term_totals) + len(missing) > inc.TERM_CACHE_MAX:
-        state.term_totals.clear()
-        missing = list(terms)
-    if missing:
-        found = cq.term_totals(session, state.run_id, missing)
-        for term in missing:
-            state.term_totals[term] = found.get(term, 0) - pending.get(term, 0)
-    totals = {t: state.term_totals[t] + pending.get(t, 0) for t in terms}
     mass = (state.term_mass[0] + pending_mass[0], state.term_mass[1] + pending_mass[1])
-    return inc.keyword_scores(counts, totals, mass)
+    cache = state.term_totals
+    if len(cache) > inc.TERM_CACHE_MAX:
+        cache.clear()
+    terms = set().union(*counts.values())
+    while True:
+        totals = {t: cache[t] + pending.get(t, 0) for t in terms if t in cache}
+        wide = inc.keyword_scores(counts, totals, mass, top_n=3 * inc.KEYWORDS)
+        top = {label: {"keywords": kw["keywords"][: inc.KEYWORDS]} for label, kw in wide.items()}
+        if all(t in cache for kw in top.values() for t, _ in kw["keywords"]):
+            return top
+        unknown = sorted({t for kw in wide.values() for t, _ in kw["keywords"] if t not in cache})
+        found = cq.term_totals(session, state.run_id, unknown)
+        for term in unknown:
+            cache[term] = found.get(term, 0) - pending.get(term, 0)
 
 
 def _has_hierarchy() -> bool:
