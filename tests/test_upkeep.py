@@ -324,3 +324,24 @@ def test_plan_loss():
     assert (loss.size, loss.dies, loss.centre_lost, loss.representatives) == (2, False, True, [12])
     assert plan_loss(5, 2, 11, c, [11, 12], [11, 12], np.zeros((2, 2), np.float32)).dies
     assert inc.new_centre([4, 9, 2], np.array([[0, 1], [1, 0], [1, 0]], np.float32), c)[0] == 2
+
+
+def test_cli_lookup_on_a_leiden_run_reports_the_weight_share(tmp_path, leiden):
+    from click.testing import CliRunner
+
+    from clusterer.cli import cli
+
+    with Store.open(tmp_path / "data", device="cpu") as store:
+        store.ingest(topic_texts())
+        store.cluster("leiden")
+        pin = topic_of(store)["pin"]
+    runner = CliRunner()
+    out = runner.invoke(cli, ["lookup", "forgot pin code reset pin99", "--data-dir", str(tmp_path / "data")],
+                        catch_exceptions=False)
+    assert out.exit_code == 0 and f"cluster {pin} " in out.output and "of the nearest neighbours' weight" in out.output
+    out = runner.invoke(cli, ["lookup", "forgot pin code reset pin99", "--json", "--data-dir", str(tmp_path / "data")],
+                        catch_exceptions=False)
+    import json
+
+    got = json.loads(out.output)
+    assert got["cluster_id"] == pin and got["method"] == "leiden" and 0.5 < got["share"] <= 1.0
