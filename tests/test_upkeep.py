@@ -14,7 +14,7 @@ from clusterer.api import Store
 from clusterer.service import incremental as inc
 from clusterer.service import runs
 from storage import clusters as cq
-from storage.models import Assignment, Cluster, ClusterTerm, Sentence
+from storage.models import Assignment, ClusterTerm, Sentence
 
 TOPICS = {
     "card": "credit card payment declined",
@@ -205,7 +205,7 @@ def test_streaming_graph_upkeep_agrees_with_a_full_leiden_run(tmp_path, leiden):
     store.cluster("leiden")
     full = {r["id"]: r["cluster"] for r in store.export()}
     ids = sorted(full)
-    as_int = lambda m: [-1 - i if m[i] is None else m[i] for i in ids]  # noqa: E731
+    as_int = lambda m: [-1 - i if m[i] is None else m[i] for i in ids]
     ari = adjusted_rand_score(as_int(streamed), as_int(full))
     print(f"streaming vs full leiden ARI {ari:.4f}")
     assert ari >= STREAM_ARI_FLOOR
@@ -290,7 +290,7 @@ def test_merge_neighbours_takes_the_nearest_of_index_and_batch():
 
 def test_graph_assign_counts_unassigned_weight_and_the_batch_in_two_passes():
     known = {1: 0, 2: 0, 3: None, 4: 1}
-    label_of = lambda ids: np.array([{None: inc.UNASSIGNED}.get(known.get(int(i), -1), known.get(int(i), -1))  # noqa: E731
+    label_of = lambda ids: np.array([{None: inc.UNASSIGNED}.get(known.get(int(i), -1), known.get(int(i), -1))
                                      for i in np.ravel(ids)], np.int64).reshape(np.shape(ids))
     # row 0: two members of 0 vs one unassigned; row 1: its batch neighbour (row 0) tips it to 0
     keys = np.array([[1, 2, 3], [4, inc.batch_key(0), inc.batch_key(2)], [3, inc.batch_key(1), -1]])

@@ -18,7 +18,7 @@ import numpy as np
 
 from clusterer.algorithms import topics
 from clusterer.service import incremental as inc
-from clusterer.service.upkeep import Change, keywords_for, _vector
+from clusterer.service.upkeep import Change, _vector, keywords_for
 from storage import clusters as cq
 from storage import sentences as sq
 

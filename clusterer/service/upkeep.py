@@ -11,8 +11,9 @@ Nothing is loaded when a store opens: the first batch costs what any batch costs
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -162,7 +163,11 @@ def range_neighbours(index, vectors: np.ndarray, threshold: float) -> list[tuple
 
 
 def graph_params(state: inc.RunState) -> dict[str, Any]:
-    from clusterer.algorithms.graph import DEFAULT_K, DEFAULT_MIN_SIZE, DEFAULT_RESOLUTION
+    from clusterer.algorithms.graph import (
+        DEFAULT_K,
+        DEFAULT_MIN_SIZE,
+        DEFAULT_RESOLUTION,
+    )
 
     return {"k": int(state.param("k", DEFAULT_K)), "min_size": int(state.param("min_size", DEFAULT_MIN_SIZE)),
             "resolution": float(state.param("resolution", DEFAULT_RESOLUTION)),
@@ -342,7 +347,7 @@ def write_batch(gather: Gather, ids: np.ndarray, vectors: np.ndarray, texts: lis
                 centroid = inc.grown_centroid(_vector(row.centroid), row.size, vectors[pos])
                 values[label]["centroid"] = centroid.tobytes()
                 change.centroids[label] = centroid
-            events.append((label, "growth", size, {"added": int(len(pos))}))
+            events.append((label, "growth", size, {"added": len(pos)}))
             extra = added.get(label, {})
             counts[label] = dict(Counter(current.get(label, {})) + Counter(extra))
             added_terms.update(extra)
