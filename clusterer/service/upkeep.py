@@ -135,7 +135,11 @@ def _plan_community(gather: Gather, ids: np.ndarray, vectors: np.ndarray) -> inc
     n_labels = [label_of(n_ids) for n_ids, _ in found]
     centres = gather.centres({int(l) for ls in n_labels for l in ls if l >= 0})
     labels, _ = inc.community_assign(centres, n_labels, [s for _, s in found], vectors, threshold)
-    plan = inc.BatchPlan(labels, inc.similarities_to(centres, labels, vectors))
+    sims = inc.similarities_to(centres, labels, vectors)
+    lost = (labels >= 0) & np.isnan(sims)  # a centre gone from a store made before delete upkeep
+    if lost.any():
+        sims[lost] = inc.similarities_to(gather.centroids(set(labels[lost].tolist())), labels[lost], vectors[lost])
+    plan = inc.BatchPlan(labels, sims)
     fresh = np.flatnonzero(labels < 0)
     pool = {int(ids[p]) for p in fresh}
     for p in fresh:
