@@ -80,6 +80,15 @@ def peak_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+def synthetic_near(syn: np.ndarray, n_base: int, n: int, seed: int = 1) -> tuple[list[str], np.ndarray]:
+    """``n`` texts and vectors near random stored synthetic sentences (growth of stored groups)."""
+    rng = np.random.default_rng(seed)
+    near = rng.integers(0, n_base, n)
+    x = syn[near] + 0.2 * rng.standard_normal((n, DIM)).astype(np.float32) / np.sqrt(DIM)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return [f"synthetic extra {i} near group {j // 50}" for i, j in enumerate(near)], x.astype(np.float32)
+
+
 def planted_leiden_run(store, n_synthetic: int, params: dict):
     """A ``leiden`` run of the store written by the run writer: planted groups for the synthetic
     rows (stored first, in order), Leiden on the real rows."""
@@ -110,6 +119,9 @@ def main() -> None:
     parser.add_argument("--synthetic", type=int, default=1_000_000)
     parser.add_argument("--method", choices=["community", "kmeans", "leiden"], default="community")
     parser.add_argument("--no-lookups", action="store_true", help="skip the lookup latency and the peer")
+    parser.add_argument("--synthetic-only", action="store_true",
+                        help="no real sentences (no mix50k embeddings needed): each batch is 500 sentences of new "
+                             "synthetic groups and 500 near stored ones; implies --no-lookups")
     parser.add_argument("--batches", type=int, default=5)
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--keep", type=Path, default=None,
@@ -120,10 +132,15 @@ def main() -> None:
     from indexer.encoder import DEFAULT_MODEL, Encoder
     from indexer.normalize import normalize_text
 
-    texts, _ = load_mix50k()
-    real, _ = mix50k()
-    n_real_base = len(texts) - args.batches * 500 - args.queries
     syn = synthetic(args.synthetic + args.batches * 500)
+    if args.synthetic_only:
+        args.no_lookups = True
+        texts, real = synthetic_near(syn, args.synthetic, args.batches * 500)
+        args.queries = 0
+    else:
+        texts, _ = load_mix50k()
+        real, _ = mix50k()
+    n_real_base = len(texts) - args.batches * 500 - args.queries
     syn_texts = [f"synthetic sentence {i} in group {i // 50}" for i in range(len(syn))]
     base_texts = syn_texts[: args.synthetic] + texts[:n_real_base]
     table = dict(zip(syn_texts, syn))

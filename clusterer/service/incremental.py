@@ -196,6 +196,9 @@ def merge_neighbours(stored_ids: np.ndarray, stored_sims: np.ndarray, queries: n
         keys = np.concatenate([keys, np.broadcast_to(batch_key(np.arange(len(batch))), (m, len(batch)))], axis=1)
         sims = np.concatenate([sims, inner], axis=1)
     kk = min(k, sims.shape[1])
+    if kk < sims.shape[1]:  # the k best of each row, then only those sorted
+        part = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
+        keys, sims = np.take_along_axis(keys, part, axis=1), np.take_along_axis(sims, part, axis=1)
     top = np.argsort(-sims, axis=1, kind="stable")[:, :kk]
     out_keys = np.take_along_axis(keys, top, axis=1)
     out_sims = np.take_along_axis(sims, top, axis=1)
@@ -231,14 +234,32 @@ def key_labels(keys: np.ndarray, stored_label: Callable[[np.ndarray], np.ndarray
 
 
 def weighted_label(labels: np.ndarray, sims: np.ndarray, min_similarity: float) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`assign_by_weight` with the unassigned weight (:data:`UNASSIGNED` neighbours) as one
-    more contender: a row whose winner it is gets -1 (share 0)."""
-    from clusterer.algorithms.graph import assign_by_weight
-
+    """:func:`clusterer.algorithms.graph.assign_by_weight` over all rows at once (the same rule:
+    neighbours below ``min_similarity`` or at similarity <= 0 do not count, ties go to the lower
+    label, the share is of all the row's positive weight), with the unassigned weight
+    (:data:`UNASSIGNED` neighbours) as one more contender: a row whose winner it is gets -1."""
     labels = np.asarray(labels, dtype=np.int64)
-    won, share = assign_by_weight(np.where(labels == UNASSIGNED, _POOL, labels), sims, min_similarity=min_similarity)
-    lost = won == _POOL
-    return np.where(lost, -1, won), np.where(lost, 0.0, share).astype(np.float32)
+    sims = np.asarray(sims, dtype=np.float32)
+    m = len(labels)
+    out = np.full(m, -1, dtype=np.int64)
+    share = np.zeros(m, dtype=np.float32)
+    labels = np.where(labels == UNASSIGNED, _POOL, labels)
+    ok = (labels >= 0) & (sims >= np.float32(min_similarity)) & (sims > 0)
+    if m == 0 or not ok.any():
+        return out, share
+    rows = np.broadcast_to(np.arange(m)[:, None], labels.shape)[ok]
+    labs, w = labels[ok], sims[ok].astype(np.float64)
+    order = np.lexsort((labs, rows))
+    rows, labs, w = rows[order], labs[order], w[order]
+    starts = np.flatnonzero(np.concatenate([[True], (rows[1:] != rows[:-1]) | (labs[1:] != labs[:-1])]))
+    weight, g_rows, g_labs = np.add.reduceat(w, starts), rows[starts], labs[starts]
+    best = np.lexsort((g_labs, -weight, g_rows))
+    first = best[np.concatenate([[True], g_rows[best][1:] != g_rows[best][:-1]])]
+    positive = np.where(sims > 0, sims, 0).sum(axis=1, dtype=np.float64)
+    won = g_labs[first]
+    out[g_rows[first]] = np.where(won == _POOL, -1, won)
+    share[g_rows[first]] = np.where(won == _POOL, 0.0, weight[first] / positive[g_rows[first]])
+    return out, share
 
 
 def graph_assign(keys: np.ndarray, sims: np.ndarray, stored_label: Callable[[np.ndarray], np.ndarray],

@@ -279,17 +279,25 @@ def keywords_for(session, state: inc.RunState, counts: dict[int, dict[str, int]]
     cache = state.term_totals
     if len(cache) > inc.TERM_CACHE_MAX:
         cache.clear()
-    terms = set().union(*counts.values())
-    while True:
-        totals = {t: cache[t] + pending.get(t, 0) for t in terms if t in cache}
-        wide = inc.keyword_scores(counts, totals, mass, top_n=3 * inc.KEYWORDS)
-        top = {label: {"keywords": kw["keywords"][: inc.KEYWORDS]} for label, kw in wide.items()}
-        if all(t in cache for kw in top.values() for t, _ in kw["keywords"]):
-            return top
-        unknown = sorted({t for kw in wide.values() for t, _ in kw["keywords"] if t not in cache})
-        found = cq.term_totals(session, state.run_id, unknown)
-        for term in unknown:
-            cache[term] = found.get(term, 0) - pending.get(term, 0)
+    result: dict[int, dict[str, Any]] = {}
+    open_labels = set(counts)
+    while open_labels:
+        sub = {label: counts[label] for label in open_labels}
+        totals = {t: cache[t] + pending.get(t, 0) for t in set().union(*sub.values()) if t in cache}
+        wide = inc.keyword_scores(sub, totals, mass, top_n=3 * inc.KEYWORDS)
+        unknown: set[str] = set()
+        for label, kw in wide.items():
+            top = kw["keywords"][: inc.KEYWORDS]
+            if all(t in cache for t, _ in top):
+                result[label] = {"keywords": top}
+                open_labels.discard(label)
+            else:
+                unknown.update(t for t, _ in kw["keywords"] if t not in cache)
+        if unknown:
+            found = cq.term_totals(session, state.run_id, sorted(unknown))
+            for term in unknown:
+                cache[term] = found.get(term, 0) - pending.get(term, 0)
+    return result
 
 
 def _has_hierarchy() -> bool:
