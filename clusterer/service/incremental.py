@@ -337,6 +337,7 @@ def plan_graph_births(pool_ids: np.ndarray, pool_vectors: np.ndarray, pool_keys:
     """
     from clusterer.algorithms.graph import graph_clustering
 
+    pool_ids = np.asarray(pool_ids, dtype=np.int64)
     n = len(pool_ids)
     if n < max(min_size, 2):
         return []
@@ -345,12 +346,12 @@ def plan_graph_births(pool_ids: np.ndarray, pool_vectors: np.ndarray, pool_keys:
     if not (proposed >= 0).any():
         return []
     offset = next_label + 1_000_000_000
-    position = {int(i): p for p, i in enumerate(pool_ids)}
     labels = key_label(pool_keys)
-    for (r, c), key in np.ndenumerate(pool_keys):
-        p = position.get(int(key)) if key >= 0 else None
-        if p is not None:
-            labels[r, c] = offset + proposed[p] if proposed[p] >= 0 else UNASSIGNED
+    order = np.argsort(pool_ids)
+    where = np.minimum(np.searchsorted(pool_ids[order], pool_keys), n - 1)
+    in_pool = (pool_keys >= 0) & (pool_ids[order][where] == pool_keys)
+    group = proposed[order][where]
+    labels = np.where(in_pool, np.where(group >= 0, offset + group, UNASSIGNED), labels)
     won, _ = weighted_label(labels, pool_sims, min_similarity)
     keep = (proposed >= 0) & (won == offset + proposed)
     births = []
