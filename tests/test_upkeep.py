@@ -369,10 +369,10 @@ def test_cli_lookup_on_a_leiden_run_reports_the_weight_share(tmp_path, leiden):
 
 # On real embeddings (BANKING77 sample: a run on the first half, the second half in 5 batches),
 # the graph rule's streaming partition against one full leiden run over everything; the floor
-# sits below the measured figure (README). Streaming keeps the granularity of the run it
+# sits below the measured figure (0.60: 25 clusters streamed, 34 in the full run). Streaming keeps the granularity of the run it
 # started from: after a run on the first 10 % only (17 clusters where the full run finds 34)
 # it measured 0.25, which is what `recluster` is for.
-BANKING_STREAM_ARI_FLOOR = 0.3
+BANKING_STREAM_ARI_FLOOR = 0.5
 
 
 @pytest.mark.real_model
