@@ -73,7 +73,6 @@ def serve() -> None:
     import alembic.runtime.migration  # noqa: F401
     import alembic.script  # noqa: F401
     import faiss  # noqa: F401
-    import sklearn.feature_extraction.text  # noqa: F401  (keywords of the first assigned batch)
 
     print("serving", flush=True)
     for command in sys.stdin:
