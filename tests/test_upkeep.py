@@ -233,7 +233,8 @@ def test_deleting_a_centre_then_ingest_and_lookup(store, leiden, method, params)
     assert after.centre_id == members[int(np.argmax(vecs @ centroid))].id or method == "community"
     if method == "community":
         assert members[0].id == after.centre_id and members[0].similarity == pytest.approx(1.0, abs=1e-5)
-    assert [e.detail for e in store.history(ids["card"]) if e.kind == "shrink"][0]["new_centre"] == after.centre_id
+    shrink = next(e for e in store.history(ids["card"]) if e.kind == "shrink")
+    assert shrink.detail["new_centre"] == after.centre_id
     assert store.lookup("credit card payment declined card99")["cluster_id"] == ids["card"]
     report = store.ingest(topic_texts(per_topic=2, start=50, topics={"card": TOPICS["card"]}))
     assert report.clustering["assigned"] == 2
