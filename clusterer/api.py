@@ -7,13 +7,14 @@ default), ``store.clusters(level=...)``, ``store.cluster_info(id)`` and ``store.
 
 from __future__ import annotations
 
-import threading
 from typing import Any, Iterator
 
 import numpy as np
 
 from clusterer.service import duplicates as dup_service
 from clusterer.service import incremental, methods
+from clusterer.service import upkeep as upkeep_service
+from clusterer.service.upkeep import Upkeep
 from clusterer.service import runs as run_service
 from clusterer.errors import ClustererError, InvalidParameterError
 from clusterer.service.runs import NoRunError
@@ -39,31 +40,6 @@ LOOKUP_SCAN = 64
 64th is still above it (then a range search runs too)."""
 
 
-class _Upkeep:
-    """The store listener that keeps the latest run current as sentences arrive."""
-
-    def __init__(self, store: "Store"):
-        self.store = store
-
-    def on_insert(self, session, ids, vectors, texts, max_seq):
-        store = self.store
-        state = store._run_state(session)
-        if state is None:
-            return None
-        ids, vectors, texts = incremental.restrict_to_run(session, state, np.asarray(ids, dtype=np.int64), vectors, texts)
-        if len(ids) == 0:
-            return None
-        outcome, centres, centroids = incremental.update_batch(
-            session, state, store.index, ids, vectors, texts, max_seq, store.dimension, store.embedding_dtype)
-        return lambda: outcome.apply(state, ids, centres, centroids)
-
-    def on_delete(self, session, ids):
-        return None
-
-    def on_writer(self, session):
-        cq.interrupt_running_runs(session)
-
-
 class Store(SentenceStore):
     """A sentence store that also runs and maintains clusterings.
 
@@ -71,24 +47,13 @@ class Store(SentenceStore):
     :mod:`clusterer.service.incremental`), in the same transaction that stores them.
     """
 
-    _state: incremental.RunState | None = None
-
     def __init__(self, *args: Any, **kwargs: Any):
-        kwargs.setdefault("listener", _Upkeep(self))
-        self._state_lock = threading.Lock()
+        self.upkeep = Upkeep(self)
+        kwargs.setdefault("listener", self.upkeep)
         super().__init__(*args, **kwargs)
 
     def _run_state(self, session) -> incremental.RunState | None:
-        latest = cq.latest_run(session)
-        with self._state_lock:  # server readers share one state; load it once
-            return self._current_state(session, latest)
-
-    def _current_state(self, session, latest) -> incremental.RunState | None:
-        if latest is None:
-            self._state = None
-        elif self._state is None or not self._state.is_current(latest):
-            self._state = incremental.load_state(session, self.dimension, self.embedding_dtype)
-        return self._state
+        return self.upkeep.state_for(session)
 
     def cluster(self, method: str | None = None, *, device: str | None = None, force: bool = False,
                 progress=None, show_progress: bool = False, warm_start: bool = False, where: Any = None,
@@ -234,37 +199,28 @@ class Store(SentenceStore):
             if state is None:
                 raise NoRunError("no clustering run yet: run `clusterer cluster` first")
             vec = np.asarray(vector, dtype=np.float32)[None, :]
-            label, sim, votes = -1, None, 0
-            near = self.index.search(vec, LOOKUP_SCAN)
-            if state.method == "community":
-                threshold = float(state.params.get("threshold", 0.75))
-                if near.similarities[0][-1] < np.float32(threshold) or self.index.ntotal <= LOOKUP_SCAN:
-                    within = (near.ids[0] >= 0) & (near.similarities[0] >= np.float32(threshold))
-                    n_ids, n_sims = near.ids[0][within], near.similarities[0][within]
-                else:  # more neighbours above the threshold than one kNN scan returned
-                    (n_ids, n_sims), = incremental.neighbours(self.index, vec, threshold)
-                label, _, votes = incremental.community_vote(state, state.labels_of(n_ids), n_sims, vec[0], threshold)
-            else:
-                labels, sims = incremental.assign_to_centroids(state, vec)
-                label = int(labels[0])
-            if label >= 0:
-                out = np.full(1, np.nan, np.float32)
-                incremental.centre_sims(state, np.array([label]), vec, out)
-                sim = None if np.isnan(out[0]) else round(float(out[0]), 6)
-            near_ids = [int(i) for i in near.ids[0][:LOOKUP_NEIGHBOURS] if i >= 0]
-            near_labels = state.labels_of(np.asarray(near_ids, dtype=np.int64))
+            decision = upkeep_service.decide_one(session, state, self.index, vec, self.dimension, self.embedding_dtype,
+                                                 LOOKUP_SCAN)
+            label, near = decision["label"], decision["near"]
+            near_ids = [int(i) for i in near[0][:LOOKUP_NEIGHBOURS] if i >= 0]
+            near_known = cq.labels_for(session, state.run_id, near_ids)
             texts = sq.texts_for(session, near_ids)
             nearest = [{"id": i, "text": texts.get(i, ""), "similarity": round(float(s), 6),
-                        "cluster": int(l) if l >= 0 else None}
-                       for i, s, l in zip(near_ids, near.similarities[0], near_labels)]
+                        "cluster": near_known.get(i)}
+                       for i, s in zip(near_ids, near[1])]
             cluster = None
             if label >= 0:
                 row = cq.get_cluster(session, state.run_id, label)
                 rows = cq.members(session, state.run_id, label, limit=members)
                 cluster = self._info(session, row, self._members(rows)).to_dict() if row else None
-        return {"run_id": state.run_id, "method": state.method, "where": state.params.get("where"), "cluster": cluster,
-                "cluster_id": label if label >= 0 else None, "similarity": sim, "votes": votes,
-                "nearest": nearest}
+        sim = decision["similarity"]
+        out = {"run_id": state.run_id, "method": state.method, "where": state.params.get("where"), "cluster": cluster,
+               "cluster_id": label if label >= 0 else None,
+               "similarity": None if sim is None or not np.isfinite(sim) else round(float(sim), 6),
+               "votes": decision["votes"], "nearest": nearest}
+        if "share" in decision:
+            out["share"] = round(float(decision["share"]), 6)
+        return out
 
     def cluster_of(self, sentence_id: int) -> dict[str, Any]:
         """The cluster of a stored sentence under the latest run, and under every earlier run."""

@@ -329,8 +329,94 @@ def assignments_for(session: Session, run_id: int, sentence_ids: Sequence[int]) 
     """(label, similarity) under ``run_id`` of each of ``sentence_ids`` the run has assigned (or left out)."""
     ids = list(sentence_ids)
     out: dict[int, tuple[int | None, float | None]] = {}
-    for start in range(0, len(ids), 500):
+    for chunk in chunks(ids):
         rows = session.execute(select(Assignment.sentence_id, Assignment.label, Assignment.similarity)
-                               .where(Assignment.run_id == run_id, Assignment.sentence_id.in_(ids[start : start + 500])))
+                               .where(Assignment.run_id == run_id, Assignment.sentence_id.in_(chunk)))
         out.update({sid: (label, sim) for sid, label, sim in rows})
     return out
+
+
+def labels_for(session: Session, run_id: int, sentence_ids: Sequence[int]) -> dict[int, int | None]:
+    """The label (None: unassigned) of each of ``sentence_ids`` that the run holds; ids the run
+    has no assignment for are absent."""
+    ids = sorted({int(i) for i in sentence_ids})
+    out: dict[int, int | None] = {}
+    for chunk in chunks(ids):
+        out.update(session.execute(
+            select(Assignment.sentence_id, Assignment.label)
+            .where(Assignment.run_id == run_id, Assignment.sentence_id.in_(chunk))
+        ).all())
+    return out
+
+
+def clusters_by_label(session: Session, run_id: int, labels: Iterable[int]) -> dict[int, Cluster]:
+    """The cluster rows of ``labels`` in a run (labels without a row are absent)."""
+    labels = sorted({int(l) for l in labels})
+    out: dict[int, Cluster] = {}
+    for chunk in chunks(labels):
+        for row in session.scalars(select(Cluster).where(Cluster.run_id == run_id, Cluster.label.in_(chunk))):
+            out[row.label] = row
+    return out
+
+
+def member_ids(session: Session, run_id: int, label: int) -> list[int]:
+    """Ids of every sentence assigned to ``label`` in a run, ascending."""
+    return list(session.scalars(
+        select(Assignment.sentence_id).where(Assignment.run_id == run_id, Assignment.label == label)
+        .order_by(Assignment.sentence_id)))
+
+
+def subtract_terms(session: Session, run_id: int, removed: Mapping[int, Mapping[str, int]],
+                   current: Mapping[int, Mapping[str, int]]) -> None:
+    """Take ``removed[label]`` off the stored term counts (``current`` being what is stored now);
+    a count that reaches zero loses its row."""
+    changed, gone = [], []
+    for label, counts in removed.items():
+        have = current.get(label, {})
+        for term, c in counts.items():
+            if term not in have:
+                continue
+            left = have[term] - int(c)
+            if left > 0:
+                changed.append({"r": run_id, "l": int(label), "t": term, "c": left})
+            else:
+                gone.append({"r": run_id, "l": int(label), "t": term})
+    table = ClusterTerm.__table__
+    where = (table.c.run_id == bindparam("r"), table.c.label == bindparam("l"), table.c.term == bindparam("t"))
+    if changed:
+        session.connection().execute(update(table).where(*where).values(count=bindparam("c")), changed)
+    if gone:
+        session.connection().execute(delete(table).where(*where), gone)
+
+
+def delete_clusters(session: Session, run_id: int, labels: Sequence[int]) -> None:
+    """Remove clusters of a run with their term counts (their events stay)."""
+    labels = [int(l) for l in labels]
+    if labels:
+        session.execute(delete(ClusterTerm).where(ClusterTerm.run_id == run_id, ClusterTerm.label.in_(labels)))
+        session.execute(delete(Cluster).where(Cluster.run_id == run_id, Cluster.label.in_(labels)))
+
+
+def parent_labels(session: Session, run_id: int, labels: Iterable[int]) -> dict[int, int]:
+    """The coarse parent of each fine cluster of ``labels`` that has one (runs without a
+    hierarchy, or a schema without the column, give {})."""
+    column = getattr(Cluster, "parent_label", None)
+    labels = sorted({int(l) for l in labels})
+    if column is None or not labels:
+        return {}
+    out: dict[int, int] = {}
+    for chunk in chunks(labels):
+        out.update((l, p) for l, p in session.execute(
+            select(Cluster.label, column).where(Cluster.run_id == run_id, Cluster.label.in_(chunk)))
+            if p is not None)
+    return out
+
+
+def set_similarities(session: Session, run_id: int, sentence_ids: Sequence[int], similarities: Sequence[float | None]) -> None:
+    """Set the stored similarity of assignments of a run (one executemany)."""
+    table = Assignment.__table__
+    rows = [{"r": run_id, "s": int(i), "v": None if v is None else float(v)} for i, v in zip(sentence_ids, similarities)]
+    if rows:
+        session.connection().execute(
+            update(table).where(table.c.run_id == bindparam("r"), table.c.sentence_id == bindparam("s"))
+            .values(similarity=bindparam("v")), rows)

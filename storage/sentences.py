@@ -309,3 +309,12 @@ def ids_by_hash(session: Session, hashes: Iterable[str]) -> dict[str, int]:
     for chunk in chunks(hashes):
         found.update(session.execute(select(Sentence.text_hash, Sentence.id).where(Sentence.text_hash.in_(chunk))).all())
     return found
+
+
+def embeddings_found(session: Session, ids: Sequence[int], dimension: int, dtype: str = "float32") -> dict[int, np.ndarray]:
+    """Embeddings of those of ``ids`` that are stored (``{id: vector}``; missing ids are absent)."""
+    found: dict[int, bytes] = {}
+    for chunk in chunks(sorted({int(i) for i in ids})):
+        found.update(session.execute(select(Sentence.id, Sentence.embedding).where(Sentence.id.in_(chunk))).all())
+    keys = list(found)
+    return dict(zip(keys, decode_embeddings([found[i] for i in keys], dimension, dtype)))

@@ -46,29 +46,23 @@ def test_vote_ignores_unassigned_and_empty():
 def test_community_vote_needs_the_centre_within_the_threshold():
     centre_a = np.array([1.0, 0.0], np.float32)
     centre_b = np.array([0.0, 1.0], np.float32)
-    state = RunState(1, "community", {}, np.array([10, 11, 12]), np.array([0, 0, 1]),
-                     centres={0: centre_a, 1: centre_b})
+    centres = {0: centre_a, 1: centre_b}
     near_b = np.array([0.2, 0.98], np.float32)
     near_b /= np.linalg.norm(near_b)
     # two neighbours vote for cluster 0, but its centre is too far: the sentence joins 1
-    label, _, votes = incremental.community_vote(state, np.array([0, 0, 1]), np.array([0.9, 0.9, 0.8]), near_b, 0.75)
+    label, _, votes = incremental.community_vote(centres, np.array([0, 0, 1]), np.array([0.9, 0.9, 0.8]), near_b, 0.75)
     assert (label, votes) == (1, 1)
     # no eligible cluster at all
     far = np.array([-1.0, 0.0], np.float32)
-    assert incremental.community_vote(state, np.array([0, 1]), np.array([0.9, 0.9]), far, 0.75)[0] == -1
+    assert incremental.community_vote(centres, np.array([0, 1]), np.array([0.9, 0.9]), far, 0.75)[0] == -1
 
 
-def test_labels_of():
-    state = RunState(1, "community", {}, np.array([2, 5, 9, 14]), np.array([0, -1, 3, 0]))
-    assert state.labels_of(np.array([9, 2, 14, 5, 3, 100, 0])).tolist() == [3, 0, 0, -1, -1, -1, -1]
-    assert state.labels_of(np.array([], np.int64)).tolist() == []
-    empty = RunState(1, "community", {}, np.zeros(0, np.int64), np.zeros(0, np.int64))
-    assert empty.labels_of(np.array([1, 2])).tolist() == [-1, -1]
-    state.add(np.array([7, 1]), np.array([3, -1]))
-    assert state.ids.tolist() == [1, 2, 5, 7, 9, 14]
-    assert state.labels_of(np.array([7, 1, 9])).tolist() == [3, -1, 3]
-    state.relabel(np.array([5]), np.array([8]))
-    assert state.labels_of(np.array([5])).tolist() == [8]
+def test_run_state_reads_parameters_then_stats():
+    state = RunState(1, "leiden", {"k": 7, "stats": {"min_similarity": 0.3, "k": 99}})
+    assert state.param("k", 10) == 7 and state.param("min_similarity", 0.0) == 0.3
+    assert state.param("resolution", 1.0) == 1.0
+    assert state.rule == "graph" and RunState(1, "community", {}).rule == "community"
+    assert RunState(1, "kmeans", {}).rule == "centroid"
 
 
 # -- streaming the shared corpus (real embeddings) ------------------------------------

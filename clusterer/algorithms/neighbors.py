@@ -11,8 +11,8 @@ A :class:`NeighborGraph` keeps the neighbourhoods of the candidates only, in CSR
 sorted by decreasing similarity with ties broken by lower position. Two backends build it:
 
 * :func:`faiss_neighbor_graph` -- one range search per batch of queries collects every
-  neighbourhood, and rows with fewer than ``m`` neighbours are dropped (there is no separate
-  kNN pass to find the candidates). With the default exact
+  neighbourhood; rows with fewer than ``m`` neighbours (the candidate test) are dropped at once,
+  so only the candidates' lists are kept. With the default exact
   ``IndexFlatIP`` the result equals a dense ``E @ E.T >= t`` in torch float32: faiss' inner
   products differ from torch's matmul by a few ulps, so the search runs with a margin
   ``eps`` below ``t`` and every pair whose faiss similarity lies within ``eps`` of ``t`` is

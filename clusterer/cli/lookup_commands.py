@@ -28,8 +28,12 @@ def lookup(text, members, as_json, **kwargs):
         if c is None:
             click.echo("no cluster: the sentence fits none of the current clusters")
         else:
-            click.echo(f"cluster {c['id']} ({c['size']} sentences), similarity to centre {_sim(d['similarity'])}"
-                       + (f", {d['votes']} members above the threshold" if d["votes"] else ""))
+            if "share" in d:
+                click.echo(f"cluster {c['id']} ({c['size']} sentences), similarity to its centroid {_sim(d['similarity'])}, "
+                           f"{d['share']:.0%} of the nearest neighbours' weight")
+            else:
+                click.echo(f"cluster {c['id']} ({c['size']} sentences), similarity to centre {_sim(d['similarity'])}"
+                           + (f", {d['votes']} members above the threshold" if d["votes"] else ""))
             click.echo(f"keywords: {', '.join(c['keywords'])}")
             for m in c["members"]:
                 click.echo(f"  {_sim(m['similarity'])}  [{m['id']}] {m['text']}")

@@ -1,122 +1,86 @@
-"""Keeping the latest run current as sentences arrive.
+"""Keeping the latest run current as sentences arrive: the rules, as pure plans.
 
-Rules (the same the full run used):
+Everything here takes arrays and ids and returns decisions; :mod:`clusterer.service.upkeep`
+gathers the inputs (index searches, labels from SQL) and writes the plans.  The rule depends
+on the run's method (:func:`upkeep_rule`):
 
-- community runs: a new sentence joins the cluster with which it has the most
-  members at similarity >= threshold, ties going to the cluster holding the
-  most similar member, among the clusters whose centre is itself within the
-  threshold (a community of the full run is the ball around its centre; see
-  :func:`community_vote`); the similarity recorded is the one to the cluster's
-  centre sentence, as for members found by the full run.  A sentence with no
-  such member stays unassigned.  Then new communities are looked for among the
-  unassigned sentences of the batch and their unassigned neighbours (the same
-  threshold and minimum size), never touching settled clusters.
-- k-means and agglomerative runs: nearest centroid, and the centroid moves to
-  the running mean of its members.
-
-The vote itself (:func:`vote`) is a pure function over neighbour arrays.
+- ``graph`` (leiden runs): a new sentence joins the cluster holding most of its kNN weight
+  (:func:`graph_assign`, the run's ``k``; neighbours below the run's ``min_similarity`` do not
+  count), or stays unassigned.  Its neighbours are the stored sentences and the batch's other
+  sentences; a batch neighbour counts with the label the stored neighbours alone give it, so the
+  result does not depend on the batch's order.  New clusters are born from the unassigned pool
+  (:func:`plan_graph_births`).
+- ``community``: a new sentence joins the cluster with which it has the most members at
+  similarity >= threshold, among the clusters whose centre is itself within the threshold
+  (:func:`community_vote`); new communities are looked for among the unassigned sentences of
+  the batch and their unassigned neighbours (:func:`plan_community_births`).
+- ``centroid`` (k-means, agglomerative): nearest centroid; the centroid moves to the running mean.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from clusterer.algorithms import topics
-from storage import clusters as cq
-from storage import filters
-from storage import sentences as sq
+
+def upkeep_rule(method: str) -> str:
+    """Which incremental rule keeps a run of ``method`` current: 'community', 'graph' or
+    'centroid', as the method table (:mod:`clusterer.service.methods`) says."""
+    from clusterer.service import methods
+
+    return methods.upkeep_rule(method)
 
 
 @dataclass
 class RunState:
-    """What assigning needs from the latest run, held in memory between batches."""
+    """What upkeep keeps in memory about the latest run between batches: caches only.
+
+    Labels and sizes are always read from the database (the labels of the neighbours a batch
+    touches, the rows of the clusters it touches), so opening a store costs one row read
+    whatever its size; centres, centroids and term totals are filled as batches need them.
+    """
 
     run_id: int
     method: str
     params: dict[str, Any]
-    ids: np.ndarray
-    labels: np.ndarray
+    n_sentences: int = 0  # the run's n_sentences this state reflects; another writer changes it
     centres: dict[int, np.ndarray] = field(default_factory=dict)
     centroids: dict[int, np.ndarray] = field(default_factory=dict)
-    sizes: dict[int, int] = field(default_factory=dict)
+    centroids_complete: bool = False
     term_mass: tuple[int, int] | None = None
-    term_totals: dict[str, int] = field(default_factory=dict)  # committed totals per term
-    totals_complete: bool | None = None  # every term of the run is in term_totals (None: not loaded)
-    n_sentences: int = 0  # the run's n_sentences this state reflects; another writer changes it
+    term_totals: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def rule(self) -> str:
+        return upkeep_rule(self.method)
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        return dict(self.params.get("stats") or {})
+
+    def param(self, name: str, default: Any) -> Any:
+        """A run parameter, then a statistic the run recorded, then ``default``."""
+        value = self.params.get(name)
+        if value is None:
+            value = self.stats.get(name)
+        return default if value is None else value
 
     def is_current(self, run) -> bool:
         """Whether this state still describes ``run`` (no other process or Store object has
-        assigned batches to it since)."""
+        changed it since)."""
         return run is not None and run.id == self.run_id and run.n_sentences == self.n_sentences
 
-    def labels_of(self, ids: np.ndarray) -> np.ndarray:
-        """Label of each id (-1 when unassigned or unknown to the run)."""
-        ids = np.asarray(ids, dtype=np.int64)
-        if len(self.ids) == 0 or len(ids) == 0:
-            return np.full(len(ids), -1, dtype=np.int64)
-        pos = np.searchsorted(self.ids, ids)
-        pos = np.minimum(pos, len(self.ids) - 1)
-        found = self.ids[pos] == ids
-        return np.where(found, self.labels[pos], -1)
-
-    def covers(self, ids: np.ndarray) -> np.ndarray:
-        """Whether each id has an assignment row in the run (a ``where`` run leaves others out)."""
-        ids = np.asarray(ids, dtype=np.int64)
-        if len(self.ids) == 0 or len(ids) == 0:
-            return np.zeros(len(ids), dtype=bool)
-        pos = np.minimum(np.searchsorted(self.ids, ids), len(self.ids) - 1)
-        return self.ids[pos] == ids
-
-    def add(self, ids: np.ndarray, labels: np.ndarray) -> None:
-        ids = np.asarray(ids, dtype=np.int64)
-        labels = np.asarray(labels, dtype=np.int64)
-        merged_ids = np.concatenate([self.ids, ids])
-        merged_labels = np.concatenate([self.labels, labels])
-        order = np.argsort(merged_ids, kind="stable")
-        self.ids, self.labels = merged_ids[order], merged_labels[order]
-
-    def relabel(self, ids: np.ndarray, labels: np.ndarray) -> None:
-        pos = np.searchsorted(self.ids, np.asarray(ids, dtype=np.int64))
-        self.labels[pos] = labels
+    def forget(self, labels) -> None:
+        for label in labels:
+            self.centres.pop(int(label), None)
+            self.centroids.pop(int(label), None)
 
 
-def load_state(session, dimension: int, dtype: str = "float32") -> RunState | None:
-    """The latest finished run as a RunState, or None when there is none."""
-    run = cq.latest_run(session)
-    if run is None:
-        return None
-    ids, labels, _ = cq.assignments_of_run(session, run.id)
-    ids_arr = np.asarray(ids, dtype=np.int64)
-    labels_arr = np.asarray([-1 if l is None else l for l in labels], dtype=np.int64)
-    order = np.argsort(ids_arr, kind="stable")
-    state = RunState(run.id, run.method, dict(run.params or {}), ids_arr[order], labels_arr[order],
-                     n_sentences=run.n_sentences)
-    rows = cq.clusters_of_run(session, run.id)
-    centre_ids = [c.centre_id for c in rows if c.centre_id is not None]
-    centre_vecs = sq.embeddings_for(session, centre_ids, dimension, dtype) if centre_ids else np.zeros((0, dimension))
-    by_id = dict(zip(centre_ids, centre_vecs))
-    for c in rows:
-        state.sizes[c.label] = c.size
-        if c.centre_id in by_id:
-            state.centres[c.label] = by_id[c.centre_id]
-        if c.centroid:
-            state.centroids[c.label] = np.frombuffer(c.centroid, dtype=np.float32).copy()
-    return state
-
-
-def restrict_to_run(session, state: RunState, ids: np.ndarray, vectors: np.ndarray, texts: list[str]):
-    """The part of a batch the run covers (dups): a run made over a ``where`` subset takes only
-    the new sentences that match its filter; the others get no assignment row in it."""
-    where = state.params.get("where")
-    if not where or len(ids) == 0:
-        return ids, vectors, texts
-    keep = np.isin(ids, np.asarray(filters.matching_ids(session, ids.tolist(), where), dtype=np.int64))
-    return ids[keep], vectors[keep], [t for t, k in zip(texts, keep) if k]
-
+# -- community rule ------------------------------------------------------------------------
 
 def vote(neighbor_labels: np.ndarray, neighbor_sims: np.ndarray) -> tuple[int, float, int]:
     """(label, best similarity, votes): the label held by most neighbours, ties to the
@@ -135,8 +99,8 @@ def vote(neighbor_labels: np.ndarray, neighbor_sims: np.ndarray) -> tuple[int, f
     return int(uniq[k]), float(best[k]), int(counts[k])
 
 
-def community_vote(state: RunState, neighbor_labels: np.ndarray, neighbor_sims: np.ndarray, vector: np.ndarray,
-                   threshold: float) -> tuple[int, float, int]:
+def community_vote(centres: Mapping[int, np.ndarray], neighbor_labels: np.ndarray, neighbor_sims: np.ndarray,
+                   vector: np.ndarray, threshold: float) -> tuple[int, float, int]:
     """:func:`vote` among the clusters the sentence could belong to under the full run's rule.
 
     A community of the full run is the ball ``sim(member, centre) >= threshold``
@@ -145,256 +109,351 @@ def community_vote(state: RunState, neighbor_labels: np.ndarray, neighbor_sims: 
     grows by chaining (a member's neighbour's neighbour ...) far past the radius
     the full run gives it; on the BANKING77 sample streamed in 10 batches this
     raised the agreement with a full run (ARI) from 0.41 to 0.52 at 0.7/8 and from
-    0.50 to 0.64 at 0.75/5.  Clusters without a stored centre keep the plain vote.
+    0.50 to 0.64 at 0.75/5.  Clusters without a known centre keep the plain vote.
     """
     labels = np.asarray(neighbor_labels).copy()
     vec = np.asarray(vector, dtype=np.float32)
     for label in {int(l) for l in labels if l >= 0}:
-        ref = state.centres.get(label)
+        ref = centres.get(label)
         if ref is not None and float(vec @ ref) < np.float32(threshold):
             labels[labels == label] = -1
     return vote(labels, neighbor_sims)
 
 
-def neighbours(index, vectors: np.ndarray, threshold: float) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per query: (ids, similarities) of indexed vectors at similarity >= threshold."""
-    if len(vectors) == 0 or index.ntotal == 0:
-        return [(np.zeros(0, np.int64), np.zeros(0, np.float32)) for _ in range(len(vectors))]
-    lims, sims, ids = index.range_search(vectors, threshold)
-    return [(ids[lims[i]:lims[i + 1]], sims[lims[i]:lims[i + 1]]) for i in range(len(vectors))]
+def community_assign(centres: Mapping[int, np.ndarray], neighbour_labels: list[np.ndarray],
+                     neighbour_sims: list[np.ndarray], vectors: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Labels (-1: none) and votes of a batch of a community run.
 
-
-def assign_by_neighbours(state: RunState, ids: np.ndarray, vectors: np.ndarray, index, threshold: float):
-    """Labels and centre similarities for a batch of a community run.
-
-    Neighbours are the indexed sentences only: the batch is not in the index yet,
-    so its sentences do not vote for each other, and each one is labelled on its
-    own (the result does not depend on the batch's order).
+    Only stored sentences vote (``neighbour_labels`` are the labels of each sentence's stored
+    neighbours at similarity >= threshold); the batch's own sentences do not, so the result
+    does not depend on the batch's order. Sentences left out may still found a new community
+    together (:func:`plan_community_births`).
     """
-    found = neighbours(index, vectors, threshold)
-    labels = np.full(len(ids), -1, dtype=np.int64)
-    sims = np.full(len(ids), np.nan, dtype=np.float32)
-    for i, (n_ids, n_sims) in enumerate(found):
-        label, _, votes = community_vote(state, state.labels_of(n_ids), n_sims, vectors[i], threshold)
-        if votes:
-            labels[i] = label
-    centre_sims(state, labels, vectors, sims)
-    unassigned_neighbours = {
-        int(i): set(int(x) for x, l, c in zip(n_ids, state.labels_of(n_ids), state.covers(n_ids)) if l < 0 and c)
-        for i, (n_ids, _) in zip(ids, found)
-    }
-    return labels, sims, unassigned_neighbours
+    labels = np.full(len(vectors), -1, dtype=np.int64)
+    votes = np.zeros(len(vectors), dtype=np.int64)
+    for i, (n_labels, n_sims) in enumerate(zip(neighbour_labels, neighbour_sims)):
+        label, _, v = community_vote(centres, n_labels, n_sims, vectors[i], threshold)
+        labels[i], votes[i] = label, v
+    return labels, votes
 
 
-def centre_sims(state: RunState, labels: np.ndarray, vectors: np.ndarray, out: np.ndarray) -> None:
-    """Similarity to the centre sentence (community runs) or to the centroid (k-means and
-    agglomerative runs), as the full run stores it."""
-    first, second = (state.centres, state.centroids) if state.method == "community" else (state.centroids, state.centres)
-    for i, label in enumerate(labels):
-        ref = first.get(int(label))
-        if ref is None:
-            ref = second.get(int(label))
-        if label >= 0 and ref is not None:
-            out[i] = float(vectors[i] @ ref)
+# -- centroid rule -------------------------------------------------------------------------
 
-
-def assign_to_centroids(state: RunState, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    if not state.centroids or len(vectors) == 0:
+def assign_to_centroids(centroids: Mapping[int, np.ndarray], vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centroid of each vector: (labels, similarities); -1 when there is no centroid."""
+    if not centroids or len(vectors) == 0:
         return np.full(len(vectors), -1, np.int64), np.full(len(vectors), np.nan, np.float32)
-    labels = np.array(sorted(state.centroids), dtype=np.int64)
-    matrix = np.vstack([state.centroids[l] for l in labels]).astype(np.float32)
+    labels = np.array(sorted(centroids), dtype=np.int64)
+    matrix = np.vstack([centroids[l] for l in labels]).astype(np.float32)
     sims = vectors @ matrix.T
     best = sims.argmax(axis=1)
     return labels[best], sims[np.arange(len(vectors)), best].astype(np.float32)
 
 
-TERM_CACHE_MAX = 2_000_000
+def similarities_to(refs: Mapping[int, np.ndarray], labels: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    """Each assigned vector's similarity to its cluster's reference vector (nan when none)."""
+    out = np.full(len(labels), np.nan, dtype=np.float32)
+    for i, label in enumerate(labels):
+        ref = refs.get(int(label)) if label >= 0 else None
+        if ref is not None:
+            out[i] = float(np.asarray(vectors[i], np.float32) @ ref)
+    return out
 
 
-def keyword_values(session, state: RunState, counts: dict[int, dict[str, int]], added: dict[str, int],
-                   pending_mass: tuple[int, int] = (0, 0), top_n: int = 10) -> dict[int, dict[str, Any]]:
-    """New keywords of the clusters in ``counts`` (their term counts after this batch).
+# -- graph rule ----------------------------------------------------------------------------
 
-    c-TF-IDF needs each term's total over the run and the run's term mass: both are read
-    from the database once (all totals in one aggregate, unless the run has more than
-    ``TERM_CACHE_MAX`` terms; then lazily, per term first met) and then kept in ``state`` as
-    committed values (``added`` and ``pending_mass`` are this uncommitted batch's share, already
-    visible to ``session``), so a steady stream of batches reads no totals at all.
+BATCH_KEY = -2
+"""Neighbour keys: a stored sentence is its id (>= 0), -1 is padding, and the batch's own
+sentence at position p is ``BATCH_KEY - p``."""
+
+
+def batch_key(positions: np.ndarray) -> np.ndarray:
+    return BATCH_KEY - np.asarray(positions, dtype=np.int64)
+
+
+def merge_neighbours(stored_ids: np.ndarray, stored_sims: np.ndarray, queries: np.ndarray, batch: np.ndarray, k: int,
+                     self_ids: np.ndarray | None = None, self_in_batch: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest neighbours of each query among stored sentences and the batch.
+
+    ``stored_ids``/``stored_sims`` (m, any) come from the index (-1 padding); ``batch`` holds the
+    batch's vectors (rows L2-normalised, not in the index yet), compared with the queries by one
+    matrix product. ``self_ids`` (one per query) drops a stored sentence from its own list and
+    ``self_in_batch`` says the queries are the batch itself (a row is not its own neighbour).
+    Returns (keys, similarities), (m, k), most similar first; see :data:`BATCH_KEY`.
     """
-    if not counts:
-        return {}
-    if state.term_mass is None:
-        mass, classes = cq.term_mass(session, state.run_id)
-        state.term_mass = (mass - pending_mass[0], classes - pending_mass[1])
-    terms = set().union(*counts.values())
-    if state.totals_complete is None:
-        loaded = cq.all_term_totals(session, state.run_id, TERM_CACHE_MAX)
-        state.totals_complete = loaded is not None
-        if loaded is not None:
-            state.term_totals = {t: c - added.get(t, 0) for t, c in loaded.items()}
-    if not state.totals_complete:
-        if len(state.term_totals) > TERM_CACHE_MAX:
-            state.term_totals.clear()
-        missing = [t for t in terms if t not in state.term_totals]
-        if missing:
-            for term, total in cq.term_totals(session, state.run_id, missing).items():
-                state.term_totals[term] = total - added.get(term, 0)
-    totals = {t: state.term_totals.get(t, 0) + added.get(t, 0) for t in terms}
-    mass, classes = state.term_mass[0] + pending_mass[0], state.term_mass[1] + pending_mass[1]
-    scored = topics.ctfidf_keywords(counts, top_n=top_n, term_totals=totals, average=mass / classes if classes else None)
-    return {label: {"keywords": [[t, round(s, 6)] for t, s in scored.get(label, [])]} for label in counts}
+    m = len(queries)
+    stored_ids = np.asarray(stored_ids, dtype=np.int64).reshape(m, -1)
+    stored_sims = np.asarray(stored_sims, dtype=np.float32).reshape(m, -1)
+    sims = np.where(stored_ids >= 0, stored_sims, -np.inf).astype(np.float32)
+    if self_ids is not None:
+        sims = np.where(stored_ids == np.asarray(self_ids, np.int64)[:, None], -np.inf, sims)
+    keys = stored_ids
+    if len(batch):
+        inner = np.asarray(queries, np.float32) @ np.asarray(batch, np.float32).T
+        if self_in_batch:
+            np.fill_diagonal(inner, -np.inf)
+        keys = np.concatenate([keys, np.broadcast_to(batch_key(np.arange(len(batch))), (m, len(batch)))], axis=1)
+        sims = np.concatenate([sims, inner], axis=1)
+    kk = min(k, sims.shape[1])
+    if kk < sims.shape[1]:  # the k best of each row, then only those sorted
+        part = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
+        keys, sims = np.take_along_axis(keys, part, axis=1), np.take_along_axis(sims, part, axis=1)
+    top = np.argsort(-sims, axis=1, kind="stable")[:, :kk]
+    out_keys = np.take_along_axis(keys, top, axis=1)
+    out_sims = np.take_along_axis(sims, top, axis=1)
+    finite = np.isfinite(out_sims)
+    out_keys = np.where(finite, out_keys, -1)
+    out_sims = np.where(finite, out_sims, 0.0).astype(np.float32)
+    if kk < k:
+        out_keys = np.pad(out_keys, ((0, 0), (0, k - kk)), constant_values=-1)
+        out_sims = np.pad(out_sims, ((0, 0), (0, k - kk)))
+    return out_keys, out_sims
+
+
+UNASSIGNED = -2
+"""The label of a neighbour that is stored but in no cluster (or a batch sentence not yet
+placed): under the graph rule the unassigned weight competes with every cluster's."""
+_POOL = np.iinfo(np.int64).max
+
+
+def key_labels(keys: np.ndarray, stored_label: Callable[[np.ndarray], np.ndarray], batch_labels: np.ndarray) -> np.ndarray:
+    """Labels of neighbour keys: stored ids through ``stored_label`` (ids -> labels,
+    :data:`UNASSIGNED`, or -1 when the run does not know the id), batch keys from
+    ``batch_labels`` (one per batch position; -1 there means unassigned), padding -1."""
+    keys = np.asarray(keys, dtype=np.int64)
+    out = np.full(keys.shape, -1, dtype=np.int64)
+    stored = keys >= 0
+    if stored.any():
+        out[stored] = stored_label(keys[stored])
+    batch = keys <= BATCH_KEY
+    if batch.any():
+        given = np.asarray(batch_labels, dtype=np.int64)[BATCH_KEY - keys[batch]]
+        out[batch] = np.where(given >= 0, given, UNASSIGNED)
+    return out
+
+
+def weighted_label(labels: np.ndarray, sims: np.ndarray, min_similarity: float) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`clusterer.algorithms.graph.assign_by_weight` over all rows at once (the same rule:
+    neighbours below ``min_similarity`` or at similarity <= 0 do not count, ties go to the lower
+    label, the share is of all the row's positive weight), with the unassigned weight
+    (:data:`UNASSIGNED` neighbours) as one more contender: a row whose winner it is gets -1."""
+    labels = np.asarray(labels, dtype=np.int64)
+    sims = np.asarray(sims, dtype=np.float32)
+    m = len(labels)
+    out = np.full(m, -1, dtype=np.int64)
+    share = np.zeros(m, dtype=np.float32)
+    labels = np.where(labels == UNASSIGNED, _POOL, labels)
+    ok = (labels >= 0) & (sims >= np.float32(min_similarity)) & (sims > 0)
+    if m == 0 or not ok.any():
+        return out, share
+    rows = np.broadcast_to(np.arange(m)[:, None], labels.shape)[ok]
+    labs, w = labels[ok], sims[ok].astype(np.float64)
+    order = np.lexsort((labs, rows))
+    rows, labs, w = rows[order], labs[order], w[order]
+    starts = np.flatnonzero(np.concatenate([[True], (rows[1:] != rows[:-1]) | (labs[1:] != labs[:-1])]))
+    weight, g_rows, g_labs = np.add.reduceat(w, starts), rows[starts], labs[starts]
+    best = np.lexsort((g_labs, -weight, g_rows))
+    first = best[np.concatenate([[True], g_rows[best][1:] != g_rows[best][:-1]])]
+    positive = np.where(sims > 0, sims, 0).sum(axis=1, dtype=np.float64)
+    won = g_labs[first]
+    out[g_rows[first]] = np.where(won == _POOL, -1, won)
+    share[g_rows[first]] = np.where(won == _POOL, 0.0, weight[first] / positive[g_rows[first]])
+    return out, share
+
+
+def graph_assign(keys: np.ndarray, sims: np.ndarray, stored_label: Callable[[np.ndarray], np.ndarray],
+                 min_similarity: float) -> tuple[np.ndarray, np.ndarray]:
+    """The graph rule over a batch: (labels or -1, the winning label's share of the kNN weight).
+
+    A row joins the cluster holding most of its kNN weight, unless more of it lies with
+    unassigned sentences (then it stays unassigned and may found a cluster with them). Pass one
+    counts the batch's other sentences as unassigned; pass two lets each count with the label
+    pass one gave it. Both passes treat every row alike, so the order of the batch does not matter.
+    """
+    m = len(keys)
+    first, share = weighted_label(key_labels(keys, stored_label, np.full(m, -1)), sims, min_similarity)
+    if not (np.asarray(keys) <= BATCH_KEY).any():
+        return first, share
+    return weighted_label(key_labels(keys, stored_label, first), sims, min_similarity)
 
 
 @dataclass
-class BatchOutcome:
-    """What one batch did to the run; ``apply`` updates the in-memory state after commit."""
+class Birth:
+    """A cluster born incrementally: its members (sentence ids, batch ones included)."""
+
+    label: int
+    members: list[int]
+    centre: int
+    similarities: list[float]
+    centroid: np.ndarray
+    cohesion: float
+    representatives: list[int]
+    parent: int | None = None
+    from_unassigned: int = 0
+    centre_vector: np.ndarray | None = None
+
+
+def describe_birth(label: int, member_ids: list[int], vectors: np.ndarray, stored: int, centre: int | None = None,
+                   similarities: list[float] | None = None, parent: int | None = None) -> Birth:
+    """A :class:`Birth` with its centroid, centre (the member nearest the centroid unless given),
+    similarities (to the centroid unless given), cohesion and three representatives."""
+    centroid = topics.normalised_centroid(vectors)
+    reps = topics.representatives(vectors, list(range(len(member_ids))), centroid, n=3)
+    to_centroid = (vectors @ centroid).astype(np.float32)
+    if centre is None:
+        centre = member_ids[reps[0]]
+    sims = list(map(float, to_centroid)) if similarities is None else [float(s) for s in similarities]
+    return Birth(label, list(member_ids), int(centre), sims, centroid, round(topics.cohesion(vectors), 6),
+                 [member_ids[r] for r in reps], parent, stored, vectors[list(member_ids).index(centre)].copy())
+
+
+def coarse_parent(neighbour_labels: np.ndarray, neighbour_sims: np.ndarray, parent_of: Mapping[int, int]) -> int | None:
+    """The coarse cluster holding most of the kNN weight of a new fine cluster's members
+    (their neighbours' fine labels mapped to parents); None when no neighbour has one."""
+    labels = np.asarray(neighbour_labels, dtype=np.int64).ravel()
+    sims = np.asarray(neighbour_sims, dtype=np.float64).ravel()
+    weight: dict[int, float] = {}
+    for label, s in zip(labels, sims):
+        parent = parent_of.get(int(label)) if label >= 0 else None
+        if parent is not None and s > 0:
+            weight[parent] = weight.get(parent, 0.0) + float(s)
+    if not weight:
+        return None
+    return min(weight, key=lambda p: (-weight[p], p))
+
+
+def plan_graph_births(pool_ids: np.ndarray, pool_vectors: np.ndarray, pool_keys: np.ndarray, pool_sims: np.ndarray,
+                      key_label: Callable[[np.ndarray], np.ndarray], *, k: int, resolution: float, min_size: int,
+                      min_similarity: float, next_label: int, parent_of: Mapping[int, int], stored: set[int],
+                      seed: int = 0) -> list[Birth]:
+    """New fine clusters among the unassigned pool (sentence ids ``pool_ids``).
+
+    Leiden (:func:`graph_clustering`, the run's k and resolution) proposes groups among the pool;
+    a member keeps its group only if, by the graph rule over its kNN among every stored sentence
+    (``pool_keys``/``pool_sims``, labelled by ``key_label``, pool members counting with their
+    proposed group), the group holds most of its weight; a group keeping ``min_size`` members is
+    born. A group of noise points loses this test to the clusters around them.
+    """
+    from clusterer.algorithms.graph import graph_clustering
+
+    pool_ids = np.asarray(pool_ids, dtype=np.int64)
+    n = len(pool_ids)
+    if n < max(min_size, 2):
+        return []
+    found = graph_clustering(pool_vectors, k=min(k, n - 1), resolution=resolution, min_size=min_size, seed=seed)
+    proposed = np.asarray(found.labels, dtype=np.int64)
+    if not (proposed >= 0).any():
+        return []
+    offset = next_label + 1_000_000_000
+    labels = key_label(pool_keys)
+    order = np.argsort(pool_ids)
+    where = np.minimum(np.searchsorted(pool_ids[order], pool_keys), n - 1)
+    in_pool = (pool_keys >= 0) & (pool_ids[order][where] == pool_keys)
+    group = proposed[order][where]
+    labels = np.where(in_pool, np.where(group >= 0, offset + group, UNASSIGNED), labels)
+    won, _ = weighted_label(labels, pool_sims, min_similarity)
+    keep = (proposed >= 0) & (won == offset + proposed)
+    births = []
+    label = next_label
+    for group in np.unique(proposed[keep]):
+        members = np.flatnonzero(keep & (proposed == group))
+        if len(members) < min_size:
+            continue
+        ids = [int(pool_ids[p]) for p in members]
+        outside = labels[members]
+        parent = coarse_parent(np.where(outside < offset, outside, -1), pool_sims[members], parent_of)
+        births.append(describe_birth(label, ids, pool_vectors[members], sum(i in stored for i in ids), parent=parent))
+        label += 1
+    return births
+
+
+def plan_community_births(pool_ids: list[int], pool_vectors: np.ndarray, threshold: float, min_size: int,
+                          next_label: int, stored: set[int]) -> list[Birth]:
+    """Communities (the full run's rule, same threshold and minimum size) among the unassigned pool."""
+    from clusterer.algorithms.community import detect_communities
+
+    if len(pool_ids) < min_size:
+        return []
+    found = detect_communities(np.asarray(pool_vectors, np.float32), threshold, min_size, device="cpu", normalize=False)
+    births = []
+    for j, c in enumerate(found):
+        ids = [int(pool_ids[p]) for p in c.members]
+        births.append(describe_birth(next_label + j, ids, pool_vectors[list(c.members)], sum(i in stored for i in ids),
+                                     centre=int(pool_ids[c.centre]), similarities=list(c.similarities)))
+    return births
+
+
+# -- the plan of a batch -------------------------------------------------------------------
+
+@dataclass
+class BatchPlan:
+    """What one batch does to the run: each new sentence's label (-1: unassigned) and similarity,
+    the clusters born (possibly taking stored unassigned sentences along), and which existing
+    clusters grow by which batch positions."""
 
     labels: np.ndarray
     similarities: np.ndarray
-    touched: set[int]
-    born: list[int]
-    relabelled: dict[int, int]
-    added_mass: tuple[int, int] = (0, 0)
-    added_terms: dict[str, int] = field(default_factory=dict)
+    births: list[Birth] = field(default_factory=list)
 
-    def apply(self, state: RunState, ids: np.ndarray, centres: dict[int, np.ndarray], centroids: dict[int, np.ndarray]) -> dict[str, int]:
-        state.add(ids, self.labels)
-        state.n_sentences += len(ids)
-        if self.relabelled:
-            old = np.array(sorted(self.relabelled), dtype=np.int64)
-            state.relabel(old, np.array([self.relabelled[i] for i in old], dtype=np.int64))
-        for label in self.touched | set(self.born):
-            state.sizes[label] = int(np.count_nonzero(state.labels == label))
-        state.centres.update(centres)
-        state.centroids.update(centroids)
-        if state.term_mass is not None:
-            state.term_mass = (state.term_mass[0] + self.added_mass[0], state.term_mass[1] + self.added_mass[1])
-        for term, c in self.added_terms.items():
-            if state.totals_complete:
-                state.term_totals[term] = state.term_totals.get(term, 0) + c
-            elif term in state.term_totals:
-                state.term_totals[term] += c
-        return {
-            "assigned": int(np.count_nonzero(self.labels >= 0)),
-            "unassigned": int(np.count_nonzero(self.labels < 0)),
-            "new_clusters": len(self.born),
-        }
+    def apply_births(self, ids: np.ndarray) -> dict[int, tuple[int, float]]:
+        """Put the batch's members of born clusters into ``labels``; returns the stored
+        sentences that join a born cluster as ``{id: (label, similarity)}``."""
+        pos_of = {int(i): p for p, i in enumerate(ids)}
+        relabelled: dict[int, tuple[int, float]] = {}
+        for b in self.births:
+            for m, s in zip(b.members, b.similarities):
+                if m in pos_of:
+                    self.labels[pos_of[m]] = b.label
+                    self.similarities[pos_of[m]] = s
+                else:
+                    relabelled[m] = (b.label, s)
+        return relabelled
+
+    def growth(self) -> dict[int, np.ndarray]:
+        """Batch positions joining each existing cluster."""
+        born = {b.label for b in self.births}
+        grown = np.flatnonzero((self.labels >= 0) & ~np.isin(self.labels, list(born)))
+        return {int(l): grown[self.labels[grown] == l] for l in np.unique(self.labels[grown])}
 
 
-def _new_communities(session, state: RunState, pool_ids: list[int], batch_vecs: dict[int, np.ndarray],
-                     dimension: int, dtype: str, threshold: float, min_size: int):
-    """Communities among the unassigned pool; returns a list of (member ids, centre id, sims)."""
-    from clusterer.algorithms.community import detect_communities
+def grown_centroid(centroid: np.ndarray, size: int, added: np.ndarray) -> np.ndarray:
+    """A centroid after ``added`` vectors joined its ``size`` members (running mean, normalised)."""
+    from clusterer.algorithms.kmeans import update_centroid
 
-    existing = [i for i in pool_ids if i not in batch_vecs]
-    vecs = dict(batch_vecs)
-    if existing:
-        vecs.update(zip(existing, sq.embeddings_for(session, existing, dimension, dtype)))
-    order = sorted(pool_ids)
-    matrix = np.vstack([vecs[i] for i in order]).astype(np.float32)
-    found = detect_communities(matrix, threshold, min_size, device="cpu", normalize=False)
-    return [([order[p] for p in c.members], order[c.centre], c.similarities) for c in found], vecs
+    new, _ = update_centroid(np.asarray(centroid, np.float32), size, np.asarray(added, np.float32))
+    return new
 
 
-def update_batch(session, state: RunState, index, ids: np.ndarray, vectors: np.ndarray, texts: list[str],
-                 max_seq: int, dimension: int, dtype: str = "float32"):
-    """Assign a freshly inserted batch to the latest run inside the inserting transaction.
+def shrunk_centroid(centroid: np.ndarray, size: int, removed: np.ndarray) -> np.ndarray | None:
+    """A normalised centroid after ``removed`` vectors left its ``size`` members (None when
+    nothing is left). Exact for the mean of unit vectors; for a stored normalised centroid it
+    weighs the members as if they lay on it, as :func:`grown_centroid` does."""
+    left = size - len(removed)
+    if left <= 0:
+        return None
+    total = np.asarray(centroid, np.float64) * size - np.asarray(removed, np.float64).sum(axis=0)
+    norm = np.linalg.norm(total)
+    if norm <= 1e-9:
+        return np.asarray(centroid, np.float32)
+    return (total / norm).astype(np.float32)
 
-    Returns (outcome, centres, centroids) of which the caller applies the last
-    two to the in-memory state once the transaction has committed.
-    """
-    ids = np.asarray(ids, dtype=np.int64)
-    run_id = state.run_id
-    born: list[int] = []
-    relabelled: dict[int, int] = {}
-    new_centres: dict[int, np.ndarray] = {}
-    new_centroids: dict[int, np.ndarray] = {}
-    text_of = dict(zip(ids.tolist(), texts))
-    mass_added, classes_added = 0, 0
-    born_counts: dict[int, dict[str, int]] = {}
-    if state.method == "community":
-        threshold = float(state.params.get("threshold", 0.75))
-        min_size = int(state.params.get("min_size", 10))
-        labels, sims, unassigned_nb = assign_by_neighbours(state, ids, vectors, index, threshold)
-        fresh = [int(i) for i, l in zip(ids, labels) if l < 0]
-        pool = set(fresh)
-        for i in fresh:
-            pool |= unassigned_nb.get(i, set())
-        if fresh and len(pool) >= min_size:
-            batch_vecs = {int(i): v for i, v in zip(ids, vectors) if int(i) in pool}
-            found, vecs = _new_communities(session, state, sorted(pool), batch_vecs, dimension, dtype, threshold, min_size)
-            next_label = cq.max_label(session) + 1
-            pos_of = {int(i): p for p, i in enumerate(ids)}
-            for members, centre, member_sims in found:
-                label = next_label
-                next_label += 1
-                born.append(label)
-                old_members = [m for m in members if m not in pos_of]
-                if old_members:
-                    member_text = sq.texts_for(session, old_members)
-                    text_of.update(member_text)
-                for m, s in zip(members, member_sims):
-                    if m in pos_of:
-                        labels[pos_of[m]] = label
-                        sims[pos_of[m]] = s
-                    else:
-                        relabelled[m] = label
-                old_sims = [s for m, s in zip(members, member_sims) if m not in pos_of]
-                if old_members:
-                    cq.set_assignments(session, run_id, old_members, [label] * len(old_members), old_sims)
-                member_vecs = np.vstack([vecs[m] for m in members])
-                centroid = topics.normalised_centroid(member_vecs)
-                reps = topics.representatives(member_vecs, list(range(len(members))), centroid, n=3)
-                counts = topics.term_counts([text_of[m] for m in members])
-                cq.insert_clusters(session, run_id, [cq.ClusterRow(
-                    label=label, size=len(members), centre_id=int(centre),
-                    cohesion=round(topics.cohesion(member_vecs), 6), keywords=[],
-                    representatives=[int(members[r]) for r in reps], centroid=centroid.tobytes())])
-                cq.insert_terms(session, run_id, {label: counts})
-                born_counts[label] = counts
-                mass_added += sum(counts.values())
-                classes_added += 1 if counts else 0
-                cq.record_event(session, run_id, label, "birth", len(members), None,
-                                {"incremental": True, "from_unassigned": len(old_members)})
-                new_centres[label] = vecs[centre]
-                new_centroids[label] = centroid
-    else:
-        labels, sims = assign_to_centroids(state, vectors)
-    cq.insert_assignments(session, run_id, ids.tolist(),
-                          [int(l) if l >= 0 else None for l in labels],
-                          [float(s) if l >= 0 and np.isfinite(s) else None for l, s in zip(labels, sims)])
-    grown = np.flatnonzero((labels >= 0) & ~np.isin(labels, born))
-    added = topics.count_terms([texts[p] for p in grown], labels[grown]) if len(grown) else {}
-    touched = set(added)
-    values: dict[int, dict[str, Any]] = {}
-    events = []
-    for label in sorted(touched):
-        pos = grown[labels[grown] == label]
-        size = state.sizes.get(label, 0) + len(pos)
-        values[label] = {"size": size}
-        if state.method != "community" and label in state.centroids:
-            from clusterer.algorithms.kmeans import update_centroid
 
-            centroid, _ = update_centroid(state.centroids[label], state.sizes.get(label, 0), vectors[pos])
-            values[label]["centroid"] = centroid.tobytes()
-            new_centroids[label] = centroid
-        events.append((label, "growth", size, {"added": int(len(pos))}))
-    current = cq.term_counts(session, run_id, touched) if touched else {}
-    cq.add_terms(session, run_id, added, current)
-    counts = dict(born_counts)
-    for label in touched:
-        counts[label] = dict(Counter(current.get(label, {})) + Counter(added[label]))
-        mass_added += sum(added[label].values())
-    added_terms: Counter[str] = Counter()
-    for label_counts in (*added.values(), *born_counts.values()):
-        added_terms.update(label_counts)
-    for label, kw in keyword_values(session, state, counts, added_terms, (mass_added, classes_added)).items():
-        values.setdefault(label, {}).update(kw)
-    cq.update_clusters(session, run_id, values)
-    cq.record_events(session, run_id, events)
-    assigned = int(np.count_nonzero(labels >= 0)) + len(relabelled)
-    run = cq.get_run(session, run_id)
-    cq.touch_run(session, run_id, n_sentences=run.n_sentences + len(ids), n_assigned=run.n_assigned + assigned,
-                 n_clusters=run.n_clusters + len(born), max_seq=max(run.max_seq, max_seq))
-    outcome = BatchOutcome(labels, sims, touched, born, relabelled, (mass_added, classes_added), added_terms)
-    return outcome, new_centres, new_centroids
+def new_centre(member_ids: list[int], vectors: np.ndarray, centroid: np.ndarray) -> tuple[int, np.ndarray]:
+    """The member most similar to the centroid (ties: the lower id) and every member's similarity to it."""
+    sims = vectors @ np.asarray(centroid, np.float32)
+    order = np.lexsort((np.asarray(member_ids), -sims))
+    centre = int(order[0])
+    return int(member_ids[centre]), (vectors @ vectors[centre]).astype(np.float32)
+
+
+TERM_CACHE_MAX = 2_000_000
+KEYWORDS = 10
+
+
+def keyword_scores(counts: dict[int, dict[str, int]], totals: Mapping[str, int], mass: tuple[int, int],
+                   top_n: int = KEYWORDS) -> dict[int, dict[str, Any]]:
+    """The ``keywords`` column of each cluster in ``counts`` given every term's total over the
+    run and the run's (term occurrences, clusters with terms)."""
+    average = mass[0] / mass[1] if mass[1] else None
+    scored = topics.ctfidf_keywords(counts, top_n=top_n, term_totals=totals, average=average)
+    return {label: {"keywords": [[t, round(s, 6)] for t, s in scored.get(label, [])]} for label in counts}

@@ -1,0 +1,450 @@
+"""The store listener that keeps the latest run current as sentences arrive and leave.
+
+:class:`Upkeep` is handed to the sentence store, which calls it inside the transaction that
+inserts or deletes sentences; everything written here commits or rolls back with them. For a
+batch it gathers what the rule needs (one index search, the labels of the neighbours it
+touches, the rows of the clusters it touches), asks :mod:`clusterer.service.incremental` for a
+plan and writes it (:func:`write_batch`); deletions go to :mod:`clusterer.service.deletions`.
+Nothing is loaded when a store opens: the first batch costs what any batch costs.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from clusterer.algorithms import topics
+from clusterer.service import incremental as inc
+from storage import clusters as cq
+from storage import filters
+from storage import sentences as sq
+from storage.models import Cluster
+
+
+class Upkeep:
+    """Listener (see :class:`indexer.listener.StoreListener`) of a :class:`clusterer.api.Store`."""
+
+    def __init__(self, store: Any):
+        self.store = store
+        self.state: inc.RunState | None = None
+        self._lock = threading.Lock()  # server threads share one state
+
+    def state_for(self, session) -> inc.RunState | None:
+        """The latest run's state (a fresh one when another writer changed the run)."""
+        latest = cq.latest_run(session)
+        with self._lock:
+            if latest is None:
+                self.state = None
+            elif self.state is None or not self.state.is_current(latest):
+                self.state = inc.RunState(latest.id, latest.method, dict(latest.params or {}),
+                                          n_sentences=latest.n_sentences)
+            return self.state
+
+    def on_writer(self, session):
+        """The writer lock was taken: a run a killed process left running is marked interrupted."""
+        cq.interrupt_running_runs(session)
+
+    def on_insert(self, session, ids, vectors, texts, max_seq):
+        state = self.state_for(session)
+        if state is None:
+            return None
+        ids, vectors, texts = restrict_to_run(session, state, np.asarray(ids, dtype=np.int64),
+                                              np.asarray(vectors, dtype=np.float32), list(texts))
+        if len(ids) == 0:
+            return None
+        gather = Gather(session, state, self.store.index, self.store.dimension, self.store.embedding_dtype)
+        plan = plan_batch(gather, ids, vectors)
+        change = write_batch(gather, ids, vectors, list(texts), plan, max_seq)
+        return lambda: change.apply(state)
+
+    def on_delete(self, session, ids):
+        from clusterer.service import deletions
+
+        state = self.state_for(session)
+        if state is None:
+            return None
+        change = deletions.delete_upkeep(session, state, list(ids), self.store.dimension, self.store.embedding_dtype)
+        return lambda: change.apply(state)
+
+
+def restrict_to_run(session, state: inc.RunState, ids: np.ndarray, vectors: np.ndarray, texts: list[str]):
+    """The part of a batch the run covers: a run made over a ``where`` subset takes only the new
+    sentences that match its filter; the others get no assignment row in it."""
+    where = state.params.get("where")
+    if not where or len(ids) == 0:
+        return ids, vectors, texts
+    keep = np.isin(ids, np.asarray(filters.matching_ids(session, ids.tolist(), where), dtype=np.int64))
+    return ids[keep], vectors[keep], [t for t, k in zip(texts, keep) if k]
+
+
+@dataclass
+class Gather:
+    """Reads a batch's inputs inside its transaction, caching centres and centroids in the state."""
+
+    session: Any
+    state: inc.RunState
+    index: Any
+    dimension: int
+    dtype: str = "float32"
+
+    def labels(self, ids) -> dict[int, int | None]:
+        return cq.labels_for(self.session, self.state.run_id, [int(i) for i in np.asarray(ids).ravel() if i >= 0])
+
+    @staticmethod
+    def label_fn(known: dict[int, int | None]) -> Callable[[np.ndarray], np.ndarray]:
+        def of(ids: np.ndarray) -> np.ndarray:
+            flat = np.asarray(ids).ravel()
+            return np.fromiter((-1 if (l := known.get(int(i), -1)) == -1 else inc.UNASSIGNED if l is None else l
+                                for i in flat), dtype=np.int64, count=flat.size).reshape(np.shape(ids))
+        return of
+
+    def rows(self, labels) -> dict[int, Cluster]:
+        return cq.clusters_by_label(self.session, self.state.run_id, labels)
+
+    def centres(self, labels) -> dict[int, np.ndarray]:
+        """Centre vectors of ``labels`` (clusters whose centre is gone have none)."""
+        state = self.state
+        missing = [int(l) for l in labels if l >= 0 and int(l) not in state.centres]
+        if missing:
+            centre_of = {l: r.centre_id for l, r in self.rows(missing).items() if r.centre_id is not None}
+            vecs = sq.embeddings_found(self.session, list(centre_of.values()), self.dimension, self.dtype)
+            state.centres.update({l: vecs[c] for l, c in centre_of.items() if c in vecs})
+        return state.centres
+
+    def centroids(self, labels=None) -> dict[int, np.ndarray]:
+        """Centroids of ``labels``, or of every cluster of the run when None."""
+        state = self.state
+        if labels is None:
+            if not state.centroids_complete:
+                rows = cq.clusters_of_run(self.session, state.run_id, order_by_size=False)
+                state.centroids.update({r.label: _vector(r.centroid) for r in rows if r.centroid})
+                state.centroids_complete = True
+            return state.centroids
+        missing = [int(l) for l in labels if l >= 0 and int(l) not in state.centroids]
+        if missing:
+            state.centroids.update({l: _vector(r.centroid) for l, r in self.rows(missing).items() if r.centroid})
+        return state.centroids
+
+
+def _vector(blob: bytes) -> np.ndarray:
+    return np.frombuffer(blob, dtype=np.float32).copy()
+
+
+def plan_batch(gather: Gather, ids: np.ndarray, vectors: np.ndarray) -> inc.BatchPlan:
+    """The plan for a freshly inserted batch under the run's rule."""
+    rule = gather.state.rule
+    if rule == "graph":
+        return _plan_graph(gather, ids, vectors)
+    if rule == "community":
+        return _plan_community(gather, ids, vectors)
+    labels, sims = inc.assign_to_centroids(gather.centroids(), vectors)
+    return inc.BatchPlan(labels, sims)
+
+
+def _plan_community(gather: Gather, ids: np.ndarray, vectors: np.ndarray) -> inc.BatchPlan:
+    state = gather.state
+    threshold = float(state.param("threshold", 0.75))
+    min_size = int(state.param("min_size", 10))
+    found = range_neighbours(gather.index, vectors, threshold)
+    known = gather.labels(np.concatenate([f[0] for f in found]) if found else [])
+    label_of = gather.label_fn(known)
+    n_labels = [label_of(n_ids) for n_ids, _ in found]
+    centres = gather.centres({int(l) for ls in n_labels for l in ls if l >= 0})
+    labels, _ = inc.community_assign(centres, n_labels, [s for _, s in found], vectors, threshold)
+    sims = inc.similarities_to(centres, labels, vectors)
+    lost = (labels >= 0) & np.isnan(sims)  # a centre gone from a store made before delete upkeep
+    if lost.any():
+        sims[lost] = inc.similarities_to(gather.centroids(set(labels[lost].tolist())), labels[lost], vectors[lost])
+    plan = inc.BatchPlan(labels, sims)
+    fresh = np.flatnonzero(labels < 0)
+    pool = {int(ids[p]) for p in fresh}
+    for p in fresh:
+        pool.update(int(i) for i in found[p][0] if int(i) in known and known[int(i)] is None)
+    if len(fresh) and len(pool) >= min_size:
+        pool_ids = sorted(pool)
+        stored = set(pool_ids) - set(ids.tolist())
+        plan.births = inc.plan_community_births(pool_ids, _pool_vectors(gather, pool_ids, ids, vectors), threshold,
+                                                min_size, cq.max_label(gather.session) + 1, stored)
+    return plan
+
+
+def _pool_vectors(gather: Gather, pool_ids: list[int], ids: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    pos = {int(i): p for p, i in enumerate(ids)}
+    stored = sq.embeddings_found(gather.session, [i for i in pool_ids if i not in pos], gather.dimension, gather.dtype)
+    return np.vstack([vectors[pos[i]] if i in pos else stored[i] for i in pool_ids]).astype(np.float32)
+
+
+def range_neighbours(index, vectors: np.ndarray, threshold: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per query: (ids, similarities) of indexed vectors at similarity >= threshold."""
+    if len(vectors) == 0 or index.ntotal == 0:
+        return [(np.zeros(0, np.int64), np.zeros(0, np.float32)) for _ in range(len(vectors))]
+    lims, sims, ids = index.range_search(vectors, threshold)
+    return [(ids[lims[i]:lims[i + 1]], sims[lims[i]:lims[i + 1]]) for i in range(len(vectors))]
+
+
+def graph_params(state: inc.RunState) -> dict[str, Any]:
+    from clusterer.algorithms.graph import (
+        DEFAULT_K,
+        DEFAULT_MIN_SIZE,
+        DEFAULT_RESOLUTION,
+    )
+
+    return {"k": int(state.param("k", DEFAULT_K)), "min_size": int(state.param("min_size", DEFAULT_MIN_SIZE)),
+            "resolution": float(state.param("resolution", DEFAULT_RESOLUTION)),
+            "min_similarity": float(state.stats.get("min_similarity", state.params.get("min_similarity", 0.0)) or 0.0)}
+
+
+def knn(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, similarities) of the ``k`` nearest indexed vectors of each query (-1 padding)."""
+    if len(queries) == 0 or index.ntotal == 0:
+        return np.full((len(queries), k), -1, np.int64), np.zeros((len(queries), k), np.float32)
+    found = index.search(queries, k)
+    return found.ids, found.similarities
+
+
+def graph_neighbours(gather: Gather, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each batch row's k nearest among stored sentences and the rest of the batch."""
+    ids, sims = knn(gather.index, vectors, k)
+    return inc.merge_neighbours(ids, sims, vectors, vectors, k, self_in_batch=True)
+
+
+def _plan_graph(gather: Gather, ids: np.ndarray, vectors: np.ndarray) -> inc.BatchPlan:
+    state = gather.state
+    p = graph_params(state)
+    keys, sims = graph_neighbours(gather, vectors, p["k"])
+    known = gather.labels(keys[keys >= 0])
+    labels, _ = inc.graph_assign(keys, sims, gather.label_fn(known), p["min_similarity"])
+    plan = inc.BatchPlan(labels, inc.similarities_to(gather.centroids(set(labels.tolist())), labels, vectors))
+    fresh = np.flatnonzero(labels < 0)
+    pool = {int(ids[q]) for q in fresh}
+    for q in fresh:
+        pool.update(int(i) for i in keys[q] if i >= 0 and int(i) in known and known[int(i)] is None)
+    if len(fresh) == 0 or len(pool) < p["min_size"]:
+        return plan
+    pool_ids = np.array(sorted(pool), dtype=np.int64)
+    pool_vectors = _pool_vectors(gather, pool_ids.tolist(), ids, vectors)
+    pos = {int(i): q for q, i in enumerate(ids)}
+    in_batch = np.array([int(i) in pos for i in pool_ids])
+    pool_keys = np.full((len(pool_ids), p["k"]), -1, np.int64)
+    pool_sims = np.zeros((len(pool_ids), p["k"]), np.float32)
+    rows = [pos[int(i)] for i in pool_ids[in_batch]]
+    pool_keys[in_batch], pool_sims[in_batch] = keys[rows], sims[rows]
+    if (~in_batch).any():
+        s_ids, s_sims = knn(gather.index, pool_vectors[~in_batch], p["k"] + 1)
+        pool_keys[~in_batch], pool_sims[~in_batch] = inc.merge_neighbours(
+            s_ids, s_sims, pool_vectors[~in_batch], vectors, p["k"], self_ids=pool_ids[~in_batch])
+    batch = pool_keys <= inc.BATCH_KEY
+    pool_keys[batch] = ids[inc.BATCH_KEY - pool_keys[batch]]
+    known.update(gather.labels(pool_keys[(pool_keys >= 0) & ~np.isin(pool_keys, ids)]))
+    known.update({int(i): (int(l) if l >= 0 else None) for i, l in zip(ids, labels)})
+    parent_of = cq.parent_labels(gather.session, state.run_id, {l for l in known.values() if l is not None})
+    plan.births = inc.plan_graph_births(
+        pool_ids, pool_vectors, pool_keys, pool_sims, gather.label_fn(known), k=p["k"], resolution=p["resolution"],
+        min_size=p["min_size"], min_similarity=p["min_similarity"], next_label=cq.max_label(gather.session) + 1,
+        parent_of=parent_of, stored=set(pool_ids[~in_batch].tolist()))
+    return plan
+
+
+# -- writing a plan ------------------------------------------------------------------------
+
+@dataclass
+class Change:
+    """What a committed write changes in the in-memory state; ``apply`` runs after commit."""
+
+    added: int = 0
+    assigned: int = 0
+    unassigned: int = 0
+    born: int = 0
+    centres: dict[int, np.ndarray] = field(default_factory=dict)
+    centroids: dict[int, np.ndarray] = field(default_factory=dict)
+    forget: set[int] = field(default_factory=set)
+    mass: tuple[int, int] = (0, 0)
+    terms: dict[str, int] = field(default_factory=dict)
+
+    def apply(self, state: inc.RunState) -> dict[str, int]:
+        state.n_sentences += self.added
+        state.forget(self.forget)
+        state.centres.update(self.centres)
+        state.centroids.update(self.centroids)
+        if state.term_mass is not None:
+            state.term_mass = (state.term_mass[0] + self.mass[0], state.term_mass[1] + self.mass[1])
+        for term, c in self.terms.items():
+            if term in state.term_totals:
+                state.term_totals[term] += c
+        return {"assigned": self.assigned, "unassigned": self.unassigned, "new_clusters": self.born}
+
+
+def keywords_for(session, state: inc.RunState, counts: dict[int, dict[str, int]], pending: dict[str, int],
+                 pending_mass: tuple[int, int]) -> dict[int, dict[str, Any]]:
+    """New keywords of the clusters in ``counts`` (their term counts after this change).
+
+    c-TF-IDF needs the run's term mass (read once, then kept in ``state``) and the total over
+    the run of each term that can make a top list. A term's total is at least its count in
+    the clusters at hand, which bounds its score from above, so totals are read only for the
+    terms that reach a top list under that bound, until every list holds only terms with known
+    totals: the same keywords as with every total known, for a few reads instead of one per
+    term. Totals are kept in ``state`` as committed values (``pending`` and ``pending_mass`` are
+    this uncommitted change's share, already visible to ``session``).
+    """
+    if not counts:
+        return {}
+    if state.term_mass is None:
+        mass, classes = cq.term_mass(session, state.run_id)
+        state.term_mass = (mass - pending_mass[0], classes - pending_mass[1])
+    mass = (state.term_mass[0] + pending_mass[0], state.term_mass[1] + pending_mass[1])
+    cache = state.term_totals
+    if len(cache) > inc.TERM_CACHE_MAX:
+        cache.clear()
+    result: dict[int, dict[str, Any]] = {}
+    open_labels = set(counts)
+    while open_labels:
+        sub = {label: counts[label] for label in open_labels}
+        totals = {t: cache[t] + pending.get(t, 0) for t in set().union(*sub.values()) if t in cache}
+        wide = inc.keyword_scores(sub, totals, mass, top_n=3 * inc.KEYWORDS)
+        unknown: set[str] = set()
+        for label, kw in wide.items():
+            top = kw["keywords"][: inc.KEYWORDS]
+            if all(t in cache for t, _ in top):
+                result[label] = {"keywords": top}
+                open_labels.discard(label)
+            else:
+                unknown.update(t for t, _ in kw["keywords"] if t not in cache)
+        if unknown:
+            found = cq.term_totals(session, state.run_id, sorted(unknown))
+            for term in unknown:
+                cache[term] = found.get(term, 0) - pending.get(term, 0)
+    return result
+
+
+def _has_hierarchy() -> bool:
+    return hasattr(Cluster, "parent_label")
+
+
+def write_batch(gather: Gather, ids: np.ndarray, vectors: np.ndarray, texts: list[str], plan: inc.BatchPlan,
+                max_seq: int) -> Change:
+    """Write a batch's plan: assignments, births, growth of sizes, centroids, terms and keywords."""
+    session, state = gather.session, gather.state
+    run_id = state.run_id
+    relabelled = plan.apply_births(ids)
+    labels, sims = plan.labels, plan.similarities
+    cq.insert_assignments(session, run_id, ids.tolist(), [int(l) if l >= 0 else None for l in labels],
+                          [float(s) if l >= 0 and np.isfinite(s) else None for l, s in zip(labels, sims)])
+    if relabelled:
+        moved = sorted(relabelled)
+        cq.set_assignments(session, run_id, moved, [relabelled[i][0] for i in moved], [relabelled[i][1] for i in moved])
+    change = Change(added=len(ids), assigned=int((labels >= 0).sum()) + len(relabelled), unassigned=int((labels < 0).sum()),
+                    born=len(plan.births))
+    text_of = dict(zip(ids.tolist(), texts))
+    stored_members = [m for b in plan.births for m in b.members if m not in text_of]
+    text_of.update(sq.texts_for(session, stored_members) if stored_members else {})
+    counts: dict[int, dict[str, int]] = {}
+    added_terms: Counter[str] = Counter()
+    mass = [0, 0]
+    for b in plan.births:
+        born_counts = topics.term_counts([text_of.get(m, "") for m in b.members])
+        cq.insert_clusters(session, run_id, [cq.ClusterRow(
+            label=b.label, size=len(b.members), centre_id=b.centre, cohesion=b.cohesion, keywords=[],
+            representatives=b.representatives, centroid=b.centroid.tobytes())])
+        cq.insert_terms(session, run_id, {b.label: born_counts})
+        if b.parent is not None and _has_hierarchy():
+            cq.update_clusters(session, run_id, {b.label: {"parent_label": b.parent}})
+        cq.record_event(session, run_id, b.label, "birth", len(b.members), None,
+                        {"incremental": True, "from_unassigned": b.from_unassigned})
+        counts[b.label] = born_counts
+        added_terms.update(born_counts)
+        mass[0] += sum(born_counts.values())
+        mass[1] += 1 if born_counts else 0
+        change.centroids[b.label] = b.centroid
+        change.centres[b.label] = b.centre_vector
+    growth = plan.growth()
+    values: dict[int, dict[str, Any]] = {}
+    events = []
+    if growth:
+        rows = gather.rows(growth)
+        grown = np.concatenate(list(growth.values()))
+        added = topics.count_terms([texts[p] for p in grown], labels[grown])
+        current = cq.term_counts(session, run_id, list(added))
+        cq.add_terms(session, run_id, added, current)
+        for label, pos in growth.items():
+            row = rows.get(label)
+            if row is None:
+                continue
+            size = row.size + len(pos)
+            values[label] = {"size": size}
+            if state.rule != "community" and row.centroid:
+                centroid = inc.grown_centroid(_vector(row.centroid), row.size, vectors[pos])
+                values[label]["centroid"] = centroid.tobytes()
+                change.centroids[label] = centroid
+            events.append((label, "growth", size, {"added": len(pos)}))
+            extra = added.get(label, {})
+            counts[label] = dict(Counter(current.get(label, {})) + Counter(extra))
+            added_terms.update(extra)
+            mass[0] += sum(extra.values())
+            mass[1] += 1 if extra and not current.get(label) else 0
+        values.update(_coarse_growth(gather, {l: len(p) for l, p in growth.items()}))
+    for label, kw in keywords_for(session, state, counts, dict(added_terms), (mass[0], mass[1])).items():
+        values.setdefault(label, {}).update(kw)
+    cq.update_clusters(session, run_id, values)
+    cq.record_events(session, run_id, events)
+    run = cq.get_run(session, run_id)
+    cq.touch_run(session, run_id, n_sentences=run.n_sentences + len(ids), n_assigned=run.n_assigned + change.assigned,
+                 n_clusters=run.n_clusters + len(plan.births), max_seq=max(run.max_seq, max_seq))
+    change.mass, change.terms = (mass[0], mass[1]), dict(added_terms)
+    return change
+
+
+def _coarse_growth(gather: Gather, added: dict[int, int]) -> dict[int, dict[str, Any]]:
+    """New sizes of the coarse parents of grown fine clusters (runs with a hierarchy)."""
+    parent_of = cq.parent_labels(gather.session, gather.state.run_id, added)
+    if not parent_of:
+        return {}
+    by_parent: Counter[int] = Counter()
+    for label, n in added.items():
+        if label in parent_of:
+            by_parent[parent_of[label]] += n
+    rows = gather.rows(by_parent)
+    return {p: {"size": rows[p].size + n} for p, n in by_parent.items() if p in rows}
+
+
+def decide_one(session, state: inc.RunState, index, vector: np.ndarray, dimension: int, dtype: str,
+               scan: int) -> dict[str, Any]:
+    """What ingesting ``vector`` alone would assign it to (nothing is written): ``label`` (-1 for
+    none), ``similarity`` (to the centre on community runs, else to the centroid), ``votes``
+    (neighbours of that cluster counted), ``share`` (graph runs: its share of the kNN weight)
+    and ``near``, the (ids, similarities) of the ``scan`` nearest stored sentences."""
+    gather = Gather(session, state, index, dimension, dtype)
+    vec = np.asarray(vector, dtype=np.float32).reshape(1, -1)
+    rule = state.rule
+    k = graph_params(state)["k"] if rule == "graph" else 0
+    ids, sims = knn(index, vec, max(scan, k))
+    out: dict[str, Any] = {"label": -1, "similarity": None, "votes": 0, "near": (ids[0], sims[0])}
+    if rule == "community":
+        threshold = np.float32(state.param("threshold", 0.75))
+        if sims[0][-1] < threshold or index.ntotal <= scan:
+            within = (ids[0] >= 0) & (sims[0] >= threshold)
+            n_ids, n_sims = ids[0][within], sims[0][within]
+        else:  # more neighbours above the threshold than one scan returned
+            (n_ids, n_sims), = range_neighbours(index, vec, float(threshold))
+        n_labels = gather.label_fn(gather.labels(n_ids))(n_ids)
+        centres = gather.centres({int(l) for l in n_labels if l >= 0})
+        label, _, votes = inc.community_vote(centres, n_labels, n_sims, vec[0], float(threshold))
+        refs = dict(centres) if label in centres else gather.centroids([label])
+        out.update(label=label, votes=votes, similarity=inc.similarities_to(refs, np.array([label]), vec)[0])
+    elif rule == "graph":
+        keys, ksims = inc.merge_neighbours(ids[:, :k], sims[:, :k], vec, np.zeros((0, vec.shape[1]), np.float32), k)
+        known = gather.labels(keys[keys >= 0])
+        n_labels = gather.label_fn(known)(keys)
+        labels, share = inc.graph_assign(keys, ksims, gather.label_fn(known), graph_params(state)["min_similarity"])
+        label = int(labels[0])
+        refs = gather.centroids([label])
+        out.update(label=label, share=float(share[0]), votes=int((n_labels[0] == label).sum()) if label >= 0 else 0,
+                   similarity=inc.similarities_to(refs, labels, vec)[0])
+    else:
+        labels, lsims = inc.assign_to_centroids(gather.centroids(), vec)
+        out.update(label=int(labels[0]), similarity=float(lsims[0]))
+    return out
