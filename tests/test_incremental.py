@@ -363,14 +363,14 @@ KILLS = 5
 SEED = 7301
 
 
-def _input(path: Path, n=3000) -> list[str]:
+def _input(path: Path, n=3000, tag: str = "") -> list[str]:
     topics = list(TOPICS.values()) + ["atm cash withdrawal fee", "bank transfer pending abroad"]
     lines = []
     for i in range(n):
         if i % 7 == 6:
-            lines.append(f"stray{i} words{i} here{i}")
+            lines.append(f"stray{tag}{i} words{i} here{i}")
         else:
-            lines.append(f"{topics[i % 5]} item{i}")
+            lines.append(f"{topics[i % 5]} item{tag}{i}")
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return lines
 
@@ -381,14 +381,18 @@ def test_kill_minus_nine_during_incremental_updates(tmp_path):
     with Store.open(data) as store:
         store.ingest(topic_texts())
         run_id = store.cluster("community", threshold=0.6, min_size=5).id
-    input_file = tmp_path / "stream.txt"
-    lines = _input(input_file)
+    all_lines: list[str] = []
     worker = Worker(tmp_path / "worker.log")
     try:
         kills, max_committed = 0, 0
         for round_no in range(KILLS):
+            # every round streams lines of its own, so it has real work to be killed in (a
+            # round repeating stored lines would be a quick run of duplicate skips)
+            input_file = tmp_path / f"stream{round_no}.txt"
+            lines = _input(input_file, tag=f"r{round_no}x")
+            all_lines.extend(lines)
             progress = tmp_path / f"p{round_no}"
-            kills += worker.run("assign", data, str(input_file), progress, kill_after=rng.uniform(0.3, 4.0))
+            kills += worker.run("assign", data, str(input_file), progress, kill_after=rng.uniform(0.2, 1.0))
             done = [ln for ln in progress.read_text().split("\n")[:-1]] if progress.exists() else []
             committed = int(done[-1]) if done else 0
             max_committed = max(max_committed, committed)
@@ -407,10 +411,12 @@ def test_kill_minus_nine_during_incremental_updates(tmp_path):
                 assert not missing, f"round {round_no}: committed sentences lost, e.g. {missing[0]!r}"
         assert kills >= KILLS // 2, "too few kills landed while the worker was busy"
         assert max_committed > 0, "no kill landed after a committed batch"
-        assert not worker.run("assign", data, str(input_file), tmp_path / "final", kill_after=None)
+        everything = tmp_path / "everything.txt"
+        everything.write_text("\n".join(all_lines) + "\n", encoding="utf-8")
+        assert not worker.run("assign", data, str(everything), tmp_path / "final", kill_after=None)
         with Store.open(data) as store:
             run, n_sentences = _check_consistent(store)
-            assert n_sentences == 24 + len(set(lines)) == run.n_sentences
+            assert n_sentences == 24 + len(set(all_lines)) == run.n_sentences
             assert run.n_assigned > 0.5 * run.n_sentences
     finally:
         if worker.proc.poll() is None:
