@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 DATA = Path("/work/shared/data")
@@ -91,7 +92,7 @@ def main() -> None:
             continue
         if v.startswith("bs"):
             bs = int(v[2:])
-            report(f"fp32 batch {bs}", lambda t: base.encode(t, batch_size=bs))
+            report(f"fp32 batch {bs}", partial(base.encode, batch_size=bs))
         elif v == "autocast":
             def f(t):
                 with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -99,7 +100,7 @@ def main() -> None:
             report("fp32 weights + autocast bf16", f)
         elif v == "bf16":
             m = SentenceTransformer(path, device="cpu").to(torch.bfloat16)
-            report("bf16 weights", lambda t: m.encode(t))
+            report("bf16 weights", m.encode)
         elif v == "encoder":
             from indexer.encoder import Encoder
             enc = Encoder()

@@ -141,6 +141,7 @@ class Encoder:
     def dimension(self) -> int:
         if self._dimension is None:
             self.load()
+        assert self._dimension is not None, "load() sets the dimension"
         return self._dimension
 
     def load(self) -> Encoder:
@@ -238,7 +239,7 @@ class Encoder:
         items = _check_texts(texts)
         self.load()
         if not items:
-            return np.zeros((0, self._dimension), dtype=np.float32)
+            return np.zeros((0, self.dimension), dtype=np.float32)
         if isinstance(self._model, OnnxRunner):
             if not show_progress:
                 return self._model.encode(items, self.batch_size)

@@ -137,6 +137,7 @@ class IndexCache:
         if index is None or index.dimension != self.dimension:
             self.last_load = "rebuilt"
             return self.build(persist=self.lock.held)
+        assert record is not None, "a file is loaded only when its record matches"
         self._deletions_seen = deletions
         self.index_seq = self._saved_seq = record[0]
         replayed = self.replay(index)
@@ -147,6 +148,8 @@ class IndexCache:
 
     def replay(self, index: VectorIndex) -> int:
         """Add rows committed after ``index_seq``; returns how many."""
+        if self.dimension is None:  # nothing stored yet (the store configures the cache first)
+            return 0
         added = 0
         with self.db.read() as session:
             for ids, matrix, last in q.iter_embeddings(session, self.dimension, self.dtype, after_seq=self.index_seq):
@@ -184,11 +187,11 @@ class IndexCache:
             elif newest > self.index_seq:
                 self.replay(self._index)
 
-    def _training_sample(self, session, n: int) -> np.ndarray | None:
+    def _training_sample(self, session, dimension: int, n: int) -> np.ndarray | None:
         if n <= self.flat_max:
             return None
         parts, got = [], 0
-        for _, matrix, _ in q.iter_embeddings(session, self.dimension, self.dtype):
+        for _, matrix, _ in q.iter_embeddings(session, dimension, self.dtype):
             parts.append(matrix)
             got += len(matrix)
             if got >= TRAIN_SAMPLE:
@@ -197,12 +200,15 @@ class IndexCache:
 
     def build(self, persist: bool) -> VectorIndex:
         """A new index from every stored embedding (no re-embedding)."""
+        dimension = self.dimension
+        if dimension is None:  # nothing stored yet: the same placeholder as load()
+            return VectorIndex.flat(1)
         with self.db.read() as session:
             self._deletions_seen = q.deletion_count(session)
             n = q.count_sentences(session)
-            index = VectorIndex.for_size(self.dimension, n, self._training_sample(session, n), self.flat_max)
+            index = VectorIndex.for_size(dimension, n, self._training_sample(session, dimension, n), self.flat_max)
             watermark = 0
-            for ids, matrix, last in q.iter_embeddings(session, self.dimension, self.dtype):
+            for ids, matrix, last in q.iter_embeddings(session, dimension, self.dtype):
                 index.add(ids, matrix)
                 watermark = last
         self.index_seq = watermark
@@ -264,9 +270,9 @@ class IndexCache:
     def rebuild(self) -> dict[str, Any]:
         started = time.perf_counter()
         with self.lock, self.rw.write():
-            self._index = self.build(persist=True)
+            index = self._index = self.build(persist=True)
             self.last_load = "rebuilt"
-        return {"indexed": self._index.ntotal, "index_type": self._index.kind,
+        return {"indexed": index.ntotal, "index_type": index.kind,
                 "seconds": round(time.perf_counter() - started, 3)}
 
     def repair(self) -> dict[str, Any]:
@@ -277,8 +283,9 @@ class IndexCache:
         with self.lock:
             action, added, removed = self._repair()
             self.last_load = action if action != "none" else self.last_load
-        return {"action": action, "added": added, "removed": removed, "indexed": self._index.ntotal,
-                "index_type": self._index.kind, "seconds": round(time.perf_counter() - started, 3)}
+        index = self.index
+        return {"action": action, "added": added, "removed": removed, "indexed": index.ntotal,
+                "index_type": index.kind, "seconds": round(time.perf_counter() - started, 3)}
 
     def _repair(self) -> tuple[str, int, int]:
         if self.dimension is None:
@@ -330,11 +337,12 @@ class IndexCache:
             last = q.max_seq(session)
             watermark = state.watermark if state else 0
             pending = n - q.count_up_to(session, watermark)
+            size = self.index_path.stat().st_size if self.index_path.exists() else 0
             out = {
                 "file": str(self.index_path),
                 "folder_id": self.folder_id,
                 "exists": self.index_path.exists(),
-                "bytes": self.index_path.stat().st_size if self.index_path.exists() else 0,
+                "bytes": size,
                 "type": state.index_type if state else None,
                 "indexed": state.ntotal if state else 0,
                 "watermark": watermark,
@@ -342,7 +350,7 @@ class IndexCache:
                 "dirty": bool(state) and state.deletions != deletions,
                 "max_seq": last,
             }
-        out["damaged"] = state is not None and not self._file_matches(state, out["bytes"])
+        out["damaged"] = state is not None and not self._file_matches(state, size)
         if out["damaged"]:
             out["indexed"] = 0
         return out

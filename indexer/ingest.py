@@ -8,6 +8,7 @@ is then extended and saved now and then (see :mod:`indexer.index_cache`).
 from __future__ import annotations
 
 import time
+from collections.abc import Sized
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
@@ -74,10 +75,9 @@ def batched(items: Iterable, size: int) -> Iterator[list]:
 def python_records(texts: Iterable[str], metadata: Iterable[dict[str, Any] | None] | None,
                    source: str = PYTHON_SOURCE) -> Iterator[readers.Record]:
     """Records of texts (and one metadata dict, or None, per text) handed over in Python."""
-    if metadata is not None and hasattr(texts, "__len__") and hasattr(metadata, "__len__"):
-        if len(metadata) != len(texts):  # type: ignore[arg-type]
-            raise InputError(source, None, f"{len(texts)} texts but {len(metadata)} metadata entries: "  # type: ignore[arg-type]
-                                           "give one metadata dict (or None) per text")
+    if isinstance(texts, Sized) and isinstance(metadata, Sized) and len(metadata) != len(texts):
+        raise InputError(source, None, f"{len(texts)} texts but {len(metadata)} metadata entries: "
+                                       "give one metadata dict (or None) per text")
     metas = iter(metadata) if metadata is not None else None
     n = 0
     for n, text in enumerate(texts, 1):
@@ -95,7 +95,7 @@ def python_records(texts: Iterable[str], metadata: Iterable[dict[str, Any] | Non
             text.encode("utf-8")
         except UnicodeEncodeError:
             raise InputError(source, n, "unpaired surrogate in the text (not valid Unicode)") from None
-        yield readers.Record(normalize_text(text), meta or {}, source, n)
+        yield readers.Record(normalize_text(text), meta if isinstance(meta, dict) else {}, source, n)
     if metas is not None and next(metas, _MISSING) is not _MISSING:
         raise InputError(source, n + 1, "more metadata entries than texts")
 

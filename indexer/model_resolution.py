@@ -41,13 +41,15 @@ def is_default_model(name_or_path: str | os.PathLike | None) -> bool:
 
 def model_name(name_or_path: str | os.PathLike | None) -> str:
     """The name recorded for a model: ``DEFAULT_MODEL`` for any alias of the bundled one."""
-    return DEFAULT_MODEL if is_default_model(name_or_path) else os.fspath(name_or_path)
+    if name_or_path is None or is_default_model(name_or_path):
+        return DEFAULT_MODEL
+    return os.fspath(name_or_path)
 
 
 def resolve_model(name_or_path: str | os.PathLike | None = None) -> str:
     """Return something SentenceTransformer can load: the bundled path for the default
     model (``None`` or ``DEFAULT_MODEL``), otherwise the given name or path unchanged."""
-    if is_default_model(name_or_path):
+    if name_or_path is None or is_default_model(name_or_path):
         return str(bundled_model_path())
     return os.fspath(name_or_path)
 
@@ -95,16 +97,17 @@ def quiet_loading() -> Iterator[None]:
     try:
         from transformers.utils import logging as hf_logging
     except ImportError:  # pragma: no cover - transformers comes with sentence-transformers
-        hf_logging = None
-    bar_was_on = hf_logging is not None and hf_logging.is_progress_bar_enabled()
-    if bar_was_on:
-        hf_logging.disable_progress_bar()
+        bar = None
+    else:
+        bar = hf_logging if hf_logging.is_progress_bar_enabled() else None
+    if bar is not None:
+        bar.disable_progress_bar()
     try:
         with contextlib.redirect_stdout(sys.stderr):
             yield
     finally:
-        if bar_was_on:
-            hf_logging.enable_progress_bar()
+        if bar is not None:
+            bar.enable_progress_bar()
 
 
 def load_sentence_transformer(name_or_path: str | os.PathLike | None, device: str, **kwargs):

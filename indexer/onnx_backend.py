@@ -208,7 +208,7 @@ class OnnxRunner:
                     n = lens[j]
                     arr[r, :n] = ids[j]
                     mask[r, :n] = 1
-                    if tarr is not None:
+                    if tarr is not None and types is not None:
                         tarr[r, :n] = types[j]
                 feed = {"input_ids": arr, "attention_mask": mask, "token_type_ids": tarr}
                 emb = self.session.run([self.output_name], {k: feed[k] for k in self.input_names})[0]
@@ -279,7 +279,7 @@ def export_onnx(fp32_model, folder: Path, reference: np.ndarray) -> dict:
                 dynamo=False,
             )
     finally:
-        if old_attn is not None:
+        if hf is not None and old_attn is not None:
             hf.set_attn_implementation(old_attn)
 
     fused: dict[str, int] = {}

@@ -209,6 +209,13 @@ class SentenceStore:
 
     def refresh(self) -> None:
         """Catch up with what other processes committed since the index was loaded."""
+        if self.model_name is None:  # opened empty: another process may have stored the first rows
+            with self.db.read() as session:
+                info = q.get_info(session)
+            if info is not None:
+                self.model_name, self.dimension, self.embedding_dtype = info.model_name, info.dimension, info.embedding_dtype
+                self._check_model()
+                self.cache.configure(self.dimension, self.embedding_dtype)
         self.cache.refresh()
 
     def rebuild_index(self) -> dict[str, Any]:
@@ -281,7 +288,7 @@ class SentenceStore:
             self.refresh()
             self.cache.index  # noqa: B018  (loaded before the rows go)
             after_commit = None
-            deletions = None
+            deletions: int | None = None
             with self.cache.rw.write():
                 with self.db.write() as session:
                     if self.listener is not None:
@@ -293,7 +300,7 @@ class SentenceStore:
                         deletions = q.mark_index_dirty(session)
                 if after_commit is not None:
                     after_commit()
-                if removed:
+                if deletions is not None:
                     self.cache.removed(removed, deletions)
         return removed
 
@@ -347,8 +354,8 @@ class SentenceStore:
             return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
         with self.db.read() as session:
             if ids is not None:
-                ids = np.asarray(list(ids), dtype=np.int64)
-                return ids, q.embeddings_for(session, ids.tolist(), self.dimension, self.embedding_dtype)
+                wanted = np.asarray(list(ids), dtype=np.int64)
+                return wanted, q.embeddings_for(session, wanted.tolist(), self.dimension, self.embedding_dtype)
             id_parts, parts = [], []
             for batch_ids, matrix, _ in q.iter_embeddings(
                 session, self.dimension, self.embedding_dtype, up_to_seq=up_to_seq

@@ -105,9 +105,9 @@ class Database:
                 self.read_only = sqlite_read_only(database)
                 if self.read_only:
                     url = _read_only_sqlite_url(database)
-        connect_args = {}
+        connect_args: dict[str, int | str] = {}
         if self.dialect == "postgresql":
-            connect_args["connect_timeout"] = max(1, int(round(connect_timeout)))
+            connect_args["connect_timeout"] = max(1, round(connect_timeout))
             if "application_name" not in parsed.query:
                 connect_args["application_name"] = f"clusterer {socket.gethostname()} pid {os.getpid()}"[:63]
         try:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from sqlalchemy.engine import Connection
 
+from storage.errors import StorageError
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
@@ -46,7 +48,8 @@ def head_revision() -> str:
     """The newest revision of the migration scripts, read from their ``revision`` and
     ``down_revision`` assignments without importing Alembic (Alembic decides when the scripts
     do not form one line of history)."""
-    revisions, parents = set(), set()
+    revisions: set[str] = set()
+    parents: set[str] = set()
     for script in sorted((MIGRATIONS_DIR / "versions").glob("*.py")):
         found = _assignments(script)
         if "revision" not in found:
@@ -59,7 +62,10 @@ def head_revision() -> str:
         return heads.pop()
     from alembic.script import ScriptDirectory
 
-    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    if head is None:
+        raise StorageError(f"no migration scripts in {MIGRATIONS_DIR / 'versions'}")
+    return head
 
 
 def _assignments(script: Path) -> dict:

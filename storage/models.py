@@ -103,7 +103,7 @@ class IndexCacheState(Base):
 
 class Sentence(Base):
     __tablename__ = "sentences"
-    __table_args__ = {"sqlite_autoincrement": True}
+    __table_args__ = {"sqlite_autoincrement": True}  # noqa: RUF012 (SQLAlchemy's declarative table options)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     text: Mapped[str] = mapped_column(Text)

@@ -244,9 +244,8 @@ def test_run_left_running_by_a_killed_process_is_marked_interrupted_by_the_next_
     from clusterer.api import Store
     from storage import clusters as cq
 
-    with Store(filled, recover=False) as store:
-        with store.db.write() as session:  # what a SIGKILL during `clusterer cluster` leaves behind
-            run_id = cq.create_run(session, "kmeans", {"k": 2}).id
+    with Store(filled, recover=False) as store, store.db.write() as session:  # what a SIGKILL during `clusterer cluster` leaves behind
+        run_id = cq.create_run(session, "kmeans", {"k": 2}).id
     listed = json.loads(run(runner, ["runs", "--json"], filled).stdout)["runs"]
     assert [r["status"] for r in listed if r["id"] == run_id] == ["running"]  # readers change nothing
     more = tmp_path / "more.txt"

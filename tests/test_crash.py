@@ -55,7 +55,7 @@ class Worker:
     """The fork server of tests/crash_worker.py and a line reader on its stdout."""
 
     def __init__(self, log: Path):
-        self.log = open(log, "w")
+        self.log = open(log, "w")  # noqa: SIM115 (the worker's stderr for its whole life; closed in close())
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tests.crash_worker", "serve"],
             cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),

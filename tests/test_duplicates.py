@@ -29,7 +29,7 @@ def reference_groups(x: np.ndarray, threshold: float) -> list[tuple[list[int], l
         if not near:
             continue
         near.sort(key=lambda q: (-sims[p, q], q))
-        members = [p] + near
+        members = [p, *near]
         taken[members] = True
         groups.append((members, [1.0] + [float(sims[p, q]) for q in near]))
     groups.sort(key=lambda g: (-len(g[0]), g[0][0]))

@@ -64,7 +64,7 @@ def test_shape_dtype_normalised(encoder):
 
 
 def test_order_preserved_and_batching_independent(encoder):
-    texts = SENTENCES + ["a much longer sentence " * 20]
+    texts = [*SENTENCES, "a much longer sentence " * 20]
     whole = encoder.encode(texts)
     singles = np.vstack([encoder.encode([t]) for t in texts])
     np.testing.assert_allclose(whole, singles, atol=1e-4)
@@ -163,7 +163,7 @@ def test_onnx_backend_loads_offline_and_is_faithful(onnx_cache, encoder):
     np.testing.assert_allclose(np.linalg.norm(y, axis=1), 1.0, atol=1e-5)
     x = Encoder(backend="torch", precision="fp32").encode(SENTENCES)
     assert float((x * y).sum(axis=1).min()) >= 0.99
-    texts = SENTENCES + ["a much longer sentence " * 20]
+    texts = [*SENTENCES, "a much longer sentence " * 20]
     whole = enc.encode(texts)
     np.testing.assert_allclose(whole, np.vstack([enc.encode([t]) for t in texts]), atol=1e-4)
     np.testing.assert_allclose(whole, enc.encode(texts[::-1])[::-1], atol=1e-4)

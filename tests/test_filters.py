@@ -106,7 +106,7 @@ def test_injection_attempts_leave_database_intact(store, bad):
 
 def test_unknown_field_is_a_clean_error(store):
     with store.db.read() as session:
-        with pytest.raises(InvalidFilterError, match="unknown field 'colour'.*metadata fields: app, date, lang"):
+        with pytest.raises(InvalidFilterError, match=r"unknown field 'colour'.*metadata fields: app, date, lang"):
             check_fields(session, "colour=red")
         assert check_fields(session, ["lang=en", "app.os=ios", "id>0"])
 

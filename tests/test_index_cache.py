@@ -11,6 +11,7 @@ from storage import migrate
 from storage import sentences as q
 from storage.db import Database
 from storage.models import IndexCacheState, IndexState
+from tests.fakes import FakeEncoder
 
 
 def test_each_folder_gets_an_identity_and_a_record(tmp_path, db_url):
@@ -60,3 +61,21 @@ def test_migration_0004_starts_the_sequence_counter_after_the_stored_rows(tmp_pa
         _, seqs = q.insert_sentences(session, rows)
     assert seqs == [8]
     db.dispose()
+
+
+def test_a_store_opened_empty_sees_the_first_rows_another_process_stores(tmp_path, db_url):
+    data = tmp_path / "data"
+    with SentenceStore(data, db_url=db_url, encoder=FakeEncoder()) as reader:
+        assert reader.dimension is None and reader.index.ntotal == 0
+        with SentenceStore(data, db_url=db_url, encoder=FakeEncoder()) as writer:
+            writer.ingest(["the cat sat on the mat", "stock markets fell today"])
+        reader.refresh()
+        assert reader.dimension == FakeEncoder().dimension
+        assert [h.text for h in reader.search("a cat on a mat", k=1)] == ["the cat sat on the mat"]
+
+
+def test_rebuild_and_repair_of_an_empty_store_report_an_empty_index(tmp_path, db_url):
+    with SentenceStore(tmp_path / "data", db_url=db_url, encoder=FakeEncoder()) as store:
+        assert store.rebuild_index()["indexed"] == 0
+        repaired = store.repair()
+        assert (repaired["action"], repaired["indexed"]) == ("none", 0)

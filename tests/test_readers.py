@@ -118,7 +118,7 @@ def test_tsv(tmp_path):
     recs = list(read_records(p))
     assert recs[0].text == "hello, world" and recs[0].metadata == {"score": "0.5"}
     assert detect_format(p) == "tsv"
-    assert list(read_records(p, format="csv"))[0].metadata == {"score": "0.5"}
+    assert next(iter(read_records(p, format="csv"))).metadata == {"score": "0.5"}
 
 
 def test_jsonl_metadata_roundtrip(tmp_path):
@@ -236,7 +236,7 @@ def test_stdin_invalid_utf8(monkeypatch):
 
 def test_stdin_jsonl(monkeypatch):
     _fake_stdin(monkeypatch, b'{"text": "x", "k": 1}\n')
-    assert list(read_records("-", format="jsonl"))[0].metadata == {"k": 1}
+    assert next(iter(read_records("-", format="jsonl"))).metadata == {"k": 1}
 
 
 def test_stdin_without_buffer(monkeypatch):

@@ -79,7 +79,7 @@ def members_by_cluster(store, run_id=None):
 
 def test_basic_community_run(tmp_path, db_url):
     with Store(tmp_path / "data", db_url=db_url) as store:
-        store.ingest(topic_texts() + ["lonely sentence here", "another unrelated remark"])
+        store.ingest([*topic_texts(), "lonely sentence here", "another unrelated remark"])
         run = store.cluster("community", threshold=0.6, min_size=4)
         assert run.status == "done"
         assert run.method == "community"

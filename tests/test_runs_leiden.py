@@ -287,7 +287,7 @@ def _blobs(sizes, dim=8, seed=0):
 def test_plan_without_a_database():
     # four fine groups (raw labels 0..3) under two coarse groups, two outliers at the end
     sizes = [4, 3, 3, 2]
-    x = _blobs(sizes + [1, 1])
+    x = _blobs([*sizes, 1, 1])
     ids = np.arange(100, 100 + len(x), dtype=np.int64)
     raw = np.array([0] * 4 + [1] * 3 + [2] * 3 + [3] * 2 + [-1, -1], dtype=np.int64)
     words = {0: "apple banana", 1: "apple cherry", 2: "rocket engine", 3: "rocket fuel"}

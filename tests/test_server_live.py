@@ -4,6 +4,7 @@ middle of a batch, and kill -9 in the middle of a batch. Every loop is bounded i
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -19,10 +20,10 @@ import pytest
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
 
-from clusterer.api import Store
-from indexer.normalize import normalize_text, text_hash
-from storage import sentences as sq
-from tests.test_server import make_store
+from clusterer.api import Store  # noqa: E402 (after the importorskip guards above)
+from indexer.normalize import normalize_text, text_hash  # noqa: E402 (after the importorskip guards above)
+from storage import sentences as sq  # noqa: E402 (after the importorskip guards above)
+from tests.test_server import make_store  # noqa: E402 (after the importorskip guards above)
 
 ROOT = Path(__file__).resolve().parents[1]
 READERS = 8
@@ -153,7 +154,7 @@ def test_one_writer_eight_readers_and_a_cli_ingest_all_land(server, tmp_path):
     cli_file = tmp_path / "cli.txt"
     cli_texts = [f"cli line{i} word{i % 11}" for i in range(400)]
     cli_file.write_text("\n".join(cli_texts) + "\n")
-    for t in readers + [writer]:
+    for t in [*readers, writer]:
         t.start()
     time.sleep(0.5)
     cli = subprocess.run([sys.executable, "-m", "tests.server_worker", "ingest", str(cli_file), "--data-dir",
@@ -240,7 +241,5 @@ def test_kill_9_during_a_batch_loses_nothing_acknowledged(server):
 
 
 def _post_quietly(url: str, texts: list[str]) -> None:
-    try:
+    with contextlib.suppress(httpx.HTTPError):
         httpx.post(url + "/sentences", json={"texts": texts}, timeout=60)
-    except httpx.HTTPError:
-        pass

@@ -19,12 +19,12 @@ if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
                 "install with: apt-get install -y chromium chromium-driver", allow_module_level=True)
 webdriver = pytest.importorskip("selenium.webdriver")
 
-from selenium.webdriver.chrome.service import Service as ChromeService
-from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.chrome.service import Service as ChromeService  # noqa: E402 (after the skip guards above)
+from selenium.webdriver.common.by import By  # noqa: E402 (after the skip guards above)
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402 (after the skip guards above)
 
-from tests.test_server import TOPICS, make_store
-from tests.test_server_live import Server, httpx
+from tests.test_server import TOPICS, make_store  # noqa: E402 (after the skip guards above)
+from tests.test_server_live import Server, httpx  # noqa: E402 (after the skip guards above)
 
 
 @pytest.fixture

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import pytest
 from sqlalchemy import inspect, text
@@ -59,7 +61,7 @@ def test_insert_returns_ids_and_seqs_in_order(db):
         ids2, seqs2 = q.insert_sentences(s, rows2)
     assert len(ids1) == 5 and len(ids2) == 7
     seqs = seqs1 + seqs2
-    assert all(b > a for a, b in zip(seqs, seqs[1:])), seqs
+    assert all(b > a for a, b in pairwise(seqs)), seqs
     assert len(set(ids1 + ids2)) == 12
     with db.read() as s:
         got = q.get_sentences(s, ids1 + ids2)

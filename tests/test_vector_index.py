@@ -38,9 +38,9 @@ def test_batched_ivf_range_search_matches_faiss_on_the_same_probes():
     queries = vectors[rng.choice(len(vectors), vi.BLOCKED_RANGE_MIN_QUERIES + 8, replace=False)]
     lims, sims, got_ids = index.range_search(queries, 0.5)
     ref_lims, ref_sims, ref_ids = index.index.range_search(queries, 0.5)
-    for q in range(len(queries)):
-        got = dict(zip(got_ids[lims[q] : lims[q + 1]].tolist(), sims[lims[q] : lims[q + 1]].tolist()))
-        ref = dict(zip(ref_ids[ref_lims[q] : ref_lims[q + 1]].tolist(), ref_sims[ref_lims[q] : ref_lims[q + 1]].tolist()))
+    for j in range(len(queries)):
+        got = dict(zip(got_ids[lims[j] : lims[j + 1]].tolist(), sims[lims[j] : lims[j + 1]].tolist()))
+        ref = dict(zip(ref_ids[ref_lims[j] : ref_lims[j + 1]].tolist(), ref_sims[ref_lims[j] : ref_lims[j + 1]].tolist()))
         assert set(got) == set(ref) and not set(got) & set(ids[:50].tolist())
         assert all(abs(got[i] - ref[i]) < 1e-5 for i in got)
     assert lims[-1] > len(queries)

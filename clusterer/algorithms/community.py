@@ -89,8 +89,8 @@ def community_detection(graph: NeighborGraph, tie_break: str = "position") -> li
         accepted.append(
             Community(
                 centre=centre,
-                members=[centre] + members.tolist(),
-                similarities=[centre_sim] + sims.tolist(),
+                members=[centre, *members.tolist()],
+                similarities=[centre_sim, *sims.tolist()],
             )
         )
     return sorted(accepted, key=len, reverse=True)

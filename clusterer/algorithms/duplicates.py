@@ -142,7 +142,7 @@ def star_groups(neighbours: Neighbours, order: np.ndarray | None = None) -> list
             continue
         nb, nb_sims = nb[keep], nb_sims[keep]
         by_sim = np.lexsort((rank[nb], -nb_sims))
-        members = [p] + nb[by_sim].tolist()
+        members = [p, *nb[by_sim].tolist()]
         taken[members] = True
         found.append((int(rank[p]), DuplicateGroup(members, [1.0] + [float(s) for s in nb_sims[by_sim]])))
     found.sort(key=lambda item: (-len(item[1].members), item[0]))

@@ -73,31 +73,35 @@ def match_clusters(
             used.add(label)
     events: list[Event] = []
     fresh = next_label
+    final: list[int] = []
     for j, ids in enumerate(current):
-        if labels[j] is not None:
-            events.append(Event(labels[j], "continued", len(ids), [], {"previous_size": old_size[labels[j]]}))
+        kept = labels[j]
+        if kept is not None:
+            events.append(Event(kept, "continued", len(ids), [], {"previous_size": old_size[kept]}))
+            final.append(int(kept))
             continue
-        labels[j] = fresh
+        new = fresh
+        final.append(new)
         fresh += 1
         source, inter = overlaps[j].most_common(1)[0] if overlaps[j] else (None, 0)
         if source is not None and inter * 2 > len(ids) and source in used:
-            events.append(Event(labels[j], "split", len(ids), [source], {"from": source}))
-            events.append(Event(source, "split", len(current[labels.index(source)]), [labels[j]], {"into": labels[j]}))
+            events.append(Event(new, "split", len(ids), [source], {"from": source}))
+            events.append(Event(source, "split", len(current[labels.index(source)]), [new], {"into": new}))
         else:
-            events.append(Event(labels[j], "birth", len(ids), sorted(overlaps[j]), {}))
+            events.append(Event(new, "birth", len(ids), sorted(overlaps[j]), {}))
     for label in sorted(set(previous) - used):
-        went = Counter()
+        went: Counter[int] = Counter()
         for j, counts in enumerate(overlaps):
             if counts.get(label):
                 went[j] = counts[label]
         target = went.most_common(1)[0] if went else None
         if target is not None and target[1] * 2 > old_size[label]:
-            into = labels[target[0]]
+            into = final[target[0]]
             events.append(Event(into, "merge", len(current[target[0]]), [label], {"absorbed": label}))
             events.append(Event(label, "death", 0, [into], {"merged_into": into}))
         else:
             events.append(Event(label, "death", 0, [], {}))
-    return MatchResult([int(x) for x in labels], events)
+    return MatchResult(final, events)
 
 
 def groups_from_labels(ids: np.ndarray, labels: np.ndarray) -> dict[int, np.ndarray]:
@@ -109,5 +113,5 @@ def groups_from_labels(ids: np.ndarray, labels: np.ndarray) -> dict[int, np.ndar
     order = np.argsort(labels, kind="stable")
     ids, labels = ids[order], labels[order]
     uniq, starts = np.unique(labels, return_index=True)
-    bounds = list(starts[1:]) + [len(labels)]
+    bounds = [*starts[1:].tolist(), len(labels)]
     return {int(u): ids[s:e] for u, s, e in zip(uniq, starts, bounds)}

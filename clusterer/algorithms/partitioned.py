@@ -63,6 +63,7 @@ def _kmeans(x: np.ndarray, k: int, seed: int, niter: int = 4) -> np.ndarray:
         km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, spherical=True,
                           max_points_per_centroid=TRAIN_PER_CENTROID, min_points_per_centroid=1, verbose=False)
         km.train(np.ascontiguousarray(sample))
+        assert km.centroids is not None, "faiss.Kmeans.train sets centroids"
         centroids = km.centroids
     return np.ascontiguousarray(centroids, dtype=np.float32)
 
@@ -80,7 +81,7 @@ def partition(x: np.ndarray, nlist: int, nprobe: int, seed: int = 0) -> np.ndarr
     """For each point, the ids of its ``nprobe`` nearest cells (first = home cell)."""
     if nlist <= TWO_LEVEL_ABOVE:
         return _top_cells(x, _kmeans(x, nlist, seed), nprobe)
-    coarse_k = int(math.ceil(math.sqrt(nlist)))
+    coarse_k = math.ceil(math.sqrt(nlist))
     coarse = _kmeans(x, coarse_k, seed)
     coarse_of = _top_cells(x, coarse, 2)
     home_coarse = coarse_of[:, 0]
@@ -101,7 +102,7 @@ def partition(x: np.ndarray, nlist: int, nprobe: int, seed: int = 0) -> np.ndarr
     key = coarse_of[:, 0] * len(coarse) + (coarse_of[:, 1] if coarse_of.shape[1] > 1 else coarse_of[:, 0])
     by_key = np.argsort(key, kind="stable")
     keys, key_starts = np.unique(key[by_key], return_index=True)
-    key_bounds = list(key_starts[1:]) + [len(key)]
+    key_bounds = [*key_starts[1:].tolist(), len(key)]
     for kv, a, b in zip(keys.tolist(), key_starts.tolist(), key_bounds):
         sel = by_key[a:b]
         first, second = divmod(kv, len(coarse))

@@ -80,7 +80,7 @@ def count_terms(texts: Sequence[str], labels) -> ClassCounts:
     keep = np.flatnonzero(labels != -1)
     per_label: dict[int, Counter[str]] = {int(c): Counter() for c in np.unique(labels[keep])}
     for i in keep:
-        per_label[int(labels[i])].update(text_terms(texts[i]))
+        per_label[int(labels[i])].update(text_terms(texts[int(i)]))
     return {label: dict(c) for label, c in per_label.items()}
 
 
@@ -234,7 +234,7 @@ def normalised_centroid(vectors: np.ndarray) -> np.ndarray:
 
 def representatives(
     embeddings: np.ndarray,
-    members: Sequence[int],
+    members: Sequence[int] | np.ndarray,
     centroid: np.ndarray | None = None,
     n: int = 3,
 ) -> list[int]:
@@ -244,14 +244,14 @@ def representatives(
     most central first (ties keep the order of ``members``). ``centroid`` defaults to the
     normalised mean of the members' normalised embeddings.
     """
-    members = np.asarray(members, dtype=np.int64).reshape(-1)
-    if len(members) == 0 or n <= 0:
+    rows = np.asarray(members, dtype=np.int64).reshape(-1)
+    if len(rows) == 0 or n <= 0:
         return []
-    vectors = _normalise(np.asarray(embeddings)[members])
+    vectors = _normalise(np.asarray(embeddings)[rows])
     center = _normalise(vectors.mean(axis=0) if centroid is None else np.asarray(centroid).reshape(-1))
     sims = vectors @ center
     order = np.argsort(-sims, kind="stable")[:n]
-    return [int(members[i]) for i in order]
+    return [int(rows[i]) for i in order]
 
 
 def cohesion(embeddings: np.ndarray) -> float:

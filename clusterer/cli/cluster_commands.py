@@ -213,7 +213,7 @@ def export(fmt, output, run_id, where, as_json, **kwargs):
         raise click.UsageError("--json on standard output writes JSON Lines: use --format jsonl or --output FILE")
     with open_store(settings, recover=False) as store:
         store.run(run_id)
-        out = sys.stdout if output == "-" else open(output, "w", encoding="utf-8", newline="")
+        out = sys.stdout if output == "-" else open(output, "w", encoding="utf-8", newline="")  # noqa: SIM115 (closed in the finally below unless it is stdout)
         count = 0
         try:
             if fmt == "csv":

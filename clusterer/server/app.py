@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from importlib import resources
 from typing import Any
 
@@ -70,10 +70,8 @@ class Service:
             vector = self.store.embed(["warm up"])[0]
             self.store.refresh()
             if self.store.dimension is not None:
-                try:
+                with suppress(ClustererError):
                     self.store.lookup_vector(vector)
-                except ClustererError:
-                    pass
             self.ready.set()
         except Exception as exc:  # noqa: BLE001 (reported by /readyz and every data route)
             self.load_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
@@ -88,6 +86,8 @@ class Service:
         return self.store
 
     def embed(self, texts: list[str]):
+        if self.batcher is None:
+            raise NotReady("the service has not started")
         return self.batcher.encode(texts)
 
     def stop(self) -> None:
@@ -231,7 +231,7 @@ def create_app(store, settings: ServerSettings | None = None, *, close_store: bo
     return app
 
 
-def _library_errors() -> tuple[type[BaseException], ...]:
+def _library_errors() -> tuple[type[Exception], ...]:
     from sqlalchemy.exc import SQLAlchemyError
 
     from clusterer.errors import ClustererError

@@ -51,10 +51,8 @@ def classify(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
         if status is not None:
             break
     if status is None:
-        try:
-            from sqlalchemy.exc import SQLAlchemyError
-        except ImportError:  # pragma: no cover
-            SQLAlchemyError = ()  # type: ignore[assignment]
+        from sqlalchemy.exc import SQLAlchemyError
+
         if isinstance(exc, SQLAlchemyError):
             orig = getattr(exc, "orig", None)
             return 503, {"error": f"database error: {_first_line(orig or exc)}"}, {"Retry-After": str(RETRY_AFTER_S)}

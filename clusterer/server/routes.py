@@ -173,7 +173,7 @@ def lookup(request: Request, body: LookupBody):
     svc = _service(request)
     if (body.text is None) == (body.texts is None):
         raise ApiError(422, "give either text or texts", "text")
-    texts = [body.text] if body.text is not None else body.texts
+    texts = [body.text] if body.text is not None else body.texts or []
     _check_texts(texts, svc.settings, "text" if body.text is not None else "texts", single=body.text is not None)
     store = svc.require_ready()
     if store.dimension is None:

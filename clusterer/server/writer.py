@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from clusterer.service.batches import Batch, ingest_batches
@@ -134,7 +135,7 @@ class Writer:
                 if item.kind == "ingest":
                     self._ingest(item)
                 elif item.kind == "delete":
-                    self._run(item, lambda ids=item.payload: self.store.delete(ids))
+                    self._run(item, partial(self.store.delete, item.payload))
                 else:
                     self._cluster(item)
             finally:
@@ -171,6 +172,7 @@ class Writer:
 
     def _cluster(self, item: _Item) -> None:
         job = item.job
+        assert job is not None, "a clustering item always carries its job"
         method, params, force = item.payload
         job.state, job.started_at = "running", time.time()
 

@@ -46,14 +46,14 @@ def ingest_batches(store, batches: Sequence[Batch]) -> list[dict[str, Any]]:
     claimed: set[int] = set()
     answers, pos = [], 0
     for batch in batches:
-        rows = []
+        rows: list[dict[str, Any]] = []
         for _ in batch.texts:
             h = hashes[pos]
             pos += 1
             sid = by_hash.get(h) if h else None
             if h is None:
                 rows.append({"id": None, "status": "empty", "cluster": None, "similarity": None})
-            elif sid in added and sid not in claimed:
+            elif sid is not None and sid in added and sid not in claimed:
                 claimed.add(sid)
                 label, sim = placed.get(sid, (None, None))
                 rows.append({"id": sid, "status": "added", "cluster": label,

@@ -1,7 +1,7 @@
 """store and clustering tables
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-29 08:38:53.496835
 """
 from alembic import op
