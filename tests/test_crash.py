@@ -20,6 +20,8 @@ from indexer.normalize import normalize_text
 from indexer.sentence_store import SentenceStore
 from storage.models import Sentence
 
+pytestmark = pytest.mark.slow  # SIGKILLs real writer processes for tens of seconds
+
 ROOT = Path(__file__).resolve().parents[1]
 ROUND_LINES = 4_000
 INGEST_KILLS = 20

@@ -375,6 +375,7 @@ def _input(path: Path, n=3000, tag: str = "") -> list[str]:
     return lines
 
 
+@pytest.mark.slow  # SIGKILLs real writer processes
 def test_kill_minus_nine_during_incremental_updates(tmp_path):
     rng = random.Random(SEED)
     data = tmp_path / "data"

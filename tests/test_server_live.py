@@ -25,6 +25,8 @@ from indexer.normalize import normalize_text, text_hash  # noqa: E402 (after the
 from storage import sentences as sq  # noqa: E402 (after the importorskip guards above)
 from tests.test_server import make_store  # noqa: E402 (after the importorskip guards above)
 
+pytestmark = pytest.mark.slow  # real uvicorn servers and client processes
+
 ROOT = Path(__file__).resolve().parents[1]
 READERS = 8
 WRITE_SECONDS = 45.0

@@ -26,6 +26,8 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402 (after the
 from tests.test_server import TOPICS, make_store  # noqa: E402 (after the skip guards above)
 from tests.test_server_live import Server, httpx  # noqa: E402 (after the skip guards above)
 
+pytestmark = pytest.mark.slow  # drives headless chromium
+
 
 @pytest.fixture
 def browser(tmp_path):
