@@ -11,14 +11,14 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from clusterer.errors import ClustererError, InvalidParameterError
 from clusterer.service import duplicates as dup_service
 from clusterer.service import incremental, methods
-from clusterer.service import upkeep as upkeep_service
-from clusterer.service.upkeep import Upkeep
 from clusterer.service import runs as run_service
-from clusterer.errors import ClustererError, InvalidParameterError
+from clusterer.service import upkeep as upkeep_service
 from clusterer.service.runs import NoRunError
-from clusterer.service.views import ClusterInfo, Event, Member, RunInfo
+from clusterer.service.upkeep import Upkeep
+from clusterer.service.views import ClusterInfo, Event, Member, RunInfo, event_from_row
 from indexer.sentence_store import SentenceStore
 from storage import clusters as cq
 from storage import filters
@@ -281,7 +281,7 @@ class Store(SentenceStore):
     def events(self, run_id: int) -> list[Event]:
         """Every event a run recorded."""
         with self.db.read() as session:
-            return [Event.from_row(r) for r in cq.events(session, run_id=run_id)]
+            return [event_from_row(r) for r in cq.events(session, run_id=run_id)]
 
     def history(self, cluster_id: int) -> list[Event]:
         """Births, growth, merges, splits and deaths of a cluster id, oldest first."""
@@ -289,7 +289,7 @@ class Store(SentenceStore):
             rows = cq.events(session, cluster_id)
             if not rows:
                 raise UnknownClusterError(f"cluster {cluster_id} never existed")
-            return [Event.from_row(r) for r in rows]
+            return [event_from_row(r) for r in rows]
 
     # -- near-duplicates (dups) ------------------------------------------------------
 

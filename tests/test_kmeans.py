@@ -78,7 +78,7 @@ def test_update_centroid_running_mean():
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((10, 8)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    raw, count = update_centroid(vectors[:6].mean(axis=0), 6, vectors[6:], normalise=False)
+    raw, count = update_centroid(vectors[:6].mean(axis=0), 6, vectors[6:], normalize=False)
     assert count == 10
     np.testing.assert_allclose(raw, vectors.mean(axis=0), atol=1e-6)
     unit, count = update_centroid(vectors[:6].mean(axis=0), 6, vectors[6:])

@@ -311,7 +311,7 @@ def test_plan_without_a_database():
     assert coarse[9].centre_id in range(107, 112) and set(coarse[9].representatives) <= set(range(107, 112))
     # a coarse row read child by child equals the same figures over all its members at once
     members = x[7:12]
-    centroid = topics.normalised_centroid(members)
+    centroid = topics.normalized_centroid(members)
     assert np.allclose(np.frombuffer(coarse[9].centroid, np.float32), centroid, atol=1e-5)
     assert coarse[9].cohesion == pytest.approx(topics.cohesion(members), abs=1e-5)
     assert coarse[9].representatives == [107 + p for p in topics.representatives(members, range(5), centroid, n=3)]

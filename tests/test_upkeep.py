@@ -223,7 +223,7 @@ def test_deleting_a_centre_then_ingest_and_lookup(store, leiden, method, params)
     assert after.size == card.size - 1 and after.centre_id not in (None, centre)
     members = store.members(ids["card"], limit=100)
     vecs = store.embeddings([m.id for m in members])[1]
-    centroid = topics.normalised_centroid(vecs)
+    centroid = topics.normalized_centroid(vecs)
     assert after.centre_id == members[int(np.argmax(vecs @ centroid))].id or method == "community"
     if method == "community":
         assert members[0].id == after.centre_id and members[0].similarity == pytest.approx(1.0, abs=1e-5)

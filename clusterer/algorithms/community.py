@@ -97,6 +97,8 @@ def community_detection(graph: NeighborGraph, tie_break: str = "position") -> li
 
 
 def _normalize(embeddings) -> np.ndarray:
+    """Rows scaled to unit norm by torch, exactly as sentence-transformers does before its
+    threshold test (a numpy norm differs in the last ulp and would move pairs at the threshold)."""
     import torch
 
     x = torch.as_tensor(np.asarray(embeddings, dtype=np.float32))

@@ -145,12 +145,12 @@ def update_centroid(
     centroid: np.ndarray,
     count: int,
     new_vectors: np.ndarray,
-    normalise: bool = True,
+    normalize: bool = True,
 ) -> tuple[np.ndarray, int]:
     """Running mean: the centroid of ``count`` members after adding ``new_vectors``.
 
     Computes ``(count * centroid + sum(unit(new_vectors))) / (count + m)`` and returns it with
-    the new count ``count + m``; L2-normalised when ``normalise`` (the default, matching the
+    the new count ``count + m``; L2-normalised when ``normalize`` (the default, matching the
     centroids :func:`kmeans` returns). This is exact when ``centroid`` is the unnormalised mean
     of the members' unit vectors; for a normalised centroid it weighs the old members as if
     they all lay on the centroid, which is the usual approximation for spherical k-means.
@@ -163,7 +163,7 @@ def update_centroid(
     if total == 0:
         return c.astype(np.float32), 0
     mean = (count * c + new.sum(axis=0, dtype=np.float64)) / total
-    if normalise:
+    if normalize:
         norm = np.linalg.norm(mean)
         if norm > 0:
             mean = mean / norm

@@ -27,11 +27,24 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Event:
+    """Birth, growth, merge, split, death or carry-over of cluster ``label``: the one event type,
+    made by matching and upkeep, stored, and read back (with ``run_id`` and ``at``) by the API."""
+
     label: int
     kind: str
     size: int
     related: list[int] = field(default_factory=list)
     detail: dict = field(default_factory=dict)
+    run_id: int | None = None
+    at: str | None = None
+
+    @property
+    def cluster_id(self) -> int:
+        return self.label
+
+    def to_dict(self) -> dict:
+        return {"cluster_id": self.label, "run_id": self.run_id, "kind": self.kind, "size": self.size,
+                "related": list(self.related), "detail": dict(self.detail), "at": self.at}
 
 
 @dataclass

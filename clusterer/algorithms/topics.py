@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from clusterer.errors import InvalidParameterError
+from indexer.normalize import l2_normalize
 
 Counts = dict[str, int]
 ClassCounts = dict[int, dict[str, int]]
@@ -218,18 +219,12 @@ def ctfidf_keywords(
     return result
 
 
-def _normalise(vectors: np.ndarray) -> np.ndarray:
-    vectors = np.asarray(vectors, dtype=np.float32)
-    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
-    return vectors / np.where(norms > 0, norms, 1.0)
-
-
-def normalised_centroid(vectors: np.ndarray) -> np.ndarray:
+def normalized_centroid(vectors: np.ndarray) -> np.ndarray:
     """L2-normalised mean of the L2-normalised ``vectors`` (float32)."""
     vectors = np.asarray(vectors)
     if vectors.ndim != 2 or len(vectors) == 0:
-        raise InvalidParameterError("normalised_centroid needs a non-empty 2-D array of vectors")
-    return _normalise(_normalise(vectors).mean(axis=0))
+        raise InvalidParameterError("normalized_centroid needs a non-empty 2-D array of vectors")
+    return l2_normalize(l2_normalize(vectors).mean(axis=0))
 
 
 def representatives(
@@ -247,8 +242,8 @@ def representatives(
     rows = np.asarray(members, dtype=np.int64).reshape(-1)
     if len(rows) == 0 or n <= 0:
         return []
-    vectors = _normalise(np.asarray(embeddings)[rows])
-    center = _normalise(vectors.mean(axis=0) if centroid is None else np.asarray(centroid).reshape(-1))
+    vectors = l2_normalize(np.asarray(embeddings)[rows])
+    center = l2_normalize(vectors.mean(axis=0) if centroid is None else np.asarray(centroid).reshape(-1))
     sims = vectors @ center
     order = np.argsort(-sims, kind="stable")[:n]
     return [int(rows[i]) for i in order]
@@ -262,5 +257,5 @@ def cohesion(embeddings: np.ndarray) -> float:
     vectors = np.asarray(embeddings)
     if vectors.ndim != 2 or len(vectors) == 0:
         raise InvalidParameterError("cohesion needs a non-empty 2-D array of member embeddings")
-    unit = _normalise(vectors)
-    return float(np.mean(unit @ _normalise(unit.mean(axis=0))))
+    unit = l2_normalize(vectors)
+    return float(np.mean(unit @ l2_normalize(unit.mean(axis=0))))

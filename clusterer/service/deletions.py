@@ -126,7 +126,7 @@ def _recentre(session, state: inc.RunState, label: int, gone: set[int], dimensio
     if not members:
         return {}
     vectors = np.vstack([found[i] for i in members])
-    centroid = topics.normalised_centroid(vectors)
+    centroid = topics.normalized_centroid(vectors)
     centre, to_centre = inc.new_centre(members, vectors, centroid)
     reps = topics.representatives(vectors, list(range(len(members))), centroid, n=3)
     values.update(centre_id=centre, centroid=centroid.tobytes(), representatives=[members[r] for r in reps],

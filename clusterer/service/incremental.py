@@ -297,7 +297,7 @@ def describe_birth(label: int, member_ids: list[int], vectors: np.ndarray, store
                    similarities: list[float] | None = None, parent: int | None = None) -> Birth:
     """A :class:`Birth` with its centroid, centre (the member nearest the centroid unless given),
     similarities (to the centroid unless given), cohesion and three representatives."""
-    centroid = topics.normalised_centroid(vectors)
+    centroid = topics.normalized_centroid(vectors)
     reps = topics.representatives(vectors, list(range(len(member_ids))), centroid, n=3)
     to_centroid = (vectors @ centroid).astype(np.float32)
     if centre is None:

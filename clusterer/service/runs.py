@@ -99,7 +99,7 @@ def _cluster_row(x: np.ndarray, ids: np.ndarray, pos: np.ndarray, label: int, ke
                  parent: int | None = None) -> cq.ClusterRow:
     vectors = x[pos]
     if centroid is None:
-        centroid = topics.normalised_centroid(vectors)
+        centroid = topics.normalized_centroid(vectors)
     reps = topics.representatives(x, pos, centroid, n=REPRESENTATIVES)
     if centre_pos is None:
         centre_pos = reps[0] if reps else int(pos[0])
@@ -144,7 +144,7 @@ def similarities_for_storage(result: Labels, x: np.ndarray, positions: dict[int,
         positions = positions_of(result.labels) if positions is None else positions
         for raw in np.unique(result.labels[missing]):
             pos = positions[int(raw)]
-            centroid = topics.normalised_centroid(x[pos])
+            centroid = topics.normalized_centroid(x[pos])
             sims[pos] = x[pos] @ centroid
     return sims
 

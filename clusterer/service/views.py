@@ -6,6 +6,8 @@ import datetime as dt
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from clusterer.algorithms.matching import Event
+
 
 def _iso(value: dt.datetime | None) -> str | None:
     return value.isoformat(timespec="seconds") + "Z" if value else None
@@ -73,19 +75,7 @@ class ClusterInfo:
         return asdict(self)
 
 
-@dataclass
-class Event:
-    cluster_id: int
-    run_id: int
-    kind: str
-    size: int
-    related: list[int]
-    detail: dict[str, Any]
-    at: str | None
-
-    @classmethod
-    def from_row(cls, row) -> "Event":
-        return cls(row.label, row.run_id, row.kind, row.size, list(row.related or []), dict(row.detail or {}), _iso(row.at))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+def event_from_row(row) -> Event:
+    """A stored event row as the one :class:`Event` type."""
+    return Event(row.label, row.kind, row.size, list(row.related or []), dict(row.detail or {}), row.run_id,
+                 _iso(row.at))
