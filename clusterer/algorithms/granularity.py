@@ -53,7 +53,7 @@ def _ratio(resolution: float, clusters: float) -> float:
 
 
 def choose_resolution(wg: WeightedGraph, strength: np.ndarray, seed: int, *, leak: float = LEAK,
-                      start: float = START_RESOLUTION) -> tuple[float, np.ndarray, dict]:
+                      start: float = START_RESOLUTION, iterations: int = -1) -> tuple[float, np.ndarray, dict]:
     """The fixed-point resolution and its partition of ``wg``'s nodes, with the values compared.
 
     Returns ``(resolution, labels, scores)``; ``scores["tried"]`` lists every resolution tried
@@ -68,10 +68,10 @@ def choose_resolution(wg: WeightedGraph, strength: np.ndarray, seed: int, *, lea
         return math.log(res) - math.log(leak * c)
 
     base_res = start
-    base = leiden(wg, base_res, seed)
+    base = leiden(wg, base_res, seed, iterations=iterations)
     while record(base_res, base, "full") < 0 and base_res < 1e6:
         base_res = 4 * leak * effective_clusters(base, strength)
-        base = leiden(wg, base_res, seed, initial=base)
+        base = leiden(wg, base_res, seed, initial=base, iterations=iterations)
     groups = int(base.max()) + 1
     small = contract(wg, base, groups)
     node_w = np.bincount(base, weights=strength, minlength=groups)

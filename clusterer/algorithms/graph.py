@@ -20,6 +20,10 @@ from typing import Any
 import numpy as np
 
 DEFAULT_K = 30
+"""Neighbours per point up to :data:`LARGE_N` points (measured: k 30 beats k 10 on every corpus)."""
+LARGE_N = 200_000
+DEFAULT_K_LARGE = 15
+"""Neighbours per point above :data:`LARGE_N` points, where the graph's size bounds time and memory."""
 DEFAULT_MIN_SIZE = 5
 DEFAULT_RESOLUTION = 1.0
 
@@ -134,13 +138,19 @@ def _coarse_parents(wg, fine: np.ndarray, n_fine: int, resolution: float, seed: 
     return parents.astype(np.int64), res
 
 
-def graph_clustering(x: np.ndarray, *, k: int = DEFAULT_K, resolution: float | None = None,
+def default_k(n: int) -> int:
+    """:data:`DEFAULT_K` up to :data:`LARGE_N` points, :data:`DEFAULT_K_LARGE` above."""
+    return DEFAULT_K if n <= LARGE_N else DEFAULT_K_LARGE
+
+
+def graph_clustering(x: np.ndarray, *, k: int | None = None, resolution: float | None = None,
                      min_size: int = DEFAULT_MIN_SIZE, seed: int = 0, initial: np.ndarray | None = None,
                      search: str = "auto", nprobe: int | None = None, device: str = "auto",
                      show_progress: bool = False) -> GraphClustering:
     """Leiden on the kNN graph of ``x``: fine clusters, their coarse parents, and outliers.
 
-    ``resolution`` None chooses the granularity from the data (see
+    ``k`` None takes :func:`default_k` (the value used is ``info["k"]``, which upkeep should
+    search with). ``resolution`` None chooses the granularity from the data (see
     :mod:`clusterer.algorithms.granularity`); ``initial`` (one label per point, -1 for none)
     starts the fine level from an existing membership, and every cluster then keeps the
     initial id most of its members had (ids may have gaps; ``parents`` is indexed by id, -1 for
@@ -152,6 +162,7 @@ def graph_clustering(x: np.ndarray, *, k: int = DEFAULT_K, resolution: float | N
     from clusterer.algorithms.leiden import build_graph, leiden
 
     n = len(x)
+    k = default_k(n) if k is None else int(k)
     if n == 0:
         return GraphClustering(np.zeros(0, np.int64), np.zeros(0, np.int64), DEFAULT_RESOLUTION, DEFAULT_RESOLUTION,
                                info={"k": k, "edges": 0, "min_similarity": 0.0, "outliers": 0, "outlier_share": 0.0})
@@ -171,10 +182,12 @@ def graph_clustering(x: np.ndarray, *, k: int = DEFAULT_K, resolution: float | N
     t0 = time.perf_counter()
     scores: dict[str, Any] = {}
     if resolution is None:
-        chosen, membership, scores = choose_resolution(wg, wg.strengths(), seed)
+        large = n > LARGE_N
+        chosen, membership, scores = choose_resolution(wg, wg.strengths(), seed, iterations=2 if large else -1)
         timings["granularity"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        membership = leiden(wg, chosen, seed, initial=membership if init is None else init, iterations=2)
+        if init is not None or not large:
+            membership = leiden(wg, chosen, seed, initial=membership if init is None else init, iterations=2)
     else:
         chosen = float(resolution)
         membership = leiden(wg, chosen, seed, initial=init)
