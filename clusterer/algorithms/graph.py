@@ -183,7 +183,7 @@ def graph_clustering(x: np.ndarray, *, k: int | None = None, resolution: float |
     scores: dict[str, Any] = {}
     if resolution is None:
         large = n > LARGE_N
-        chosen, membership, scores = choose_resolution(wg, wg.strengths(), seed, iterations=2 if large else -1)
+        chosen, membership, scores = choose_resolution(wg, wg.strengths(), seed, iterations=2)
         timings["granularity"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         if init is not None or not large:

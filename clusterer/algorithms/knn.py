@@ -107,7 +107,8 @@ def cell_blocked_knn(x: np.ndarray, k: int, *, nlist: int | None = None, nprobe:
     home = partition(x, nlist, 1, seed)[:, 0]
     order = np.argsort(home, kind="stable")
     bounds = np.searchsorted(home[order], np.arange(nlist + 1))
-    probes = _top_cells(_cell_means(x, order, bounds), _cell_means(x, order, bounds), nprobe)
+    means = _cell_means(x, order, bounds)
+    probes = _top_cells(means, means, nprobe)
     dev = resolve_device(device)
     kk = k + 1
     out_n = np.full((n, kk), -1, np.int64)
