@@ -226,3 +226,14 @@ def test_assign_by_weight_rejoins_a_clustering():
     mapped = {c: np.bincount(truth[:600][result.labels == c]).argmax() for c in np.unique(result.labels[result.labels >= 0])}
     hits = [mapped[c] == t for c, t in zip(out.tolist(), truth[600:].tolist()) if c >= 0]
     assert len(hits) >= 140 and np.mean(hits) >= 0.97
+
+
+def test_duplicates_share_a_label_and_do_not_fill_neighbour_lists():
+    x, truth = planted([100] * 5, spread=0.4, seed=17)
+    copies = np.repeat(x[:3], 40, axis=0)
+    result = graph_clustering(np.vstack([x, copies]))
+    assert result.info["distinct_points"] == 500
+    for i in range(3):
+        block = result.labels[500 + 40 * i : 500 + 40 * (i + 1)]
+        assert (block == result.labels[i]).all()
+    assert assigned_ari(truth, result.labels[:500]) >= 0.95

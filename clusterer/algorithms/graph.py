@@ -6,7 +6,8 @@ This is the contract the service layer uses. The pieces live beside it: the sear
 the automatic resolution in :mod:`clusterer.algorithms.granularity`.
 
 Outliers: a point whose most similar neighbour is below a floor learnt from the data (the
-lower Tukey fence, ``Q1 - 1.5 IQR``, of every point's best-neighbour similarity) is left
+lower Tukey fence, ``Q1 - 1.5 IQR``, of every point's best-neighbour similarity, exact duplicates
+set aside, and never above the 5 % quantile) is left
 unassigned, and so is every member of a cluster smaller than ``min_size``. The floor is
 returned as ``info["min_similarity"]``; :func:`assign_by_weight` applies the same floor to new
 sentences (neighbours below it do not count, so one with none above it stays unassigned).
@@ -72,12 +73,22 @@ def knn_graph(x: np.ndarray, k: int = DEFAULT_K, *, search: str = "auto", nprobe
     return KnnGraph(nbrs, sims)
 
 
+OUTLIER_CAP = 0.05
+"""The floor never flags more than this share of points as weak."""
+DUPLICATE_SIMILARITY = 0.999
+
+
 def outlier_floor(best_similarity: np.ndarray) -> float:
-    """Lower Tukey fence of the best-neighbour similarities, clipped to [0, 1]."""
+    """Lower Tukey fence (``Q1 - 1.5 IQR``) of the best-neighbour similarities, ignoring exact
+    duplicates (which would pull the quartiles to 1), never above the :data:`OUTLIER_CAP` quantile."""
     if len(best_similarity) < 4:
         return 0.0
-    q1, q3 = np.percentile(best_similarity, [25, 75])
-    return float(np.clip(q1 - 1.5 * (q3 - q1), 0.0, 1.0))
+    cap = float(np.quantile(best_similarity, OUTLIER_CAP))
+    distinct = best_similarity[best_similarity < DUPLICATE_SIMILARITY]
+    if len(distinct) < 4:
+        return float(np.clip(cap, 0.0, 1.0))
+    q1, q3 = np.percentile(distinct, [25, 75])
+    return float(np.clip(min(q1 - 1.5 * (q3 - q1), cap), 0.0, 1.0))
 
 
 def _relabel_by_size(labels: np.ndarray, min_size: int) -> np.ndarray:
@@ -143,6 +154,20 @@ def default_k(n: int) -> int:
     return DEFAULT_K if n <= LARGE_N else DEFAULT_K_LARGE
 
 
+def unique_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(first position of each distinct row, ascending; row -> distinct index), rows compared by two
+    random float64 projections (identical rows always match; distinct ones practically never)."""
+    proj = np.random.default_rng(0).standard_normal((x.shape[1], 2))
+    h = np.empty((len(x), 2), np.float64)
+    for s in range(0, len(x), 65536):
+        h[s : s + 65536] = x[s : s + 65536].astype(np.float64) @ proj
+    _, first, inverse = np.unique(h, axis=0, return_index=True, return_inverse=True)
+    order = np.argsort(first)
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return first[order], rank[inverse.reshape(-1)]
+
+
 def graph_clustering(x: np.ndarray, *, k: int | None = None, resolution: float | None = None,
                      min_size: int = DEFAULT_MIN_SIZE, seed: int = 0, initial: np.ndarray | None = None,
                      search: str = "auto", nprobe: int | None = None, device: str = "auto",
@@ -155,6 +180,9 @@ def graph_clustering(x: np.ndarray, *, k: int | None = None, resolution: float |
     starts the fine level from an existing membership, and every cluster then keeps the
     initial id most of its members had (ids may have gaps; ``parents`` is indexed by id, -1 for
     unused ids); without ``initial`` labels are 0..L-1 by decreasing size.
+
+    Identical rows (a sentence stored several times) are one node of the graph, so copies do
+    not fill each other's neighbour lists; every copy gets that node's label.
     """
     import time
 
@@ -168,6 +196,11 @@ def graph_clustering(x: np.ndarray, *, k: int | None = None, resolution: float |
                                info={"k": k, "edges": 0, "min_similarity": 0.0, "outliers": 0, "outlier_share": 0.0})
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
+    first, inverse = unique_rows(x)
+    full_n = n
+    if len(first) < n:
+        x = x[first]
+        n = len(x)
     graph = knn_graph(x, k, search=search, nprobe=nprobe, device=device, show_progress=show_progress)
     timings["knn"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -175,7 +208,7 @@ def graph_clustering(x: np.ndarray, *, k: int | None = None, resolution: float |
     timings["graph"] = time.perf_counter() - t0
     init = None
     if initial is not None:
-        init = np.asarray(initial, dtype=np.int64).copy()
+        init = np.asarray(initial, dtype=np.int64)[first].copy()
         fresh = init < 0
         init[fresh] = init.max(initial=-1) + 1 + np.arange(int(fresh.sum()))
         _, init = np.unique(init, return_inverse=True)
@@ -197,10 +230,10 @@ def graph_clustering(x: np.ndarray, *, k: int | None = None, resolution: float |
     floor = outlier_floor(best[has])
     weak = ~has | (best < floor)
     membership = np.where(weak, -1, membership)
-    fine = _relabel_by_size(membership, min_size)
+    fine = _relabel_by_size(membership[inverse], min_size)
     n_fine = int(fine.max(initial=-1)) + 1
     t0 = time.perf_counter()
-    parents, coarse_resolution = _coarse_parents(wg, fine, n_fine, chosen, seed)
+    parents, coarse_resolution = _coarse_parents(wg, fine[first], n_fine, chosen, seed)
     timings["coarse"] = time.perf_counter() - t0
     if initial is not None:
         ids = _keep_initial_ids(fine, np.asarray(initial, dtype=np.int64))
@@ -210,7 +243,8 @@ def graph_clustering(x: np.ndarray, *, k: int | None = None, resolution: float |
         fine, parents = ids, by_id
     outliers = int((fine < 0).sum())
     info = {"k": k, "edges": wg.edge_count, "min_similarity": floor, "outliers": outliers,
-            "outlier_share": outliers / n, "weak_points": int(weak.sum()), "clusters": n_fine,
+            "outlier_share": outliers / full_n, "weak_points": int(weak[inverse].sum()), "clusters": n_fine,
+            "distinct_points": n,
             "coarse_clusters": int(parents.max(initial=-1)) + 1, "min_size": min_size,
             "seconds": {key: round(v, 3) for key, v in timings.items()}}
     return GraphClustering(fine, parents, chosen, coarse_resolution, scores=scores, info=info)
