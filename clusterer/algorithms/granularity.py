@@ -13,7 +13,10 @@ The rule fixes the tolerance instead of the resolution: it picks the resolution 
 partition satisfies ``g* / C(g*) = LEAK`` (a self-consistent fixed point; ``C`` grows with
 ``g`` slower than ``g`` itself, so there is one crossing, found by bisection in log ``g``).
 In words: clusters are groups of sentences that send less than ``LEAK`` of their neighbour
-weight to any single other group. It does not depend on the number of sentences (only
+weight to any single other group. The resolution never goes below 1 (plain modularity, which
+merges only clusters joined by more weight than random wiring would give them): the rule
+exists to lift modularity's resolution limit where there are many clusters, and below 1 the
+fixed point degenerates (one cluster at ``g = LEAK`` is always a fixed point). It does not depend on the number of sentences (only
 volume shares enter) nor on how many clusters there are, which is exactly what the corpora
 differ in.
 
@@ -33,7 +36,9 @@ from clusterer.algorithms.leiden import WeightedGraph, contract, leiden
 LEAK = 0.1
 """Largest share of a cluster's kNN weight that may go to one other cluster (see the module docstring)."""
 START_RESOLUTION = 16.0
-MIN_RESOLUTION = 1.0 / 64
+MIN_RESOLUTION = 1.0
+"""Standard modularity: below it, clusters joined by less weight than random wiring would give
+them get merged, which no reading of the data supports; the rule only ever raises the resolution."""
 BISECTION_STEPS = 12
 
 
