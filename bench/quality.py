@@ -67,7 +67,10 @@ def kmeans_true_k(x: np.ndarray, k: int) -> tuple[np.ndarray, dict]:
 
 
 def community(x: np.ndarray) -> tuple[np.ndarray, dict]:
-    from clusterer.algorithms.community import detect_communities, labels_from_communities
+    from clusterer.algorithms.community import (
+        detect_communities,
+        labels_from_communities,
+    )
 
     return labels_from_communities(detect_communities(x, 0.75, 10, normalize=False), len(x)), {}
 

@@ -73,8 +73,8 @@ def test_approximate_knn_recall_against_exact():
 
 def test_approximate_knn_with_all_cells_probed_is_exact():
     x, _ = planted([300] * 4, d=16, spread=0.8, seed=4)
-    en, es = exact_knn(x, 8)
-    an, asims = cell_blocked_knn(x, 8, nlist=10, nprobe=10)
+    _, es = exact_knn(x, 8)
+    _, asims = cell_blocked_knn(x, 8, nlist=10, nprobe=10)
     np.testing.assert_allclose(asims, es, atol=1e-5)
 
 
@@ -146,7 +146,7 @@ def test_hierarchy_is_consistent_and_coarser():
 
 
 def test_initial_membership_keeps_ids_of_unchanged_clusters():
-    x, truth = planted([100] * 6, spread=0.4, seed=11)
+    x, _ = planted([100] * 6, spread=0.4, seed=11)
     first = graph_clustering(x, resolution=1.0)
     ids = np.where(first.labels >= 0, first.labels + 100, -1)
     again = graph_clustering(x, resolution=1.0, initial=ids)
