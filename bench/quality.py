@@ -162,12 +162,15 @@ def harder_mixture(n: int, d: int = 384, centres: int = 2000, seed: int = 1) -> 
     return x, y
 
 
-def run_scale(n: int) -> None:
+def run_scale(n: int, which: str) -> None:
     from bench.community import synthetic
     from clusterer.algorithms.graph import graph_clustering
 
-    for title, make in (("bench/community.py generator", lambda: (synthetic(n), None)),
-                        ("harder mixture (Zipf sizes, varied spreads, 10 % background)", lambda: harder_mixture(n))):
+    runs = (("community", "bench/community.py generator", lambda: (synthetic(n), None)),
+            ("harder", "harder mixture (Zipf sizes, varied spreads, 10 % background)", lambda: harder_mixture(n)))
+    for key, title, make in runs:
+        if which not in (key, "both"):
+            continue
         t0 = time.perf_counter()
         x, y = make()
         print(f"\n{title}: {x.shape} generated in {time.perf_counter() - t0:.1f}s, peak RSS {peak_rss_gib():.2f} GiB", flush=True)
@@ -194,9 +197,10 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=1, help="number of random class subsets with --subsample")
     p.add_argument("--synthetic-1m", action="store_true", help="1M x 384 synthetic runs (time split, peak RSS)")
     p.add_argument("--n", type=int, default=1_000_000, help="points for --synthetic-1m")
+    p.add_argument("--mixture", choices=("community", "harder", "both"), default="both", help="which --synthetic-1m data")
     a = p.parse_args()
     if a.synthetic_1m:
-        run_scale(a.n)
+        run_scale(a.n, a.mixture)
         return
     run_corpora(a.corpus or list(CORPORA), not a.no_peers, a.sweep, a.subsample, a.seeds)
 

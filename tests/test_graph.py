@@ -101,6 +101,10 @@ def test_automatic_granularity_few_broad_topics():
     assert 3 <= result.info["clusters"] <= 6
     assert assigned_ari(truth, result.labels) >= 0.9
     assert result.scores["tried"] and result.scores["rule"] == "leak"
+    import json
+
+    json.dumps(result.scores)
+    json.dumps(result.info)
 
 
 def test_automatic_granularity_many_small_intents():
