@@ -203,8 +203,11 @@ def graph_clustering(x: np.ndarray, *, k: int | None = None, resolution: float |
         n = len(x)
     graph = knn_graph(x, k, search=search, nprobe=nprobe, device=device, show_progress=show_progress)
     timings["knn"] = time.perf_counter() - t0
+    best = graph.similarities[:, 0].copy() if graph.similarities.shape[1] else np.zeros(n, np.float32)
+    has = graph.neighbours[:, 0] >= 0 if graph.neighbours.shape[1] else np.zeros(n, bool)
     t0 = time.perf_counter()
     wg = build_graph(graph.neighbours, graph.similarities)
+    del graph
     timings["graph"] = time.perf_counter() - t0
     init = None
     if initial is not None:
@@ -225,8 +228,6 @@ def graph_clustering(x: np.ndarray, *, k: int | None = None, resolution: float |
         chosen = float(resolution)
         membership = leiden(wg, chosen, seed, initial=init)
     timings["leiden"] = time.perf_counter() - t0
-    best = graph.similarities[:, 0] if graph.similarities.shape[1] else np.zeros(n, np.float32)
-    has = graph.neighbours[:, 0] >= 0 if graph.neighbours.shape[1] else np.zeros(n, bool)
     floor = outlier_floor(best[has])
     weak = ~has | (best < floor)
     membership = np.where(weak, -1, membership)

@@ -41,9 +41,13 @@ def symmetric_edges(neighbours: np.ndarray, similarities: np.ndarray) -> tuple[n
     w = similarities.reshape(-1)
     keep = (cols >= 0) & (w > 0) & (cols != rows)
     rows, cols, w = rows[keep], cols[keep], w[keep]
-    key = np.minimum(rows, cols) * n + np.maximum(rows, cols)
+    del keep
+    key = np.minimum(rows, cols) * n
+    key += np.maximum(rows, cols)
+    del rows, cols
     order = np.lexsort((-w, key))
     key, w = key[order], w[order]
+    del order
     first = np.ones(len(key), bool)
     first[1:] = key[1:] != key[:-1]
     key, w = key[first], w[first]
