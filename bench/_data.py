@@ -90,3 +90,35 @@ def mix50k() -> tuple[np.ndarray, list[str]]:
     """(embeddings, labels) of mix50k, embedding on first use."""
     texts, labels = load_mix50k()
     return cached_embeddings("mix50k", texts), labels
+
+
+LABELLED = {
+    "banking77": DATA_ROOT / "banking77" / "banking77.csv",
+    "clinc150": DATA_ROOT / "clinc150" / "clinc150.csv",
+    "stackoverflow": STACKOVERFLOW,
+    "20newsgroups": DATA_ROOT / "20newsgroups" / "20newsgroups_subjects.csv",
+}
+"""The labelled corpora used to judge clustering quality (quora is a near-duplicate task, not this one)."""
+
+
+def labelled(name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(embeddings, integer labels, texts) of one corpus of :data:`LABELLED`, embedding on first use (fp32)."""
+    texts, raw = read_csv(LABELLED[name])
+    _, labels = np.unique(np.asarray(raw), return_inverse=True)
+    return cached_embeddings(name, texts), labels.astype(np.int64), texts
+
+
+def banking77() -> tuple[np.ndarray, np.ndarray, list[str]]:
+    return labelled("banking77")
+
+
+def clinc150() -> tuple[np.ndarray, np.ndarray, list[str]]:
+    return labelled("clinc150")
+
+
+def stackoverflow() -> tuple[np.ndarray, np.ndarray, list[str]]:
+    return labelled("stackoverflow")
+
+
+def newsgroups20() -> tuple[np.ndarray, np.ndarray, list[str]]:
+    return labelled("20newsgroups")

@@ -20,7 +20,7 @@ def test_leiden_is_the_default_and_needs_no_k_or_threshold():
     assert methods.DEFAULT_METHOD == "leiden"
     assert methods.get(None).name == "leiden"
     params = methods.resolve(None)
-    assert params == {"k": graph.DEFAULT_K, "min_size": graph.DEFAULT_MIN_SIZE, "seed": 0, "search": "auto"}
+    assert params == {"min_size": graph.DEFAULT_MIN_SIZE, "seed": 0, "search": "auto"}  # k and resolution: automatic
     assert "threshold" not in params and "resolution" not in params  # resolution: automatic
 
 

@@ -71,13 +71,13 @@ def test_leiden_default_run(tmp_path, db_url):
         run = store.cluster()
         assert run.status == "done" and run.method == "leiden"
         assert {k: v for k, v in run.params.items() if k != "stats"} == {
-            "k": graph.DEFAULT_K, "min_size": graph.DEFAULT_MIN_SIZE, "seed": 0, "search": "auto"}
+            "min_size": graph.DEFAULT_MIN_SIZE, "seed": 0, "search": "auto"}  # k and resolution: automatic
         stats = run.params["stats"]
         assert stats["resolution"] > 0 and stats["coarse_resolution"] > 0
         assert isinstance(stats["scores"], dict)
         assert stats["outlier_share"] == pytest.approx(run.unassigned / run.sentences, abs=1e-6)
         assert stats["outliers"] == run.unassigned
-        assert stats["k"] == graph.DEFAULT_K and "min_similarity" in stats
+        assert stats["k"] == graph.DEFAULT_K and "min_similarity" in stats  # the k the size chose
         assert set(stats["seconds"]) == STAGES and all(v >= 0 for v in stats["seconds"].values())
         assert stats["coarse_clusters"] == len(store.clusters(level="coarse")) >= 1
         rows = _export(store)

@@ -340,7 +340,8 @@ def plan_graph_births(pool_ids: np.ndarray, pool_vectors: np.ndarray, pool_keys:
     n = len(pool_ids)
     if n < max(min_size, 2):
         return []
-    found = graph_clustering(pool_vectors, k=min(k, n - 1), resolution=resolution, min_size=min_size, seed=seed)
+    found = graph_clustering(pool_vectors, k=min(k, n - 1), resolution=resolution, min_size=min_size, seed=seed,
+                             min_similarity=min_similarity)
     proposed = np.asarray(found.labels, dtype=np.int64)
     if not (proposed >= 0).any():
         return []

@@ -309,17 +309,18 @@ def _leiden(x, params, *, device="auto", force=False, show_progress=False, initi
     if n == 0:
         return Labels(np.zeros(0, np.int64), np.zeros(0, np.float32), parents={})
     res = graph_algorithm.graph_clustering(
-        x, k=int(params["k"]), resolution=params.get("resolution"), min_size=int(params["min_size"]),
+        x, k=None if params.get("k") is None else int(params["k"]), resolution=params.get("resolution"), min_size=int(params["min_size"]),
         seed=int(params.get("seed", 0)), initial=None if initial is None else _compact(initial),
         search=params.get("search", "auto"), nprobe=params.get("nprobe"), device=device,
         show_progress=show_progress)
     labels = np.asarray(res.labels, dtype=np.int64)
-    parents = {int(f): int(c) for f, c in enumerate(np.asarray(res.parents, dtype=np.int64))}
+    present = set(np.unique(labels[labels >= 0]).tolist())  # with ``initial``, ids can have gaps
+    parents = {int(f): int(c) for f, c in enumerate(np.asarray(res.parents, dtype=np.int64)) if f in present and c >= 0}
     outliers = int(np.count_nonzero(labels < 0))
     info = dict(_jsonable(res.info))
     info.update(resolution=_jsonable(res.resolution), coarse_resolution=_jsonable(res.coarse_resolution),
                 scores=_jsonable(res.scores), outliers=outliers, outlier_share=round(outliers / n, 6),
-                min_similarity=_jsonable(res.info.get("min_similarity", 0.0)), k=int(params["k"]),
+                min_similarity=_jsonable(res.info.get("min_similarity", 0.0)), k=int(res.info.get("k") or params["k"]),
                 warm_start=initial is not None)
     return Labels(labels, np.full(n, np.nan, dtype=np.float32), info=info, parents=parents)
 
@@ -336,13 +337,15 @@ METHODS: dict[str, Method] = {m.name: m for m in (
         "Leiden communities of the symmetrised cosine kNN graph, granularity chosen from the data, "
         "with a coarse and a fine level",
         (
-            Param("k", int, graph_algorithm.DEFAULT_K, "neighbours per sentence in the kNN graph", low=1),
+            Param("k", int, None, "neighbours per sentence in the kNN graph (auto: 30, 15 above 200,000 sentences)",
+                  low=1, none_means="auto"),
             Param("resolution", float, None, "Leiden resolution: higher gives more, smaller clusters",
                   low=0, low_open=True, none_means="auto"),
             Param("min_size", int, graph_algorithm.DEFAULT_MIN_SIZE, _MIN_SIZE_HELP, low=1),
             Param("seed", int, 0, "random seed", low=0),
-            Param("search", str, "auto", _SEARCH_HELP, choices=SEARCHES),
-            Param("nprobe", int, None, _NPROBE_HELP, low=1, shown_default="12"),
+            Param("search", str, "auto", "neighbour search; auto = exact below 5,000 sentences", choices=SEARCHES),
+            Param("nprobe", int, None, "approximate kNN: cells probed per cell of sentences (recall knob)", low=1,
+                  shown_default="16; 8 above 200,000"),
         ),
         upkeep="graph", compute=_leiden, levels=("fine", "coarse"), warm_start=True,
     ),
