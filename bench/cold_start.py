@@ -72,8 +72,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--threshold", type=float, default=0.75)
     parser.add_argument("--min-size", type=int, default=25)
-    parser.add_argument("--embeddings", type=Path, default=None,
-                        help="a .npy of the mix50k embeddings (rows in load_mix50k order) instead of the bench cache")
+    parser.add_argument(
+        "--embeddings",
+        type=Path,
+        default=None,
+        help="a .npy of the mix50k embeddings (rows in load_mix50k order) instead of the bench cache",
+    )
     args = parser.parse_args()
 
     from bench._data import load_mix50k, mix50k
@@ -99,8 +103,11 @@ def main() -> None:
             community_detection(x, threshold=args.threshold, min_community_size=args.min_size)
             peer.append(time.perf_counter() - t0)
         peer_s = statistics.median(peer)
-        print(f"peer  util.community_detection in process ({args.threshold}/{args.min_size}): "
-              f"median {peer_s:.2f} s (min {min(peer):.2f}, max {max(peer):.2f})", flush=True)
+        print(
+            f"peer  util.community_detection in process ({args.threshold}/{args.min_size}): "
+            f"median {peer_s:.2f} s (min {min(peer):.2f}, max {max(peer):.2f})",
+            flush=True,
+        )
 
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         cli = [sys.executable, "-m", "clusterer"]
@@ -108,13 +115,26 @@ def main() -> None:
         for name, cmd in (
             ("--help", [*cli, "--help"]),
             ("stats", [*cli, "stats", *store, "--json"]),
-            ("cluster", [*cli, "cluster", "--threshold", str(args.threshold), "--min-size", str(args.min_size),
-                         *store, "--json"]),
+            (
+                "cluster",
+                [
+                    *cli,
+                    "cluster",
+                    "--threshold",
+                    str(args.threshold),
+                    "--min-size",
+                    str(args.min_size),
+                    *store,
+                    "--json",
+                ],
+            ),
         ):
             lo, med, hi = wall(cmd, args.runs, env)
             extra = f"; peer/ours {peer_s / med:.1f}x" if name == "cluster" else ""
-            print(f"ours  clusterer {name}: whole process median {med:.2f} s (min {lo:.2f}, max {hi:.2f}){extra}",
-                  flush=True)
+            print(
+                f"ours  clusterer {name}: whole process median {med:.2f} s (min {lo:.2f}, max {hi:.2f}){extra}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -52,20 +52,26 @@ def run_mix50k(settings: list[tuple[float, int]], nprobe: int) -> None:
     emb, _ = mix50k()
     n = len(emb)
     x = torch.nn.functional.normalize(torch.from_numpy(emb)).numpy()
-    print(f"mix50k: {n} x {emb.shape[1]}, torch threads {torch.get_num_threads()}, faiss threads {faiss.omp_get_max_threads()}")
+    print(
+        f"mix50k: {n} x {emb.shape[1]}, torch threads {torch.get_num_threads()}, faiss threads {faiss.omp_get_max_threads()}"
+    )
     for threshold, min_size in settings:
         t0 = time.perf_counter()
         ref = st_cd(emb, threshold=threshold, min_community_size=min_size)
         t_st = time.perf_counter() - t0
         ref_labels = singleton_labels(st_labels(ref, n))
-        print(f"\n(threshold={threshold}, min_size={min_size}) sentence-transformers: {t_st:.2f}s, {len(ref)} communities")
+        print(
+            f"\n(threshold={threshold}, min_size={min_size}) sentence-transformers: {t_st:.2f}s, {len(ref)} communities"
+        )
 
         t0 = time.perf_counter()
         exact = community_detection(faiss_neighbor_graph(x, threshold, min_size))
         t_exact = time.perf_counter() - t0
         same = [set(c.members) for c in exact] == [set(r) for r in ref]
         ari = adjusted_rand_score(ref_labels, singleton_labels(labels_from_communities(exact, n)))
-        print(f"  ours exact (IndexFlatIP): {t_exact:.2f}s  speed-up {t_st / t_exact:.1f}x  ARI {ari:.4f}  identical={same}")
+        print(
+            f"  ours exact (IndexFlatIP): {t_exact:.2f}s  speed-up {t_st / t_exact:.1f}x  ARI {ari:.4f}  identical={same}"
+        )
 
         t0 = time.perf_counter()
         graph = partitioned_neighbor_graph(x, threshold, min_size, nprobe=nprobe)
@@ -81,7 +87,9 @@ def run_mix50k(settings: list[tuple[float, int]], nprobe: int) -> None:
         )
 
 
-def synthetic(n: int, d: int = 384, centres: int = 5000, clustered: float = 0.5, noise: float = 0.02, seed: int = 0) -> np.ndarray:
+def synthetic(
+    n: int, d: int = 384, centres: int = 5000, clustered: float = 0.5, noise: float = 0.02, seed: int = 0
+) -> np.ndarray:
     """``n`` unit vectors: a ``clustered`` share around ``centres`` gaussian centres, the rest uniform."""
     rng = np.random.default_rng(seed)
     c = rng.standard_normal((centres, d), dtype=np.float32)

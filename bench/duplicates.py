@@ -104,8 +104,10 @@ def main() -> None:
         x = x[: args.limit]
         labelled = [p for p in labelled if p[1] < args.limit]
     n = len(x)
-    print(f"quora pairs: {n:,} distinct questions, {len(labelled):,} labelled pairs "
-          f"({sum(p[2] for p in labelled):,} duplicates); {threads} threads (shared machine: times are noisy)")
+    print(
+        f"quora pairs: {n:,} distinct questions, {len(labelled):,} labelled pairs "
+        f"({sum(p[2] for p in labelled):,} duplicates); {threads} threads (shared machine: times are noisy)"
+    )
 
     mined, peer_seconds = paraphrase_pairs(x, args.top_k)
     print(f"paraphrase_mining_embeddings (top_k={args.top_k}): {len(mined):,} pairs in {peer_seconds:.2f} s")
@@ -119,16 +121,25 @@ def main() -> None:
         in_groups = group_pairs(groups)
         graph = threshold_pairs(nb)
         peer = {(min(i, j), max(i, j)) for s, i, j in mined if s >= t}
-        print(f"\nthreshold {t}: {len(groups):,} groups, {sum(len(g.members) for g in groups):,} questions in groups, "
-              f"largest {max((len(g.members) for g in groups), default=0)}")
-        for name, predicted in (("star groups (ours)", in_groups), ("threshold graph pairs", graph),
-                                ("paraphrase_mining pairs >= t", peer)):
+        print(
+            f"\nthreshold {t}: {len(groups):,} groups, {sum(len(g.members) for g in groups):,} questions in groups, "
+            f"largest {max((len(g.members) for g in groups), default=0)}"
+        )
+        for name, predicted in (
+            ("star groups (ours)", in_groups),
+            ("threshold graph pairs", graph),
+            ("paraphrase_mining pairs >= t", peer),
+        ):
             p, r, k = precision_recall(predicted, labelled)
             print(f"  {name:<30} precision {p:.3f}  recall {r:.3f}  ({k:,} labelled pairs predicted)")
-        print(f"  time: ours {ours_seconds:.2f} s (range search {search_s:.2f} s) vs paraphrase_mining "
-              f"{peer_seconds:.2f} s: x{peer_seconds / ours_seconds:.1f}")
-        print(f"  agreement of threshold pairs with paraphrase_mining >= t: jaccard {jaccard(graph, peer):.4f} "
-              f"({len(graph):,} ours, {len(peer):,} theirs, {len(graph & peer):,} common)")
+        print(
+            f"  time: ours {ours_seconds:.2f} s (range search {search_s:.2f} s) vs paraphrase_mining "
+            f"{peer_seconds:.2f} s: x{peer_seconds / ours_seconds:.1f}"
+        )
+        print(
+            f"  agreement of threshold pairs with paraphrase_mining >= t: jaccard {jaccard(graph, peer):.4f} "
+            f"({len(graph):,} ours, {len(peer):,} theirs, {len(graph & peer):,} common)"
+        )
         for nprobe in args.nprobe:
             started = time.perf_counter()
             approx = threshold_neighbours(x, t, search="approximate", nprobe=nprobe)
@@ -137,8 +148,10 @@ def main() -> None:
             found = threshold_pairs(approx)
             pair_recall = len(found & graph) / len(graph) if graph else 1.0
             group_recall = len(group_pairs(approx_groups) & in_groups) / len(in_groups) if in_groups else 1.0
-            print(f"  approximate IVF nprobe {nprobe:>3}: pair recall {pair_recall:.4f}, group-pair recall "
-                  f"{group_recall:.4f}, {seconds:.2f} s")
+            print(
+                f"  approximate IVF nprobe {nprobe:>3}: pair recall {pair_recall:.4f}, group-pair recall "
+                f"{group_recall:.4f}, {seconds:.2f} s"
+            )
 
 
 if __name__ == "__main__":

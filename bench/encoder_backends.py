@@ -51,7 +51,9 @@ def unit(x) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def st_variants(names: list[str], workdir: Path, same_session: bool) -> dict[str, tuple[float, Callable[[list[str]], np.ndarray]]]:
+def st_variants(
+    names: list[str], workdir: Path, same_session: bool
+) -> dict[str, tuple[float, Callable[[list[str]], np.ndarray]]]:
     """The library's variants as ``{name: (load seconds, encode)}``; a failed one is reported
     and left out.  ``same_session``: onnxruntime sessions get our runner's options (threads,
     no spinning) instead of onnxruntime's defaults."""
@@ -80,8 +82,9 @@ def st_variants(names: list[str], workdir: Path, same_session: bool) -> dict[str
 
             t0 = time.perf_counter()
             export_optimized_onnx_model(base, level, str(folder))
-            m = SentenceTransformer(str(folder), device="cpu", backend="onnx",
-                                    model_kwargs=kwargs(file_name=f"onnx/model_{level}.onnx"))
+            m = SentenceTransformer(
+                str(folder), device="cpu", backend="onnx", model_kwargs=kwargs(file_name=f"onnx/model_{level}.onnx")
+            )
             out[level] = (base_s + time.perf_counter() - t0, lambda t, m=m: m.encode(t, batch_size=32))
         except Exception as exc:  # noqa: BLE001 - report and go on (O4 needs a GPU)
             print(f"{level}: failed ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})", flush=True)
@@ -94,8 +97,12 @@ def st_variants(names: list[str], workdir: Path, same_session: bool) -> dict[str
             config = "avx512_vnni" if cpu_has_native_bf16() else "avx2"
             t0 = time.perf_counter()
             export_dynamic_quantized_onnx_model(base, config, str(folder))
-            m = SentenceTransformer(str(folder), device="cpu", backend="onnx",
-                                    model_kwargs=kwargs(file_name=f"onnx/model_qint8_{config}.onnx"))
+            m = SentenceTransformer(
+                str(folder),
+                device="cpu",
+                backend="onnx",
+                model_kwargs=kwargs(file_name=f"onnx/model_qint8_{config}.onnx"),
+            )
             out["qint8"] = (base_s + time.perf_counter() - t0, lambda t, m=m: m.encode(t, batch_size=32))
         except Exception as exc:  # noqa: BLE001
             print(f"qint8: failed ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})", flush=True)
@@ -106,8 +113,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=5000, help="corpus size (default 5000)")
     parser.add_argument("--reps", type=int, default=2, help="timed passes per variant (best is kept)")
-    parser.add_argument("--ort-defaults", action="store_true",
-                        help="run the library's sessions with onnxruntime's default options instead of ours")
+    parser.add_argument(
+        "--ort-defaults",
+        action="store_true",
+        help="run the library's sessions with onnxruntime's default options instead of ours",
+    )
     parser.add_argument("--variants", default=",".join(ALL_VARIANTS), help=f"comma list of {ALL_VARIANTS}")
     args = parser.parse_args(argv)
     names = [v for v in args.variants.split(",") if v]
@@ -137,9 +147,12 @@ def main(argv: list[str] | None = None) -> None:
     except md.PackageNotFoundError:
         versions["optimum"] = "-"
     texts = corpus(args.n)
-    print(f"corpus: {len(texts)} banking77+clinc150 texts; {cpu_threads()} CPUs (shared machine), "
-          f"torch threads {torch.get_num_threads()}; library sessions with "
-          f"{'onnxruntime defaults' if args.ort_defaults else 'our session options'}; {versions}", flush=True)
+    print(
+        f"corpus: {len(texts)} banking77+clinc150 texts; {cpu_threads()} CPUs (shared machine), "
+        f"torch threads {torch.get_num_threads()}; library sessions with "
+        f"{'onnxruntime defaults' if args.ort_defaults else 'our session options'}; {versions}",
+        flush=True,
+    )
 
     fp32 = load_sentence_transformer(None, "cpu")
     reference = probe_reference(fp32)
@@ -176,15 +189,19 @@ def main(argv: list[str] | None = None) -> None:
         if truth is None:
             truth = unit(torch_embed(fp32, texts, 128))
         ours_rate = len(texts) / best["ours"] if "ours" in best else None
-        print(f"{'variant':<9} {'load s':>7} {'sent/s':>8} {'vs ours':>8} {'probe min cos':>14} "
-              f"{'corpus min cos':>15} {'corpus mean cos':>16}")
+        print(
+            f"{'variant':<9} {'load s':>7} {'sent/s':>8} {'vs ours':>8} {'probe min cos':>14} "
+            f"{'corpus min cos':>15} {'corpus mean cos':>16}"
+        )
         for name, (load_s, encode) in encoders.items():
             rate = len(texts) / best[name]
             probe = min_cosine(reference, unit(encode(list(PROBE_SENTENCES))))
             cos = (embeddings[name] * truth).sum(axis=1)
             ratio = f"{rate / ours_rate:.2f}x" if ours_rate else "-"
-            print(f"{name:<9} {load_s:7.1f} {rate:8.0f} {ratio:>8} {probe:14.5f} {cos.min():15.5f} {cos.mean():16.6f}",
-                  flush=True)
+            print(
+                f"{name:<9} {load_s:7.1f} {rate:8.0f} {ratio:>8} {probe:14.5f} {cos.min():15.5f} {cos.mean():16.6f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._data import load_mix50k, mix50k  # noqa: E402
+from bench._data import load_mix50k, mix50k
 
 DIM = 384
 
@@ -119,13 +119,20 @@ def main() -> None:
     parser.add_argument("--synthetic", type=int, default=1_000_000)
     parser.add_argument("--method", choices=["community", "kmeans", "leiden"], default="community")
     parser.add_argument("--no-lookups", action="store_true", help="skip the lookup latency and the peer")
-    parser.add_argument("--synthetic-only", action="store_true",
-                        help="no real sentences (no mix50k embeddings needed): each batch is 500 sentences of new "
-                             "synthetic groups and 500 near stored ones; implies --no-lookups")
+    parser.add_argument(
+        "--synthetic-only",
+        action="store_true",
+        help="no real sentences (no mix50k embeddings needed): each batch is 500 sentences of new "
+        "synthetic groups and 500 near stored ones; implies --no-lookups",
+    )
     parser.add_argument("--batches", type=int, default=5)
     parser.add_argument("--queries", type=int, default=1000)
-    parser.add_argument("--keep", type=Path, default=None,
-                        help="build the store in this folder and keep it; reuse it when it already holds a run")
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        help="build the store in this folder and keep it; reuse it when it already holds a run",
+    )
     args = parser.parse_args()
 
     from clusterer.api import Store
@@ -154,25 +161,36 @@ def main() -> None:
         for start in range(0, 0 if reuse else len(base_texts), 200_000):
             store.ingest(base_texts[start : start + 200_000])
             print(f"  {min(start + 200_000, len(base_texts)):,} stored, {time.perf_counter() - t0:.0f} s", flush=True)
-        print(f"{'reused' if reuse else 'built'} store of {store.count():,} sentences in {time.perf_counter() - t0:.0f} s "
-              f"({store.index.kind}), peak RSS {peak_gib():.1f} GiB", flush=True)
+        print(
+            f"{'reused' if reuse else 'built'} store of {store.count():,} sentences in {time.perf_counter() - t0:.0f} s "
+            f"({store.index.kind}), peak RSS {peak_gib():.1f} GiB",
+            flush=True,
+        )
 
         t0 = time.perf_counter()
-        params = {"community": {"threshold": 0.75, "min_size": 10}, "kmeans": {"k": 2000},
-                  "leiden": {"k": 10, "resolution": 1.0, "min_size": 5}}[args.method]
+        params = {
+            "community": {"threshold": 0.75, "min_size": 10},
+            "kmeans": {"k": 2000},
+            "leiden": {"k": 10, "resolution": 1.0, "min_size": 5},
+        }[args.method]
         if reuse:
             run = store.runs()[0]
         elif args.method == "leiden":
             run = planted_leiden_run(store, args.synthetic, params)
         else:
             run = store.cluster(args.method, **params)
-        print(f"{args.method} run {params}: {run.clusters:,} clusters, {run.assigned:,} assigned, "
-              f"{time.perf_counter() - t0:.0f} s, peak RSS {peak_gib():.1f} GiB", flush=True)
+        print(
+            f"{args.method} run {params}: {run.clusters:,} clusters, {run.assigned:,} assigned, "
+            f"{time.perf_counter() - t0:.0f} s, peak RSS {peak_gib():.1f} GiB",
+            flush=True,
+        )
 
         batch_times = []
         for b in range(args.batches):
-            new = (syn_texts[args.synthetic + b * 500 : args.synthetic + (b + 1) * 500]
-                   + texts[n_real_base + b * 500 : n_real_base + (b + 1) * 500])
+            new = (
+                syn_texts[args.synthetic + b * 500 : args.synthetic + (b + 1) * 500]
+                + texts[n_real_base + b * 500 : n_real_base + (b + 1) * 500]
+            )
             if reuse:  # a kept store already holds these texts: same vectors under new texts
                 tag = f" [{time.time_ns()}]"
                 for t in new:
@@ -183,11 +201,16 @@ def main() -> None:
             report = store.ingest(new)
             total = time.perf_counter() - t0
             batch_times.append(total - encoder.seconds)
-            print(f"batch {b + 1}: {report.added} added, {report.clustering}, "
-                  f"{batch_times[-1]:.3f} s excluding embedding", flush=True)
+            print(
+                f"batch {b + 1}: {report.added} added, {report.clustering}, "
+                f"{batch_times[-1]:.3f} s excluding embedding",
+                flush=True,
+            )
         steady = batch_times[1:] or batch_times
-        print(f"ingest+assign 1,000 sentences: first batch {batch_times[0]:.3f} s (loads the run state), "
-              f"then median {np.median(steady):.3f} s, max {max(steady):.3f} s")
+        print(
+            f"ingest+assign 1,000 sentences: first batch {batch_times[0]:.3f} s (loads the run state), "
+            f"then median {np.median(steady):.3f} s, max {max(steady):.3f} s"
+        )
 
         if args.no_lookups:
             print(f"peak RSS {peak_gib():.1f} GiB")
@@ -202,8 +225,10 @@ def main() -> None:
             store.lookup(q)
             lat.append(time.perf_counter() - t0)
         lat_ms = np.array(lat) * 1000
-        print(f"lookup (embedding included), {len(queries)} queries: p50 {np.percentile(lat_ms, 50):.1f} ms, "
-              f"p99 {np.percentile(lat_ms, 99):.1f} ms")
+        print(
+            f"lookup (embedding included), {len(queries)} queries: p50 {np.percentile(lat_ms, 50):.1f} ms, "
+            f"p99 {np.percentile(lat_ms, 99):.1f} ms"
+        )
 
         from sentence_transformers import SentenceTransformer, util
 
@@ -221,8 +246,10 @@ def main() -> None:
             util.semantic_search(qv, corpus_t, top_k=10)
             peer.append(time.perf_counter() - t0)
         peer_ms = np.array(peer) * 1000
-        print(f"peer encode + util.semantic_search over {len(ids):,}: p50 {np.percentile(peer_ms, 50):.1f} ms, "
-              f"p99 {np.percentile(peer_ms, 99):.1f} ms; ratio p50 {np.percentile(peer_ms, 50) / np.percentile(lat_ms, 50):.1f}x")
+        print(
+            f"peer encode + util.semantic_search over {len(ids):,}: p50 {np.percentile(peer_ms, 50):.1f} ms, "
+            f"p99 {np.percentile(peer_ms, 99):.1f} ms; ratio p50 {np.percentile(peer_ms, 50) / np.percentile(lat_ms, 50):.1f}x"
+        )
         print(f"peak RSS {peak_gib():.1f} GiB")
         store.close()
 

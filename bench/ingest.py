@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._data import DATA_ROOT, load_model  # noqa: E402
+from bench._data import DATA_ROOT, load_model
 
 CORPORA = [
     "banking77/banking77.csv",
@@ -102,9 +102,12 @@ def main() -> None:
         ours_s = time.perf_counter() - start
         ours_rate = len(texts) / ours_s
         other = ours_s - encoder.seconds
-        print(f"ours  Store.ingest_file ({encoder.inner.precision}, fidelity {encoder.inner.fidelity}): "
-              f"{ours_s:8.1f} s  {ours_rate:8.0f} sentences/s  "
-              f"(encoder {encoder.seconds:.1f} s, storage+indexing {other:.1f} s = {other / ours_s:.1%})", flush=True)
+        print(
+            f"ours  Store.ingest_file ({encoder.inner.precision}, fidelity {encoder.inner.fidelity}): "
+            f"{ours_s:8.1f} s  {ours_rate:8.0f} sentences/s  "
+            f"(encoder {encoder.seconds:.1f} s, storage+indexing {other:.1f} s = {other / ours_s:.1%})",
+            flush=True,
+        )
         print(f"      added {report.added:,}, duplicates {report.duplicates:,}, empty {report.empty:,}")
 
         ids, stored = store.embeddings()
@@ -123,13 +126,21 @@ def main() -> None:
         if not args.skip_cli:
             env = dict(os.environ, CLUSTERER_DATA_DIR=str(Path(tmp) / "cli-store"))
             start = time.perf_counter()
-            out = subprocess.run([sys.executable, "-m", "clusterer", "ingest", str(path), "--json"],
-                                 env=env, capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [sys.executable, "-m", "clusterer", "ingest", str(path), "--json"],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             cli_s = time.perf_counter() - start
             cli_rate = len(texts) / cli_s
             added = json.loads(out.stdout)["added"]
-            print(f"ours  `clusterer ingest` (process start and model load included): {cli_s:8.1f} s  "
-                  f"{cli_rate:8.0f} sentences/s  ({added:,} added)", flush=True)
+            print(
+                f"ours  `clusterer ingest` (process start and model load included): {cli_s:8.1f} s  "
+                f"{cli_rate:8.0f} sentences/s  ({added:,} added)",
+                flush=True,
+            )
 
     print()
     print(f"ratio Store.ingest_file / plain fp32 encode: {ours_rate / peer_rate:.2f}x")

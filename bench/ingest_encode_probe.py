@@ -81,6 +81,7 @@ def main() -> None:
             continue
         if v in ("torch", "onnx") or v.startswith("onnx-bs"):
             from indexer.encoder import Encoder
+
             backend = "onnx" if v.startswith("onnx") else "torch"
             bs = int(v[7:]) if v.startswith("onnx-bs") else None
             enc = Encoder(backend=backend, batch_size=bs).load()
@@ -94,15 +95,18 @@ def main() -> None:
             bs = int(v[2:])
             report(f"fp32 batch {bs}", partial(base.encode, batch_size=bs))
         elif v == "autocast":
+
             def f(t):
                 with torch.autocast("cpu", dtype=torch.bfloat16):
                     return base.encode(t)
+
             report("fp32 weights + autocast bf16", f)
         elif v == "bf16":
             m = SentenceTransformer(path, device="cpu").to(torch.bfloat16)
             report("bf16 weights", m.encode)
         elif v == "encoder":
             from indexer.encoder import Encoder
+
             enc = Encoder()
             enc.load()
             print(f"Encoder: precision={enc.precision} fidelity={enc.fidelity}", flush=True)
@@ -141,10 +145,15 @@ def _int8_encoder(texts):
     src = enc.onnx_path.parent
     dst = Path(tempfile.mkdtemp()) / src.name
     shutil.copytree(src, dst)
-    quantize_dynamic(str(src / "model.onnx"), str(dst / "model.onnx"), per_channel=True,
-                     weight_type=QuantType.QInt8,
-                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    quantize_dynamic(
+        str(src / "model.onnx"),
+        str(dst / "model.onnx"),
+        per_channel=True,
+        weight_type=QuantType.QInt8,
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
     import json
+
     meta = json.loads((dst / "meta.json").read_text())
     meta.update(O.model_file_record(dst / "model.onnx"))
     (dst / "meta.json").write_text(json.dumps(meta))

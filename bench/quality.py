@@ -41,15 +41,24 @@ def scores(truth: np.ndarray, labels: np.ndarray) -> tuple[float, float, float, 
 
     s = singletons(labels)
     clusters = len(np.unique(labels[labels >= 0]))
-    return (adjusted_rand_score(truth, s), normalized_mutual_info_score(truth, s), float(np.mean(labels >= 0)), clusters)
+    return (
+        adjusted_rand_score(truth, s),
+        normalized_mutual_info_score(truth, s),
+        float(np.mean(labels >= 0)),
+        clusters,
+    )
 
 
 def ours(x: np.ndarray, resolution: float | None = None) -> tuple[np.ndarray, dict]:
     from clusterer.algorithms.graph import graph_clustering
 
     r = graph_clustering(x, resolution=resolution)
-    return r.labels, {"resolution": round(r.resolution, 3), "coarse": r.info["coarse_clusters"],
-                      "coarse_labels": r.coarse_labels, "outliers": round(r.info["outlier_share"], 4)}
+    return r.labels, {
+        "resolution": round(r.resolution, 3),
+        "coarse": r.info["coarse_clusters"],
+        "coarse_labels": r.coarse_labels,
+        "outliers": round(r.info["outlier_share"], 4),
+    }
 
 
 def umap_hdbscan(x: np.ndarray) -> tuple[np.ndarray, dict]:
@@ -84,7 +93,10 @@ def timed(fn, *args) -> tuple[np.ndarray, dict, float, float]:
 def row(name: str, truth: np.ndarray, labels: np.ndarray, wall: float, cpu: float, extra: dict) -> dict:
     ari, nmi, cov, k = scores(truth, labels)
     shown = {key: v for key, v in extra.items() if key != "coarse_labels"}
-    print(f"  {name:<22} ARI {ari:.3f}  NMI {nmi:.3f}  coverage {cov:.3f}  clusters {k:5d}  {wall:7.1f}s wall {cpu:7.1f}s cpu  {shown or ''}", flush=True)
+    print(
+        f"  {name:<22} ARI {ari:.3f}  NMI {nmi:.3f}  coverage {cov:.3f}  clusters {k:5d}  {wall:7.1f}s wall {cpu:7.1f}s cpu  {shown or ''}",
+        flush=True,
+    )
     return {"ari": ari, "nmi": nmi, "wall": wall, "cpu": cpu}
 
 
@@ -103,8 +115,11 @@ def run_corpora(names: list[str], peers: bool, sweep: bool, subsample: int, seed
     table: dict[str, dict[str, dict]] = {}
     for name in names:
         x, y, _ = labelled(name)
-        cases = [(name, x, y)] if not subsample else [
-            (f"{name}[{subsample} classes, seed {s}]", *subset(x, y, subsample, s)) for s in range(seeds)]
+        cases = (
+            [(name, x, y)]
+            if not subsample
+            else [(f"{name}[{subsample} classes, seed {s}]", *subset(x, y, subsample, s)) for s in range(seeds)]
+        )
         for title, xs, ys in cases:
             k_true = int(ys.max()) + 1
             print(f"\n{title}: {len(xs)} sentences, {k_true} classes", flush=True)
@@ -124,14 +139,19 @@ def run_corpora(names: list[str], peers: bool, sweep: bool, subsample: int, seed
                 labels, extra, wall, cpu = timed(community, xs)
                 res["community"] = row("community (0.75, 10)", ys, labels, wall, cpu, extra)
                 u, o = res["umap"], res["ours"]
-                print(f"  ours / UMAP+HDBSCAN time: {o['wall'] / u['wall']:.3f} wall, {o['cpu'] / u['cpu']:.3f} cpu; "
-                      f"ARI {o['ari'] - u['ari']:+.3f}, NMI {o['nmi'] - u['nmi']:+.3f}", flush=True)
+                print(
+                    f"  ours / UMAP+HDBSCAN time: {o['wall'] / u['wall']:.3f} wall, {o['cpu'] / u['cpu']:.3f} cpu; "
+                    f"ARI {o['ari'] - u['ari']:+.3f}, NMI {o['nmi'] - u['nmi']:+.3f}",
+                    flush=True,
+                )
             table[title] = res
     if peers and len(table) > 1:
         print("\nmeans over corpora:")
         for method in ("ours", "umap", "kmeans", "community"):
-            print(f"  {method:<10} ARI {np.mean([t[method]['ari'] for t in table.values()]):.3f}  "
-                  f"NMI {np.mean([t[method]['nmi'] for t in table.values()]):.3f}")
+            print(
+                f"  {method:<10} ARI {np.mean([t[method]['ari'] for t in table.values()]):.3f}  "
+                f"NMI {np.mean([t[method]['nmi'] for t in table.values()]):.3f}"
+            )
 
 
 def peak_rss_gib() -> float:
@@ -166,20 +186,27 @@ def run_scale(n: int, which: str) -> None:
     from bench.community import synthetic
     from clusterer.algorithms.graph import graph_clustering
 
-    runs = (("community", "bench/community.py generator", lambda: (synthetic(n), None)),
-            ("harder", "harder mixture (Zipf sizes, varied spreads, 10 % background)", lambda: harder_mixture(n)))
+    runs = (
+        ("community", "bench/community.py generator", lambda: (synthetic(n), None)),
+        ("harder", "harder mixture (Zipf sizes, varied spreads, 10 % background)", lambda: harder_mixture(n)),
+    )
     for key, title, make in runs:
         if which not in (key, "both"):
             continue
         t0 = time.perf_counter()
         x, y = make()
-        print(f"\n{title}: {x.shape} generated in {time.perf_counter() - t0:.1f}s, peak RSS {peak_rss_gib():.2f} GiB", flush=True)
+        print(
+            f"\n{title}: {x.shape} generated in {time.perf_counter() - t0:.1f}s, peak RSS {peak_rss_gib():.2f} GiB",
+            flush=True,
+        )
         t0, c0 = time.perf_counter(), time.process_time()
         r = graph_clustering(x, show_progress=False)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-        line = (f"  total {wall:.1f}s wall ({cpu:.1f}s cpu), split {r.info['seconds']}, resolution {r.resolution:.3g}, "
-                f"{r.info['clusters']} clusters, {r.info['coarse_clusters']} coarse, outliers {r.info['outlier_share']:.3f}, "
-                f"{r.info['edges']} edges, peak RSS {peak_rss_gib():.2f} GiB")
+        line = (
+            f"  total {wall:.1f}s wall ({cpu:.1f}s cpu), split {r.info['seconds']}, resolution {r.resolution:.3g}, "
+            f"{r.info['clusters']} clusters, {r.info['coarse_clusters']} coarse, outliers {r.info['outlier_share']:.3f}, "
+            f"{r.info['edges']} edges, peak RSS {peak_rss_gib():.2f} GiB"
+        )
         if y is not None:
             from sklearn.metrics import adjusted_rand_score
 
@@ -197,7 +224,9 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=1, help="number of random class subsets with --subsample")
     p.add_argument("--synthetic-1m", action="store_true", help="1M x 384 synthetic runs (time split, peak RSS)")
     p.add_argument("--n", type=int, default=1_000_000, help="points for --synthetic-1m")
-    p.add_argument("--mixture", choices=("community", "harder", "both"), default="both", help="which --synthetic-1m data")
+    p.add_argument(
+        "--mixture", choices=("community", "harder", "both"), default="both", help="which --synthetic-1m data"
+    )
     a = p.parse_args()
     if a.synthetic_1m:
         run_scale(a.n, a.mixture)

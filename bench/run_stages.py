@@ -64,7 +64,9 @@ def synthetic(n: int, dim: int = 384, seed: int = 0) -> tuple[list[str], list[st
     centres = rng.standard_normal((n_clusters, dim)).astype(np.float32)
     spreads = rng.uniform(0.5, 1.2, n_clusters).astype(np.float32)
     labels = np.repeat(np.arange(n_clusters), sizes)
-    x = centres[labels] / np.sqrt(dim) * 4 + rng.standard_normal((n, dim)).astype(np.float32) * spreads[labels, None] / np.sqrt(dim)
+    x = centres[labels] / np.sqrt(dim) * 4 + rng.standard_normal((n, dim)).astype(np.float32) * spreads[
+        labels, None
+    ] / np.sqrt(dim)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     texts = [f"topic{l} word{rng.integers(50)} item{i}" for i, l in enumerate(labels)]
     return texts, [str(l) for l in labels], x.astype(np.float32)
@@ -99,8 +101,10 @@ def main() -> None:
         store = Store.open(Path(tmp) / "data", encoder=LookupEncoder(keyed, x, "bench-lookup"), device="cpu")
         started = time.perf_counter()
         store.ingest(keyed)
-        print(f"{name}: {store.count():,} sentences ingested in {time.perf_counter() - started:.1f} s "
-              f"(2-core machine shared with other jobs)")
+        print(
+            f"{name}: {store.count():,} sentences ingested in {time.perf_counter() - started:.1f} s "
+            f"(2-core machine shared with other jobs)"
+        )
         runs = [("leiden (default)", None, {})]
         if not args.skip_community:
             runs.append(("community 0.75/10", "community", {}))
@@ -114,12 +118,18 @@ def main() -> None:
             secs = ", ".join(f"{k} {v:.2f}" for k, v in stats["seconds"].items())
             extra = ""
             if "resolution" in stats:
-                extra = (f"; resolution {stats['resolution']:g}, {stats['coarse_clusters']} coarse, "
-                         f"outliers {stats['outlier_share']:.1%}")
-            print(f"  {label:<18} ARI {ari:.3f} NMI {nmi:.3f} coverage {run.assigned / max(run.sentences, 1):.1%} "
-                  f"clusters {run.clusters}{extra}")
-            print(f"  {'':<18} wall {wall:.2f} s; stages: {secs}; "
-                  f"peak RSS so far {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
+                extra = (
+                    f"; resolution {stats['resolution']:g}, {stats['coarse_clusters']} coarse, "
+                    f"outliers {stats['outlier_share']:.1%}"
+                )
+            print(
+                f"  {label:<18} ARI {ari:.3f} NMI {nmi:.3f} coverage {run.assigned / max(run.sentences, 1):.1%} "
+                f"clusters {run.clusters}{extra}"
+            )
+            print(
+                f"  {'':<18} wall {wall:.2f} s; stages: {secs}; "
+                f"peak RSS so far {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB"
+            )
         store.close()
 
 

@@ -86,7 +86,10 @@ def build(path: Path, size: int, method: str) -> None:
         print(f"built {store.count():,} sentences in {time.perf_counter() - started:.0f} s", flush=True)
         params = {"k": max(2, size // 500)} if method == "kmeans" else {}
         run = store.cluster(method, **params)
-        print(f"run {run.id} ({method}): {run.clusters} clusters, {run.assigned:,} assigned, {run.seconds:.0f} s", flush=True)
+        print(
+            f"run {run.id} ({method}): {run.clusters} clusters, {run.assigned:,} assigned, {run.seconds:.0f} s",
+            flush=True,
+        )
 
 
 def free_port() -> int:
@@ -125,8 +128,14 @@ def http_lookups(url: str, queries: list[str], clients: int, total: int, cap_s: 
     for t in threads:
         t.join()
     wall = time.perf_counter() - started
-    return {"clients": clients, "requests": len(latencies), "errors": errors[0], "p50_ms": round(pct(latencies, 50), 1),
-            "p99_ms": round(pct(latencies, 99), 1), "per_s": round(len(latencies) / wall, 1)}
+    return {
+        "clients": clients,
+        "requests": len(latencies),
+        "errors": errors[0],
+        "p50_ms": round(pct(latencies, 50), 1),
+        "p99_ms": round(pct(latencies, 99), 1),
+        "per_s": round(len(latencies) / wall, 1),
+    }
 
 
 def main() -> None:
@@ -147,8 +156,11 @@ def main() -> None:
             build(path, args.size, args.method)
         queries = read_texts(DATA / "clinc150" / "clinc150.csv")[::37][:500]
         bank = read_texts(DATA / "banking77" / "banking77.csv")
-        http_texts, local_texts, one_call = (bank[: args.ingest], bank[args.ingest : 2 * args.ingest],
-                                             bank[2 * args.ingest : 3 * args.ingest])
+        http_texts, local_texts, one_call = (
+            bank[: args.ingest],
+            bank[args.ingest : 2 * args.ingest],
+            bank[2 * args.ingest : 3 * args.ingest],
+        )
 
         from clusterer.api import Store
 
@@ -159,8 +171,12 @@ def main() -> None:
                 t = time.perf_counter()
                 store.lookup(q)
                 lat.append(time.perf_counter() - t)
-            results["in_process_lookup"] = {"calls": len(lat), "p50_ms": round(pct(lat, 50), 1),
-                                            "p99_ms": round(pct(lat, 99), 1), "per_s": round(len(lat) / sum(lat), 1)}
+            results["in_process_lookup"] = {
+                "calls": len(lat),
+                "p50_ms": round(pct(lat, 50), 1),
+                "p99_ms": round(pct(lat, 99), 1),
+                "per_s": round(len(lat) / sum(lat), 1),
+            }
             print("in-process lookup", results["in_process_lookup"], flush=True)
             import faiss
 
@@ -172,15 +188,33 @@ def main() -> None:
                 lat.append(time.perf_counter() - t)
             faiss.omp_set_num_threads(os.cpu_count() or 1)
             results["in_process_lookup_one_omp_thread"] = {
-                "calls": len(lat), "p50_ms": round(pct(lat, 50), 1), "p99_ms": round(pct(lat, 99), 1),
-                "per_s": round(len(lat) / sum(lat), 1)}
+                "calls": len(lat),
+                "p50_ms": round(pct(lat, 50), 1),
+                "p99_ms": round(pct(lat, 99), 1),
+                "per_s": round(len(lat) / sum(lat), 1),
+            }
             print("in-process lookup, one OpenMP thread", results["in_process_lookup_one_omp_thread"], flush=True)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         log = open(tmp / "server.log", "w")  # noqa: SIM115 (open for the server's lifetime)
-        server = subprocess.Popen([sys.executable, "-m", "clusterer", "serve", "--data-dir", str(path), "--port", str(port),
-                                   "--log-level", "warning"], cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
-                                  stdout=log, stderr=subprocess.STDOUT)
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "clusterer",
+                "serve",
+                "--data-dir",
+                str(path),
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ],
+            cwd=ROOT,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         try:
             import httpx
 
@@ -221,23 +255,48 @@ def main() -> None:
                 t = time.perf_counter()
                 store.ingest(one_call)
                 one_s = time.perf_counter() - t
-            results["http_ingest"] = {"texts": len(http_texts), "added": http_added, "seconds": round(http_s, 2),
-                                      "per_s": round(len(http_texts) / http_s, 1), "batch": args.batch}
-            results["in_process_ingest"] = {"texts": len(local_texts), "seconds": round(local_s, 2),
-                                            "per_s": round(len(local_texts) / local_s, 1), "batch": args.batch}
-            results["in_process_ingest_one_call"] = {"texts": len(one_call), "seconds": round(one_s, 2),
-                                                     "per_s": round(len(one_call) / one_s, 1)}
-            print("ingest", results["http_ingest"], results["in_process_ingest"], results["in_process_ingest_one_call"],
-                  flush=True)
+            results["http_ingest"] = {
+                "texts": len(http_texts),
+                "added": http_added,
+                "seconds": round(http_s, 2),
+                "per_s": round(len(http_texts) / http_s, 1),
+                "batch": args.batch,
+            }
+            results["in_process_ingest"] = {
+                "texts": len(local_texts),
+                "seconds": round(local_s, 2),
+                "per_s": round(len(local_texts) / local_s, 1),
+                "batch": args.batch,
+            }
+            results["in_process_ingest_one_call"] = {
+                "texts": len(one_call),
+                "seconds": round(one_s, 2),
+                "per_s": round(len(one_call) / one_s, 1),
+            }
+            print(
+                "ingest",
+                results["http_ingest"],
+                results["in_process_ingest"],
+                results["in_process_ingest_one_call"],
+                flush=True,
+            )
             cli = []
             for q in queries[:3]:
                 t = time.perf_counter()
-                subprocess.run([sys.executable, "-m", "clusterer", "lookup", q, "--data-dir", str(path), "--json"],
-                               cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), check=True, capture_output=True,
-                               timeout=300)
+                subprocess.run(
+                    [sys.executable, "-m", "clusterer", "lookup", q, "--data-dir", str(path), "--json"],
+                    cwd=ROOT,
+                    env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                    check=True,
+                    capture_output=True,
+                    timeout=300,
+                )
                 cli.append(time.perf_counter() - t)
-            results["cli_lookup"] = {"calls": len(cli), "mean_s": round(statistics.mean(cli), 2),
-                                     "max_s": round(max(cli), 2)}
+            results["cli_lookup"] = {
+                "calls": len(cli),
+                "mean_s": round(statistics.mean(cli), 2),
+                "max_s": round(max(cli), 2),
+            }
             print("cli lookup", results["cli_lookup"], flush=True)
             metrics = httpx.get(url + "/metrics").text
             results["metrics_lines"] = len(metrics.splitlines())
@@ -249,8 +308,11 @@ def main() -> None:
             results["verify_ok"] = store.verify().ok
         eight = next(r for r in results["http_lookup"] if r["clients"] == 8)
         results["targets"] = {
-            "p99_at_8_below_50ms": eight["p99_ms"] < 50, "per_s_at_8_at_least_100": eight["per_s"] >= 100,
-            "http_ingest_vs_in_process": round(results["http_ingest"]["per_s"] / results["in_process_ingest"]["per_s"], 3),
+            "p99_at_8_below_50ms": eight["p99_ms"] < 50,
+            "per_s_at_8_at_least_100": eight["per_s"] >= 100,
+            "http_ingest_vs_in_process": round(
+                results["http_ingest"]["per_s"] / results["in_process_ingest"]["per_s"], 3
+            ),
         }
         print(json.dumps(results, indent=2))
     finally:

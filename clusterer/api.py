@@ -7,7 +7,8 @@ default), ``store.clusters(level=...)``, ``store.cluster_info(id)`` and ``store.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -55,9 +56,18 @@ class Store(SentenceStore):
     def _run_state(self, session) -> incremental.RunState | None:
         return self.upkeep.state_for(session)
 
-    def cluster(self, method: str | None = None, *, device: str | None = None, force: bool = False,
-                progress=None, show_progress: bool = False, warm_start: bool = False, where: Any = None,
-                **params: Any) -> RunInfo:
+    def cluster(
+        self,
+        method: str | None = None,
+        *,
+        device: str | None = None,
+        force: bool = False,
+        progress=None,
+        show_progress: bool = False,
+        warm_start: bool = False,
+        where: Any = None,
+        **params: Any,
+    ) -> RunInfo:
         """Cluster every stored sentence and store the run; returns the run's summary.
 
         ``method`` defaults to ``leiden`` (no k, no threshold: its granularity is chosen from the
@@ -73,8 +83,16 @@ class Store(SentenceStore):
         with self.lock:
             self.refresh()
             run_id, _ = run_service.run_clustering(
-                self, spec.name, device=device or self._device, force=force, progress=progress,
-                show_progress=show_progress, warm_start=warm_start, where=where, **params)
+                self,
+                spec.name,
+                device=device or self._device,
+                force=force,
+                progress=progress,
+                show_progress=show_progress,
+                warm_start=warm_start,
+                where=where,
+                **params,
+            )
             self._state = None
         return self.run(run_id)
 
@@ -98,21 +116,28 @@ class Store(SentenceStore):
     def _members(self, rows) -> list[Member]:
         return [Member(s.id, s.text, None if sim is None else round(float(sim), 6), s.meta) for s, sim in rows]
 
-    def _info(self, session, cluster, members: list[Member] | None = None,
-              children: list[int] | None = None) -> ClusterInfo:
+    def _info(
+        self, session, cluster, members: list[Member] | None = None, children: list[int] | None = None
+    ) -> ClusterInfo:
         wanted = list(cluster.representatives or [])
         if cluster.centre_id is not None:
             wanted.append(cluster.centre_id)
         texts = sq.texts_for(session, wanted)
         kw = cluster.keywords or []
         return ClusterInfo(
-            id=cluster.label, run_id=cluster.run_id, size=cluster.size,
-            keywords=[k[0] for k in kw], keyword_scores=[k[1] for k in kw],
-            centre_id=cluster.centre_id, centre_text=texts.get(cluster.centre_id),
+            id=cluster.label,
+            run_id=cluster.run_id,
+            size=cluster.size,
+            keywords=[k[0] for k in kw],
+            keyword_scores=[k[1] for k in kw],
+            centre_id=cluster.centre_id,
+            centre_text=texts.get(cluster.centre_id),
             cohesion=cluster.cohesion,
             representatives=[Member(i, texts.get(i, ""), None) for i in (cluster.representatives or []) if i in texts],
             members=members or [],
-            level=cluster.level or "fine", parent=cluster.parent_label, children=children or [],
+            level=cluster.level or "fine",
+            parent=cluster.parent_label,
+            children=children or [],
         )
 
     @staticmethod
@@ -135,7 +160,9 @@ class Store(SentenceStore):
             children = self._children(session, run.id) if level == "coarse" else {}
             return [self._info(session, c, children=children.get(c.label)) for c in rows]
 
-    def cluster_info(self, cluster_id: int, *, run_id: int | None = None, limit: int = 20, offset: int = 0) -> ClusterInfo:
+    def cluster_info(
+        self, cluster_id: int, *, run_id: int | None = None, limit: int = 20, offset: int = 0
+    ) -> ClusterInfo:
         """One cluster with its members, most similar to the centre first."""
         with self.db.read() as session:
             run = self._run_row(session, run_id)
@@ -176,9 +203,14 @@ class Store(SentenceStore):
                         continue
                     sim = sims[start + i]
                     label = labels[start + i]
-                    yield {"id": sid, "text": s.text, "metadata": s.meta, "cluster": label,
-                           "similarity": None if sim is None else round(float(sim), 6),
-                           "coarse_cluster": None if label is None else parent_of.get(label)}
+                    yield {
+                        "id": sid,
+                        "text": s.text,
+                        "metadata": s.meta,
+                        "cluster": label,
+                        "similarity": None if sim is None else round(float(sim), 6),
+                        "coarse_cluster": None if label is None else parent_of.get(label),
+                    }
 
     # -- lookups -------------------------------------------------------------------
 
@@ -199,25 +231,33 @@ class Store(SentenceStore):
             if state is None:
                 raise NoRunError("no clustering run yet: run `clusterer cluster` first")
             vec = np.asarray(vector, dtype=np.float32)[None, :]
-            decision = upkeep_service.decide_one(session, state, self.index, vec, self.dimension, self.embedding_dtype,
-                                                 LOOKUP_SCAN)
+            decision = upkeep_service.decide_one(
+                session, state, self.index, vec, self.dimension, self.embedding_dtype, LOOKUP_SCAN
+            )
             label, near = decision["label"], decision["near"]
             near_ids = [int(i) for i in near[0][:LOOKUP_NEIGHBOURS] if i >= 0]
             near_known = cq.labels_for(session, state.run_id, near_ids)
             texts = sq.texts_for(session, near_ids)
-            nearest = [{"id": i, "text": texts.get(i, ""), "similarity": round(float(s), 6),
-                        "cluster": near_known.get(i)}
-                       for i, s in zip(near_ids, near[1])]
+            nearest = [
+                {"id": i, "text": texts.get(i, ""), "similarity": round(float(s), 6), "cluster": near_known.get(i)}
+                for i, s in zip(near_ids, near[1])
+            ]
             cluster = None
             if label >= 0:
                 row = cq.get_cluster(session, state.run_id, label)
                 rows = cq.members(session, state.run_id, label, limit=members)
                 cluster = self._info(session, row, self._members(rows)).to_dict() if row else None
         sim = decision["similarity"]
-        out = {"run_id": state.run_id, "method": state.method, "where": state.params.get("where"), "cluster": cluster,
-               "cluster_id": label if label >= 0 else None,
-               "similarity": None if sim is None or not np.isfinite(sim) else round(float(sim), 6),
-               "votes": decision["votes"], "nearest": nearest}
+        out = {
+            "run_id": state.run_id,
+            "method": state.method,
+            "where": state.params.get("where"),
+            "cluster": cluster,
+            "cluster_id": label if label >= 0 else None,
+            "similarity": None if sim is None or not np.isfinite(sim) else round(float(sim), 6),
+            "votes": decision["votes"],
+            "nearest": nearest,
+        }
         if "share" in decision:
             out["share"] = round(float(decision["share"]), 6)
         return out
@@ -232,21 +272,37 @@ class Store(SentenceStore):
             current = cq.assignment_of(session, run.id, sentence_id)
             where = (run.params or {}).get("where")
             outside = bool(where) and not filters.matching_ids(session, [sentence_id], where)
-            history = [{"run_id": r.id, "method": r.method, "started_at": RunInfo.from_row(r).started_at,
-                        "cluster": a.label, "similarity": a.similarity}
-                       for r, a in cq.assignment_history(session, sentence_id)]
+            history = [
+                {
+                    "run_id": r.id,
+                    "method": r.method,
+                    "started_at": RunInfo.from_row(r).started_at,
+                    "cluster": a.label,
+                    "similarity": a.similarity,
+                }
+                for r, a in cq.assignment_history(session, sentence_id)
+            ]
             cluster = None
             if current is not None and current.label is not None:
                 c = cq.get_cluster(session, run.id, current.label)
                 cluster = self._info(session, c).to_dict() if c else None
-            return {"sentence": {"id": row.id, "text": row.text, "metadata": row.meta,
-                                 "source": row.source_file, "line": row.source_line},
-                    "run_id": run.id,
-                    "cluster_id": None if current is None else current.label,
-                    "similarity": None if current is None else current.similarity,
-                    "pending": current is None and not outside,
-                    "where": where, "outside_filter": outside,
-                    "cluster": cluster, "history": history}
+            return {
+                "sentence": {
+                    "id": row.id,
+                    "text": row.text,
+                    "metadata": row.meta,
+                    "source": row.source_file,
+                    "line": row.source_line,
+                },
+                "run_id": run.id,
+                "cluster_id": None if current is None else current.label,
+                "similarity": None if current is None else current.similarity,
+                "pending": current is None and not outside,
+                "where": where,
+                "outside_filter": outside,
+                "cluster": cluster,
+                "history": history,
+            }
 
     def members(self, cluster_id: int, *, offset: int = 0, limit: int = 50, run_id: int | None = None) -> list[Member]:
         """Members of a cluster (of its fine clusters, for a coarse one), most similar to the centre first."""
@@ -293,8 +349,15 @@ class Store(SentenceStore):
 
     # -- near-duplicates (dups) ------------------------------------------------------
 
-    def duplicates(self, threshold: float = 0.95, *, where: Any = None, limit: int | None = None,
-                   search: str = "auto", nprobe: int | None = None) -> "dup_service.DuplicatesReport":
+    def duplicates(
+        self,
+        threshold: float = 0.95,
+        *,
+        where: Any = None,
+        limit: int | None = None,
+        search: str = "auto",
+        nprobe: int | None = None,
+    ) -> dup_service.DuplicatesReport:
         """Groups of near-duplicate sentences (cosine >= ``threshold`` to the group's first,
         earliest member; no chaining), largest first, over the sentences matching ``where``.
 
@@ -303,7 +366,7 @@ class Store(SentenceStore):
         """
         return dup_service.find_duplicates(self, threshold, where=where, limit=limit, search=search, nprobe=nprobe)
 
-    def delete_duplicates(self, report: "dup_service.DuplicatesReport", keep: str = "first") -> list[int]:
+    def delete_duplicates(self, report: dup_service.DuplicatesReport, keep: str = "first") -> list[int]:
         """Delete every member but one of each group of ``report`` (``keep``: first or longest)
         through :meth:`delete`, so runs, sizes and keywords are updated; returns the ids removed."""
         doomed = [i for group in dup_service.deletion_plan(report, keep) for i in group]

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 ENV_PREFIX = "CLUSTERER_"
 
@@ -22,7 +23,7 @@ class Settings:
     connect_timeout: float = 5.0
 
     @classmethod
-    def resolve(cls, options: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> "Settings":
+    def resolve(cls, options: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
         """Options that are not None win; then ``CLUSTERER_<NAME>`` variables; then defaults."""
         options = options or {}
         environ = os.environ if environ is None else environ
@@ -70,7 +71,9 @@ class ServerSettings:
     cors_origins: tuple[str, ...] = ()
 
     @classmethod
-    def resolve(cls, options: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> "ServerSettings":
+    def resolve(
+        cls, options: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+    ) -> ServerSettings:
         options = options or {}
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}

@@ -201,8 +201,9 @@ class Encoder:
         self.fidelity = fidelity
         if fidelity < FIDELITY_THRESHOLD:
             if strict:
-                log.warning("ONNX fidelity probe for %s: min cosine %.4f < %.2f",
-                            self.model_name, fidelity, FIDELITY_THRESHOLD)
+                log.warning(
+                    "ONNX fidelity probe for %s: min cosine %.4f < %.2f", self.model_name, fidelity, FIDELITY_THRESHOLD
+                )
             else:
                 self.fidelity = None
                 return give_up(f"fidelity probe failed (min cosine {fidelity:.4f} < {FIDELITY_THRESHOLD})")

@@ -236,10 +236,18 @@ class IndexCache:
             checksum = index.save(self.index_path)
         if folder_id is not None:
             with self.db.write() as session:
-                q.set_cache_state(session, folder_id, watermark=watermark, checksum=checksum, ntotal=index.ntotal,
-                                  file_bytes=self.index_path.stat().st_size,
-                                  index_type=index.kind, deletions=self._deletions_seen,
-                                  host=socket.gethostname(), data_dir=str(self.data_dir.resolve()))
+                q.set_cache_state(
+                    session,
+                    folder_id,
+                    watermark=watermark,
+                    checksum=checksum,
+                    ntotal=index.ntotal,
+                    file_bytes=self.index_path.stat().st_size,
+                    index_type=index.kind,
+                    deletions=self._deletions_seen,
+                    host=socket.gethostname(),
+                    data_dir=str(self.data_dir.resolve()),
+                )
         self.last_save = time.monotonic()
         self._saved_seq = watermark
 
@@ -272,8 +280,7 @@ class IndexCache:
         with self.lock, self.rw.write():
             index = self._index = self.build(persist=True)
             self.last_load = "rebuilt"
-        return {"indexed": index.ntotal, "index_type": index.kind,
-                "seconds": round(time.perf_counter() - started, 3)}
+        return {"indexed": index.ntotal, "index_type": index.kind, "seconds": round(time.perf_counter() - started, 3)}
 
     def repair(self) -> dict[str, Any]:
         """Bring the file in line with the database: add missing rows and drop ids no longer
@@ -284,8 +291,14 @@ class IndexCache:
             action, added, removed = self._repair()
             self.last_load = action if action != "none" else self.last_load
         index = self.index
-        return {"action": action, "added": added, "removed": removed, "indexed": index.ntotal,
-                "index_type": index.kind, "seconds": round(time.perf_counter() - started, 3)}
+        return {
+            "action": action,
+            "added": added,
+            "removed": removed,
+            "indexed": index.ntotal,
+            "index_type": index.kind,
+            "seconds": round(time.perf_counter() - started, 3),
+        }
 
     def _repair(self) -> tuple[str, int, int]:
         if self.dimension is None:
@@ -397,7 +410,9 @@ class IndexCache:
             missing = np.setdiff1d(db_ids, uniq)
             extra = np.setdiff1d(uniq, db_ids)
             if len(missing):
-                problems.append(f"{len(missing)} sentences up to the watermark are missing from the index (e.g. id {missing[0]})")
+                problems.append(
+                    f"{len(missing)} sentences up to the watermark are missing from the index (e.g. id {missing[0]})"
+                )
             if len(extra):
                 problems.append(f"{len(extra)} ids in the index are not in the database (e.g. id {extra[0]})")
             if self.dimension and index.dimension != self.dimension:

@@ -8,9 +8,9 @@ is then extended and saved now and then (see :mod:`indexer.index_cache`).
 from __future__ import annotations
 
 import time
-from collections.abc import Sized
+from collections.abc import Callable, Iterable, Iterator, Sized
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -72,12 +72,16 @@ def batched(items: Iterable, size: int) -> Iterator[list]:
         yield batch
 
 
-def python_records(texts: Iterable[str], metadata: Iterable[dict[str, Any] | None] | None,
-                   source: str = PYTHON_SOURCE) -> Iterator[readers.Record]:
+def python_records(
+    texts: Iterable[str], metadata: Iterable[dict[str, Any] | None] | None, source: str = PYTHON_SOURCE
+) -> Iterator[readers.Record]:
     """Records of texts (and one metadata dict, or None, per text) handed over in Python."""
     if isinstance(texts, Sized) and isinstance(metadata, Sized) and len(metadata) != len(texts):
-        raise InputError(source, None, f"{len(texts)} texts but {len(metadata)} metadata entries: "
-                                       "give one metadata dict (or None) per text")
+        raise InputError(
+            source,
+            None,
+            f"{len(texts)} texts but {len(metadata)} metadata entries: give one metadata dict (or None) per text",
+        )
     metas = iter(metadata) if metadata is not None else None
     n = 0
     for n, text in enumerate(texts, 1):
@@ -87,7 +91,9 @@ def python_records(texts: Iterable[str], metadata: Iterable[dict[str, Any] | Non
         if metas is not None:
             meta = next(metas, _MISSING)
             if meta is _MISSING:
-                raise InputError(source, n, "no metadata entry for this text: give one metadata dict (or None) per text")
+                raise InputError(
+                    source, n, "no metadata entry for this text: give one metadata dict (or None) per text"
+                )
         problem = readers.metadata_problem(meta)
         if problem:
             raise InputError(source, n, problem)
@@ -104,7 +110,7 @@ _MISSING = object()
 
 
 def ingest_records(
-    store: "SentenceStore",
+    store: SentenceStore,
     records: Iterable[readers.Record],
     *,
     source: str,
@@ -151,8 +157,13 @@ def ingest_records(
     return report
 
 
-def _ingest_batch(store: "SentenceStore", batch: list[readers.Record], report: IngestReport, ingest_id: int,
-                  near_duplicates: float | None = None) -> None:
+def _ingest_batch(
+    store: SentenceStore,
+    batch: list[readers.Record],
+    report: IngestReport,
+    ingest_id: int,
+    near_duplicates: float | None = None,
+) -> None:
     fresh: dict[str, readers.Record] = {}
     for rec in batch:
         fresh.setdefault(text_hash(rec.text), rec)
@@ -184,8 +195,9 @@ def _ingest_batch(store: "SentenceStore", batch: list[readers.Record], report: I
             q.update_ingest(session, ingest_id, added=len(ids), duplicates=dups)
             after_commit = None
             if store.listener is not None:
-                after_commit = store.listener.on_insert(session, np.asarray(ids, dtype=np.int64), vectors,
-                                                        [r.text for r in recs], int(seqs[-1]))
+                after_commit = store.listener.on_insert(
+                    session, np.asarray(ids, dtype=np.int64), vectors, [r.text for r in recs], int(seqs[-1])
+                )
         if after_commit is not None:
             for key, value in (after_commit() or {}).items():
                 report.clustering[key] = report.clustering.get(key, 0) + value
@@ -194,8 +206,9 @@ def _ingest_batch(store: "SentenceStore", batch: list[readers.Record], report: I
     report.ids.extend(ids)
 
 
-def _drop_near_duplicates(store: "SentenceStore", recs, hashes, vectors, threshold: float, report: IngestReport,
-                          ingest_id: int):
+def _drop_near_duplicates(
+    store: SentenceStore, recs, hashes, vectors, threshold: float, report: IngestReport, ingest_id: int
+):
     from indexer.near_duplicates import near_duplicate_mask
 
     skip = near_duplicate_mask(store.cache.index, vectors, float(threshold))

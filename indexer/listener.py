@@ -7,7 +7,8 @@ commit or roll back with the sentences.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -15,8 +16,9 @@ AfterCommit = Callable[[], "dict[str, int] | None"]
 
 
 class StoreListener(Protocol):
-    def on_insert(self, session: Any, ids: np.ndarray, vectors: np.ndarray, texts: list[str],
-                  max_seq: int) -> AfterCommit | None:
+    def on_insert(
+        self, session: Any, ids: np.ndarray, vectors: np.ndarray, texts: list[str], max_seq: int
+    ) -> AfterCommit | None:
         """A batch was inserted (not yet added to the FAISS index). May return a callable run
         once the transaction has committed; the counts it returns are summed into the
         ingest report's ``clustering``."""

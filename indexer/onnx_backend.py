@@ -274,8 +274,13 @@ def export_onnx(fp32_model, folder: Path, reference: np.ndarray) -> dict:
         with torch.inference_mode(), warnings.catch_warnings(), quiet_loading():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                _Pipeline(fp32_model).eval(), args, str(raw), input_names=names,
-                output_names=["sentence_embedding"], dynamic_axes=dyn, opset_version=17,
+                _Pipeline(fp32_model).eval(),
+                args,
+                str(raw),
+                input_names=names,
+                output_names=["sentence_embedding"],
+                dynamic_axes=dyn,
+                opset_version=17,
                 dynamo=False,
             )
     finally:
@@ -291,8 +296,12 @@ def export_onnx(fp32_model, folder: Path, reference: np.ndarray) -> dict:
         with warnings.catch_warnings(), quiet_loading():
             warnings.simplefilter("ignore")
             opt = optimizer.optimize_model(
-                str(raw), model_type="bert", num_heads=int(getattr(cfg, "num_attention_heads", 0) or 0),
-                hidden_size=int(getattr(cfg, "hidden_size", 0) or 0), opt_level=0, use_gpu=False,
+                str(raw),
+                model_type="bert",
+                num_heads=int(getattr(cfg, "num_attention_heads", 0) or 0),
+                hidden_size=int(getattr(cfg, "hidden_size", 0) or 0),
+                opt_level=0,
+                use_gpu=False,
             )
             fused = {k: int(v) for k, v in opt.get_fused_operator_statistics().items() if v}
             opt.save_model_to_file(str(model_file))
@@ -352,8 +361,9 @@ def export_to(fp32_model, folder: Path, name: str = "model") -> None:
         os.replace(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    log.info("exported %s to ONNX in %.1f s (%s; fused %s)", name,
-             time.perf_counter() - start, folder, meta.get("fused_ops"))
+    log.info(
+        "exported %s to ONNX in %.1f s (%s; fused %s)", name, time.perf_counter() - start, folder, meta.get("fused_ops")
+    )
 
 
 def load_runner(name: str, model_dir: str, load_fp32: Callable[[], Any]) -> tuple[OnnxRunner, float, Path, bool]:

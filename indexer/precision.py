@@ -162,7 +162,10 @@ def choose_precision(fp32_model, device: str, requested: str, name: str = "model
     if requested == "auto" and fidelity < FIDELITY_THRESHOLD:
         log.warning(
             "%s fidelity probe failed for %s (min cosine %.4f < %.2f); using fp32",
-            candidate, name, fidelity, FIDELITY_THRESHOLD,
+            candidate,
+            name,
+            fidelity,
+            FIDELITY_THRESHOLD,
         )
         return fp32_model, "fp32", fidelity
     log.info("%s: using %s (probe min cosine %.5f)", name, candidate, fidelity)

@@ -19,8 +19,9 @@ import itertools
 import json
 import os
 import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any, Iterable, Iterator, Union
+from typing import IO, Any, Union
 
 from indexer.errors import InputError
 from indexer.normalize import normalize_text
@@ -435,6 +436,4 @@ def _check_header(header: list[str], line: int, source: str, text_column: str) -
         seen.add(name)
     if text_column not in seen:
         available = ", ".join(repr(name) for name in header)
-        raise InputError(
-            source, line, f"no column {text_column!r} in header; available columns: {available}"
-        )
+        raise InputError(source, line, f"no column {text_column!r} in header; available columns: {available}")

@@ -9,9 +9,10 @@ this class ties them to one data folder and one database.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +28,7 @@ from storage import sentences as q
 from storage.db import CONNECT_TIMEOUT_S, Database, describe_url, sqlite_url
 from storage.errors import ModelMismatchError
 
-__all__ = ["SentenceStore", "StoreNotFoundError", "IngestReport", "VerifyReport", "Hit", "make_encoder"]
+__all__ = ["Hit", "IngestReport", "SentenceStore", "StoreNotFoundError", "VerifyReport", "make_encoder"]
 
 DEFAULT_DATA_DIR = "clusterer-data"
 DB_FILE = "clusterer.db"
@@ -120,7 +121,7 @@ class SentenceStore:
             self.recover()
 
     @classmethod
-    def open(cls, data_dir: str | Path = DEFAULT_DATA_DIR, **kwargs) -> "SentenceStore":
+    def open(cls, data_dir: str | Path = DEFAULT_DATA_DIR, **kwargs) -> SentenceStore:
         return cls(data_dir, **kwargs)
 
     def close(self) -> None:
@@ -152,9 +153,7 @@ class SentenceStore:
             )
         dim = getattr(self._encoder, "dimension", None)
         if dim is not None and dim != self.dimension:
-            raise ModelMismatchError(
-                f"this store holds {self.dimension}-d embeddings; the encoder gives {dim}-d"
-            )
+            raise ModelMismatchError(f"this store holds {self.dimension}-d embeddings; the encoder gives {dim}-d")
 
     @property
     def encoder(self):
@@ -178,7 +177,11 @@ class SentenceStore:
             info = q.get_info(session)
             if info is None:
                 info = q.init_info(session, enc.model_name, int(enc.dimension))
-            self.model_name, self.dimension, self.embedding_dtype = info.model_name, info.dimension, info.embedding_dtype
+            self.model_name, self.dimension, self.embedding_dtype = (
+                info.model_name,
+                info.dimension,
+                info.embedding_dtype,
+            )
         self._check_model()
         self.cache.configure(self.dimension, self.embedding_dtype)
 
@@ -213,7 +216,11 @@ class SentenceStore:
             with self.db.read() as session:
                 info = q.get_info(session)
             if info is not None:
-                self.model_name, self.dimension, self.embedding_dtype = info.model_name, info.dimension, info.embedding_dtype
+                self.model_name, self.dimension, self.embedding_dtype = (
+                    info.model_name,
+                    info.dimension,
+                    info.embedding_dtype,
+                )
                 self._check_model()
                 self.cache.configure(self.dimension, self.embedding_dtype)
         self.cache.refresh()
@@ -246,8 +253,13 @@ class SentenceStore:
         ``near_duplicates``: skip a sentence whose nearest stored sentence (or an earlier kept
         sentence of the same batch) has cosine similarity >= this value; counted apart from exact
         duplicates in ``report.near_duplicates``."""
-        return self.ingest_records(python_records(texts, metadata, source), source=source, progress=progress,
-                                   count_empty=True, near_duplicates=near_duplicates)
+        return self.ingest_records(
+            python_records(texts, metadata, source),
+            source=source,
+            progress=progress,
+            count_empty=True,
+            near_duplicates=near_duplicates,
+        )
 
     def ingest_file(
         self,
@@ -266,8 +278,9 @@ class SentenceStore:
             path, format=format, text_column=text_column, text_field=text_field, skip_invalid=skip_invalid, stats=stats
         )
         name = "<stdin>" if str(path) == "-" else str(path)
-        return self.ingest_records(records, source=name, progress=progress, stats=stats,
-                                   near_duplicates=near_duplicates)
+        return self.ingest_records(
+            records, source=name, progress=progress, stats=stats, near_duplicates=near_duplicates
+        )
 
     def ingest_records(
         self,
@@ -279,8 +292,15 @@ class SentenceStore:
         count_empty: bool = False,
         near_duplicates: float | None = None,
     ) -> IngestReport:
-        return ingest_records(self, records, source=source, progress=progress, stats=stats, count_empty=count_empty,
-                              near_duplicates=near_duplicates)
+        return ingest_records(
+            self,
+            records,
+            source=source,
+            progress=progress,
+            stats=stats,
+            count_empty=count_empty,
+            near_duplicates=near_duplicates,
+        )
 
     def delete(self, ids: Sequence[int]) -> list[int]:
         """Remove sentences from the database and the index; returns the ids removed."""
@@ -347,7 +367,9 @@ class SentenceStore:
         with self.db.read() as session:
             return q.get_sentences(session, ids)
 
-    def embeddings(self, ids: Sequence[int] | None = None, up_to_seq: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def embeddings(
+        self, ids: Sequence[int] | None = None, up_to_seq: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(ids, float32 embeddings) from the database: ``ids`` in that order, else all
         sentences (up to sequence number ``up_to_seq``) in insertion order."""
         if self.dimension is None:

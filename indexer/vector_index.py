@@ -100,12 +100,14 @@ class VectorIndex:
         self.dimension = dimension
 
     @classmethod
-    def flat(cls, dimension: int) -> "VectorIndex":
+    def flat(cls, dimension: int) -> VectorIndex:
         faiss = _faiss()
         return cls(faiss.IndexIDMap2(faiss.IndexFlatIP(dimension)), dimension)
 
     @classmethod
-    def ivf(cls, dimension: int, training: np.ndarray, nlist: int | None = None, nprobe: int = DEFAULT_NPROBE) -> "VectorIndex":
+    def ivf(
+        cls, dimension: int, training: np.ndarray, nlist: int | None = None, nprobe: int = DEFAULT_NPROBE
+    ) -> VectorIndex:
         faiss = _faiss()
         nlist = nlist or nlist_for(len(training))
         nlist = max(1, min(nlist, len(training) // 39 or 1))
@@ -117,7 +119,9 @@ class VectorIndex:
         return cls(index, dimension)
 
     @classmethod
-    def for_size(cls, dimension: int, n: int, sample: np.ndarray | None = None, flat_max: int = FLAT_MAX) -> "VectorIndex":
+    def for_size(
+        cls, dimension: int, n: int, sample: np.ndarray | None = None, flat_max: int = FLAT_MAX
+    ) -> VectorIndex:
         if n <= flat_max or sample is None or len(sample) < 1000:
             return cls.flat(dimension)
         return cls.ivf(dimension, sample)
@@ -230,7 +234,7 @@ class VectorIndex:
         return _faiss().serialize_index(self.index)
 
     @classmethod
-    def from_bytes(cls, data: np.ndarray | bytes) -> "VectorIndex":
+    def from_bytes(cls, data: np.ndarray | bytes) -> VectorIndex:
         faiss = _faiss()
         arr = np.frombuffer(data, dtype=np.uint8) if isinstance(data, (bytes, bytearray)) else data
         try:

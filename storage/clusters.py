@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from sqlalchemy import and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
@@ -34,13 +35,22 @@ def create_run(session: Session, method: str, params: dict[str, Any]) -> Run:
     return run
 
 
-def finish_run(session: Session, run_id: int, *, n_sentences: int, n_clusters: int, n_assigned: int, max_seq: int) -> None:
+def finish_run(
+    session: Session, run_id: int, *, n_sentences: int, n_clusters: int, n_assigned: int, max_seq: int
+) -> None:
     now = utcnow()
     session.execute(
         update(Run)
         .where(Run.id == run_id)
-        .values(status="done", finished_at=now, updated_at=now, n_sentences=n_sentences,
-                n_clusters=n_clusters, n_assigned=n_assigned, max_seq=max_seq)
+        .values(
+            status="done",
+            finished_at=now,
+            updated_at=now,
+            n_sentences=n_sentences,
+            n_clusters=n_clusters,
+            n_assigned=n_assigned,
+            max_seq=max_seq,
+        )
     )
 
 
@@ -52,9 +62,13 @@ def interrupt_running_runs(session: Session) -> int:
     """Mark every run still ``running`` as ``interrupted``; returns how many. Call it holding
     the writer lock: runs are made under that lock, so one still running then was killed."""
     result = session.execute(
-        update(Run).where(Run.status == "running")
-        .values(status="interrupted", finished_at=utcnow(),
-                error="the process running it ended before it finished (killed or crashed)")
+        update(Run)
+        .where(Run.status == "running")
+        .values(
+            status="interrupted",
+            finished_at=utcnow(),
+            error="the process running it ended before it finished (killed or crashed)",
+        )
     )
     return result.rowcount or 0
 
@@ -78,9 +92,20 @@ def insert_clusters(session: Session, run_id: int, rows: Sequence[ClusterRow]) -
     session.execute(
         insert(Cluster),
         [
-            {"run_id": run_id, "label": r.label, "size": r.size, "centre_id": r.centre_id, "cohesion": r.cohesion,
-             "keywords": r.keywords, "representatives": r.representatives, "centroid": r.centroid,
-             "level": r.level, "parent_label": r.parent_label, "created_at": now, "updated_at": now}
+            {
+                "run_id": run_id,
+                "label": r.label,
+                "size": r.size,
+                "centre_id": r.centre_id,
+                "cohesion": r.cohesion,
+                "keywords": r.keywords,
+                "representatives": r.representatives,
+                "centroid": r.centroid,
+                "level": r.level,
+                "parent_label": r.parent_label,
+                "created_at": now,
+                "updated_at": now,
+            }
             for r in rows
         ],
     )
@@ -106,19 +131,34 @@ def update_clusters(session: Session, run_id: int, values: Mapping[int, Mapping[
 
 
 def insert_assignments(
-    session: Session, run_id: int, sentence_ids: Sequence[int], labels: Sequence[int | None], similarities: Sequence[float | None]
+    session: Session,
+    run_id: int,
+    sentence_ids: Sequence[int],
+    labels: Sequence[int | None],
+    similarities: Sequence[float | None],
 ) -> None:
     now = utcnow()
     rows = [
-        {"run_id": run_id, "sentence_id": int(s), "label": None if lab is None else int(lab),
-         "similarity": None if sim is None else float(sim), "assigned_at": now}
+        {
+            "run_id": run_id,
+            "sentence_id": int(s),
+            "label": None if lab is None else int(lab),
+            "similarity": None if sim is None else float(sim),
+            "assigned_at": now,
+        }
         for s, lab, sim in zip(sentence_ids, labels, similarities)
     ]
     for start in range(0, len(rows), INSERT_CHUNK):
         session.execute(insert(Assignment), rows[start : start + INSERT_CHUNK])
 
 
-def set_assignments(session: Session, run_id: int, sentence_ids: Sequence[int], labels: Sequence[int | None], similarities: Sequence[float | None]) -> None:
+def set_assignments(
+    session: Session,
+    run_id: int,
+    sentence_ids: Sequence[int],
+    labels: Sequence[int | None],
+    similarities: Sequence[float | None],
+) -> None:
     """Replace the assignments of ``sentence_ids`` in a run."""
     ids = [int(s) for s in sentence_ids]
     for chunk in chunks(ids):
@@ -136,8 +176,9 @@ def insert_terms(session: Session, run_id: int, counts: Mapping[int, Mapping[str
         session.execute(insert(ClusterTerm), rows[start : start + INSERT_CHUNK])
 
 
-def add_terms(session: Session, run_id: int, added: Mapping[int, Mapping[str, int]],
-              current: Mapping[int, Mapping[str, int]]) -> None:
+def add_terms(
+    session: Session, run_id: int, added: Mapping[int, Mapping[str, int]], current: Mapping[int, Mapping[str, int]]
+) -> None:
     """Add ``added[label]`` to the stored term counts of each cluster, ``current`` being what
     is stored now (as :func:`term_counts` returns it): one bulk update and one bulk insert."""
     changed, new = [], []
@@ -170,7 +211,9 @@ def term_counts(session: Session, run_id: int, labels: Iterable[int] | None = No
     return out
 
 
-def clusters_of_run(session: Session, run_id: int, order_by_size: bool = True, level: str | None = "fine") -> list[Cluster]:
+def clusters_of_run(
+    session: Session, run_id: int, order_by_size: bool = True, level: str | None = "fine"
+) -> list[Cluster]:
     """The clusters of a run at ``level`` ("fine", the ones sentences are assigned to; "coarse";
     None for both)."""
     query = select(Cluster).where(Cluster.run_id == run_id)
@@ -184,7 +227,9 @@ def get_cluster(session: Session, run_id: int, label: int) -> Cluster | None:
     return session.scalars(select(Cluster).where(Cluster.run_id == run_id, Cluster.label == label)).first()
 
 
-def members(session: Session, run_id: int, label: int | None, offset: int = 0, limit: int | None = 50) -> list[tuple[Sentence, float | None]]:
+def members(
+    session: Session, run_id: int, label: int | None, offset: int = 0, limit: int | None = 50
+) -> list[tuple[Sentence, float | None]]:
     """Sentences of a cluster (or the unassigned ones for ``label=None``), most similar to the centre first."""
     cond = Assignment.label.is_(None) if label is None else Assignment.label == label
     query = (
@@ -199,8 +244,9 @@ def members(session: Session, run_id: int, label: int | None, offset: int = 0, l
     return [(row[0], row[1]) for row in session.execute(query)]
 
 
-def members_of_labels(session: Session, run_id: int, labels: Sequence[int], offset: int = 0,
-                      limit: int | None = 50) -> list[tuple[Sentence, float | None]]:
+def members_of_labels(
+    session: Session, run_id: int, labels: Sequence[int], offset: int = 0, limit: int | None = 50
+) -> list[tuple[Sentence, float | None]]:
     """Sentences of several clusters (a coarse cluster's children), most similar to their
     own cluster's centre first."""
     if not labels:
@@ -252,7 +298,15 @@ def assignment_history(session: Session, sentence_id: int) -> list[tuple[Run, As
     return [(r[0], r[1]) for r in rows]
 
 
-def record_event(session: Session, run_id: int, label: int, kind: str, size: int, related: list[int] | None = None, detail: dict | None = None) -> None:
+def record_event(
+    session: Session,
+    run_id: int,
+    label: int,
+    kind: str,
+    size: int,
+    related: list[int] | None = None,
+    detail: dict | None = None,
+) -> None:
     session.add(ClusterEvent(run_id=run_id, label=label, kind=kind, size=size, related=related, detail=detail))
 
 
@@ -261,10 +315,21 @@ def record_events(session: Session, run_id: int, events: Sequence[tuple[int, str
     if not events:
         return
     now = utcnow()
-    session.execute(insert(ClusterEvent), [
-        {"run_id": run_id, "label": int(label), "kind": kind, "size": int(size), "related": None, "detail": detail, "at": now}
-        for label, kind, size, detail in events
-    ])
+    session.execute(
+        insert(ClusterEvent),
+        [
+            {
+                "run_id": run_id,
+                "label": int(label),
+                "kind": kind,
+                "size": int(size),
+                "related": None,
+                "detail": detail,
+                "at": now,
+            }
+            for label, kind, size, detail in events
+        ],
+    )
 
 
 def events(session: Session, label: int | None = None, run_id: int | None = None) -> list[ClusterEvent]:
@@ -319,19 +384,25 @@ def all_term_totals(session: Session, run_id: int, limit: int) -> dict[str, int]
 def term_mass(session: Session, run_id: int) -> tuple[int, int]:
     """(all term occurrences, clusters with any terms) of a run."""
     total, classes = session.execute(
-        select(func.coalesce(func.sum(ClusterTerm.count), 0), func.count(func.distinct(ClusterTerm.label)))
-        .where(ClusterTerm.run_id == run_id)
+        select(func.coalesce(func.sum(ClusterTerm.count), 0), func.count(func.distinct(ClusterTerm.label))).where(
+            ClusterTerm.run_id == run_id
+        )
     ).one()
     return int(total), int(classes)
 
 
-def assignments_for(session: Session, run_id: int, sentence_ids: Sequence[int]) -> dict[int, tuple[int | None, float | None]]:
+def assignments_for(
+    session: Session, run_id: int, sentence_ids: Sequence[int]
+) -> dict[int, tuple[int | None, float | None]]:
     """(label, similarity) under ``run_id`` of each of ``sentence_ids`` the run has assigned (or left out)."""
     ids = list(sentence_ids)
     out: dict[int, tuple[int | None, float | None]] = {}
     for chunk in chunks(ids):
-        rows = session.execute(select(Assignment.sentence_id, Assignment.label, Assignment.similarity)
-                               .where(Assignment.run_id == run_id, Assignment.sentence_id.in_(chunk)))
+        rows = session.execute(
+            select(Assignment.sentence_id, Assignment.label, Assignment.similarity).where(
+                Assignment.run_id == run_id, Assignment.sentence_id.in_(chunk)
+            )
+        )
         out.update({sid: (label, sim) for sid, label, sim in rows})
     return out
 
@@ -342,10 +413,13 @@ def labels_for(session: Session, run_id: int, sentence_ids: Sequence[int]) -> di
     ids = sorted({int(i) for i in sentence_ids})
     out: dict[int, int | None] = {}
     for chunk in chunks(ids):
-        out.update(session.execute(
-            select(Assignment.sentence_id, Assignment.label)
-            .where(Assignment.run_id == run_id, Assignment.sentence_id.in_(chunk))
-        ).all())
+        out.update(
+            session.execute(
+                select(Assignment.sentence_id, Assignment.label).where(
+                    Assignment.run_id == run_id, Assignment.sentence_id.in_(chunk)
+                )
+            ).all()
+        )
     return out
 
 
@@ -361,13 +435,18 @@ def clusters_by_label(session: Session, run_id: int, labels: Iterable[int]) -> d
 
 def member_ids(session: Session, run_id: int, label: int) -> list[int]:
     """Ids of every sentence assigned to ``label`` in a run, ascending."""
-    return list(session.scalars(
-        select(Assignment.sentence_id).where(Assignment.run_id == run_id, Assignment.label == label)
-        .order_by(Assignment.sentence_id)))
+    return list(
+        session.scalars(
+            select(Assignment.sentence_id)
+            .where(Assignment.run_id == run_id, Assignment.label == label)
+            .order_by(Assignment.sentence_id)
+        )
+    )
 
 
-def subtract_terms(session: Session, run_id: int, removed: Mapping[int, Mapping[str, int]],
-                   current: Mapping[int, Mapping[str, int]]) -> None:
+def subtract_terms(
+    session: Session, run_id: int, removed: Mapping[int, Mapping[str, int]], current: Mapping[int, Mapping[str, int]]
+) -> None:
     """Take ``removed[label]`` off the stored term counts (``current`` being what is stored now);
     a count that reaches zero loses its row."""
     changed, gone = [], []
@@ -406,17 +485,28 @@ def parent_labels(session: Session, run_id: int, labels: Iterable[int]) -> dict[
         return {}
     out: dict[int, int] = {}
     for chunk in chunks(labels):
-        out.update((l, p) for l, p in session.execute(
-            select(Cluster.label, column).where(Cluster.run_id == run_id, Cluster.label.in_(chunk)))
-            if p is not None)
+        out.update(
+            (l, p)
+            for l, p in session.execute(
+                select(Cluster.label, column).where(Cluster.run_id == run_id, Cluster.label.in_(chunk))
+            )
+            if p is not None
+        )
     return out
 
 
-def set_similarities(session: Session, run_id: int, sentence_ids: Sequence[int], similarities: Sequence[float | None]) -> None:
+def set_similarities(
+    session: Session, run_id: int, sentence_ids: Sequence[int], similarities: Sequence[float | None]
+) -> None:
     """Set the stored similarity of assignments of a run (one executemany)."""
     table = Assignment.__table__
-    rows = [{"r": run_id, "s": int(i), "v": None if v is None else float(v)} for i, v in zip(sentence_ids, similarities)]
+    rows = [
+        {"r": run_id, "s": int(i), "v": None if v is None else float(v)} for i, v in zip(sentence_ids, similarities)
+    ]
     if rows:
         session.connection().execute(
-            update(table).where(table.c.run_id == bindparam("r"), table.c.sentence_id == bindparam("s"))
-            .values(similarity=bindparam("v")), rows)
+            update(table)
+            .where(table.c.run_id == bindparam("r"), table.c.sentence_id == bindparam("s"))
+            .values(similarity=bindparam("v")),
+            rows,
+        )

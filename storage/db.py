@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine, make_url
@@ -146,7 +146,9 @@ class Database:
         if "readonly database" in reason or "read-only" in reason:
             return ReadOnlyDatabaseError(f"the database {describe_url(self.url)} is not writable ({reason})")
         if "not a database" in reason or "malformed" in reason:
-            return DatabaseUnavailableError(f"{describe_url(self.url)} is damaged or not a clusterer database ({reason})")
+            return DatabaseUnavailableError(
+                f"{describe_url(self.url)} is damaged or not a clusterer database ({reason})"
+            )
         return DatabaseUnavailableError(f"cannot open database {describe_url(self.url)}: {reason}")
 
     @contextlib.contextmanager
@@ -166,9 +168,8 @@ class Database:
     def write(self) -> Iterator[Session]:
         """A session whose work is committed on success and rolled back on error."""
         try:
-            with self._write_sessions() as session:
-                with session.begin():
-                    yield session
+            with self._write_sessions() as session, session.begin():
+                yield session
         except OperationalError as exc:
             if "readonly database" in str(exc.orig):
                 raise ReadOnlyDatabaseError(f"the database {describe_url(self.url)} is not writable") from exc

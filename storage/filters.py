@@ -132,7 +132,9 @@ def _check_values(cond: Condition, text: str) -> None:
         return
     if cond.op == "~":
         if kind in ("int", "date"):
-            raise _bad(text, f"~ (contains) needs a text field; {cond.field} is a {'number' if kind == 'int' else 'date'}")
+            raise _bad(
+                text, f"~ (contains) needs a text field; {cond.field} is a {'number' if kind == 'int' else 'date'}"
+            )
         if not cond.value:
             raise _bad(text, "~ needs some text to look for")
         return
@@ -161,7 +163,9 @@ def parse_condition(text: str) -> Condition:
     else:
         m = _OP.match(text)
         if not m or not m.group(1):
-            raise _bad(text, "expected field=value, field!=value, field>=value, field<value, field in a,b or field~text")
+            raise _bad(
+                text, "expected field=value, field!=value, field>=value, field<value, field in a,b or field~text"
+            )
         cond = Condition(m.group(1), m.group(2), (m.group(3),))
     _check_values(cond, text)
     return cond
@@ -173,7 +177,9 @@ def _from_mapping(spec: Mapping[str, Any]) -> list[Condition]:
         if isinstance(value, Mapping):
             for op, v in value.items():
                 if op not in OPERATORS:
-                    raise InvalidFilterError(f"invalid where {{{field!r}: {{{op!r}: ...}}}}: operator must be one of {', '.join(OPERATORS)}")
+                    raise InvalidFilterError(
+                        f"invalid where {{{field!r}: {{{op!r}: ...}}}}: operator must be one of {', '.join(OPERATORS)}"
+                    )
                 vals = tuple(_text(x) for x in v) if op in ("in", "not in") else (_text(v),)
                 out.append(_checked(Condition(str(field), op, vals)))
         elif isinstance(value, (list, tuple, set)):
@@ -254,8 +260,14 @@ def _equals(value: ColumnElement, wanted: str, numeric: ColumnElement | None) ->
 
 
 def _ingest_column(field: str):
-    return {"id": Sentence.id, "seq": Sentence.seq, "line": Sentence.source_line, "source": Sentence.source_file,
-            "text": Sentence.text, "created": Sentence.created_at}[field]
+    return {
+        "id": Sentence.id,
+        "seq": Sentence.seq,
+        "line": Sentence.source_line,
+        "source": Sentence.source_file,
+        "text": Sentence.text,
+        "created": Sentence.created_at,
+    }[field]
 
 
 def _typed(field: str, value: str):
@@ -354,7 +366,8 @@ def check_fields(session: Session, where: WhereSpec) -> Filter:
             hint = f"; metadata fields: {', '.join(known[:20])}" if known else "; no sentence has metadata"
             raise InvalidFilterError(
                 f"unknown field {cond.field!r} in --where {str(cond)!r}: no stored sentence has it "
-                f"(ingest fields: {', '.join(INGEST_FIELDS)}{hint})")
+                f"(ingest fields: {', '.join(INGEST_FIELDS)}{hint})"
+            )
     return flt
 
 
@@ -380,16 +393,26 @@ def filtered_ids(session: Session, where: WhereSpec, up_to_seq: int | None = Non
     return np.fromiter(session.scalars(query), dtype=np.int64)
 
 
-def iter_filtered_embeddings(session: Session, where: WhereSpec, dimension: int, dtype: str = "float32",
-                             up_to_seq: int | None = None, batch_size: int = 20_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def iter_filtered_embeddings(
+    session: Session,
+    where: WhereSpec,
+    dimension: int,
+    dtype: str = "float32",
+    up_to_seq: int | None = None,
+    batch_size: int = 20_000,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(ids, float32 matrix) batches of the sentences matching ``where``, in sequence order."""
     from storage.sentences import decode_embeddings
 
     cond = condition(session, where)
     last = 0
     while True:
-        query = (select(Sentence.id, Sentence.seq, Sentence.embedding)
-                 .where(Sentence.seq > last, cond).order_by(Sentence.seq).limit(batch_size))
+        query = (
+            select(Sentence.id, Sentence.seq, Sentence.embedding)
+            .where(Sentence.seq > last, cond)
+            .order_by(Sentence.seq)
+            .limit(batch_size)
+        )
         if up_to_seq is not None:
             query = query.where(Sentence.seq <= up_to_seq)
         rows = session.execute(query).all()
@@ -404,6 +427,17 @@ def everything_matches(where: WhereSpec) -> bool:
     return not parse_where(where)
 
 
-__all__ = ["Condition", "Filter", "InvalidFilterError", "check_fields", "compile_filter", "condition",
-           "everything_matches", "filtered_ids", "iter_filtered_embeddings", "matching_ids", "parse_condition",
-           "parse_where"]
+__all__ = [
+    "Condition",
+    "Filter",
+    "InvalidFilterError",
+    "check_fields",
+    "compile_filter",
+    "condition",
+    "everything_matches",
+    "filtered_ids",
+    "iter_filtered_embeddings",
+    "matching_ids",
+    "parse_condition",
+    "parse_where",
+]

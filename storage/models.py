@@ -7,7 +7,7 @@ FAISS file can always be rebuilt without re-embedding.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Optional
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -59,9 +59,9 @@ class IndexState(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     watermark: Mapped[int] = mapped_column(BigInteger, default=0)
-    checksum: Mapped[Optional[str]] = mapped_column(String(64), nullable=True)
+    checksum: Mapped[str | None] = mapped_column(String(64), nullable=True)
     ntotal: Mapped[int] = mapped_column(BigInteger, default=0)
-    index_type: Mapped[Optional[str]] = mapped_column(String(64), nullable=True)
+    index_type: Mapped[str | None] = mapped_column(String(64), nullable=True)
     dirty: Mapped[bool] = mapped_column(default=False)
     deletions: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
@@ -91,13 +91,13 @@ class IndexCacheState(Base):
 
     folder_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     watermark: Mapped[int] = mapped_column(BigInteger, default=0)
-    checksum: Mapped[Optional[str]] = mapped_column(String(64), nullable=True)
+    checksum: Mapped[str | None] = mapped_column(String(64), nullable=True)
     ntotal: Mapped[int] = mapped_column(BigInteger, default=0)
-    index_type: Mapped[Optional[str]] = mapped_column(String(64), nullable=True)
+    index_type: Mapped[str | None] = mapped_column(String(64), nullable=True)
     deletions: Mapped[int] = mapped_column(BigInteger, default=0)
-    file_bytes: Mapped[Optional[int]] = mapped_column(BigInteger, nullable=True)
-    host: Mapped[Optional[str]] = mapped_column(String(255), nullable=True)
-    data_dir: Mapped[Optional[str]] = mapped_column(String(1000), nullable=True)
+    file_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    host: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    data_dir: Mapped[str | None] = mapped_column(String(1000), nullable=True)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 
@@ -108,9 +108,9 @@ class Sentence(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     text: Mapped[str] = mapped_column(Text)
     text_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    meta: Mapped[Optional[dict[str, Any]]] = mapped_column("metadata", JSON, nullable=True)
-    source_file: Mapped[Optional[str]] = mapped_column(String(1000), nullable=True)
-    source_line: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON, nullable=True)
+    source_file: Mapped[str | None] = mapped_column(String(1000), nullable=True)
+    source_line: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     seq: Mapped[int] = mapped_column(BigInteger, unique=True)
     embedding: Mapped[bytes] = mapped_column(LargeBinary)
@@ -124,7 +124,7 @@ class IngestLog(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     source: Mapped[str] = mapped_column(String(1000))
     started_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
-    finished_at: Mapped[Optional[dt.datetime]] = mapped_column(DateTime, nullable=True)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     added: Mapped[int] = mapped_column(Integer, default=0)
     duplicates: Mapped[int] = mapped_column(Integer, default=0)
     near_duplicates: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
@@ -146,13 +146,13 @@ class Run(Base):
     params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     status: Mapped[str] = mapped_column(String(16), default="running")
     started_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
-    finished_at: Mapped[Optional[dt.datetime]] = mapped_column(DateTime, nullable=True)
-    updated_at: Mapped[Optional[dt.datetime]] = mapped_column(DateTime, nullable=True)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    updated_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     n_sentences: Mapped[int] = mapped_column(BigInteger, default=0)
     n_clusters: Mapped[int] = mapped_column(Integer, default=0)
     n_assigned: Mapped[int] = mapped_column(BigInteger, default=0)
     max_seq: Mapped[int] = mapped_column(BigInteger, default=0)
-    error: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class Cluster(Base):
@@ -169,15 +169,15 @@ class Cluster(Base):
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
     label: Mapped[int] = mapped_column(Integer)
     size: Mapped[int] = mapped_column(Integer, default=0)
-    centre_id: Mapped[Optional[int]] = mapped_column(BigInteger, nullable=True)
-    cohesion: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
-    keywords: Mapped[Optional[list[Any]]] = mapped_column(JSON, nullable=True)
-    representatives: Mapped[Optional[list[int]]] = mapped_column(JSON, nullable=True)
-    centroid: Mapped[Optional[bytes]] = mapped_column(LargeBinary, nullable=True)
+    centre_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    cohesion: Mapped[float | None] = mapped_column(Float, nullable=True)
+    keywords: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    representatives: Mapped[list[int] | None] = mapped_column(JSON, nullable=True)
+    centroid: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     level: Mapped[str] = mapped_column(String(8), default="fine", server_default="fine")
-    parent_label: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    parent_label: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class Assignment(Base):
@@ -188,8 +188,8 @@ class Assignment(Base):
 
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
     sentence_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    label: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
-    similarity: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
+    label: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    similarity: Mapped[float | None] = mapped_column(Float, nullable=True)
     assigned_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 
@@ -216,6 +216,6 @@ class ClusterEvent(Base):
     label: Mapped[int] = mapped_column(Integer)
     kind: Mapped[str] = mapped_column(String(16))
     size: Mapped[int] = mapped_column(Integer, default=0)
-    related: Mapped[Optional[list[int]]] = mapped_column(JSON, nullable=True)
-    detail: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON, nullable=True)
+    related: Mapped[list[int] | None] = mapped_column(JSON, nullable=True)
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from sqlalchemy import delete, func, insert, select, update
@@ -12,7 +13,6 @@ from sqlalchemy.orm import Session
 from storage.chunked import chunks
 from storage.errors import StorageError
 from storage.models import Assignment, Counter, IndexCacheState, IndexState, IngestLog, Sentence, StoreInfo, utcnow
-
 
 SEQ_COUNTER = "seq"
 MAX_ID = 2**63 - 1
@@ -228,11 +228,29 @@ def get_cache_state(session: Session, folder_id: str | None) -> IndexCacheState 
 
 
 def set_cache_state(
-    session: Session, folder_id: str, *, watermark: int, checksum: str | None, ntotal: int, index_type: str | None,
-    deletions: int, file_bytes: int | None = None, host: str | None = None, data_dir: str | None = None,
+    session: Session,
+    folder_id: str,
+    *,
+    watermark: int,
+    checksum: str | None,
+    ntotal: int,
+    index_type: str | None,
+    deletions: int,
+    file_bytes: int | None = None,
+    host: str | None = None,
+    data_dir: str | None = None,
 ) -> None:
-    values = dict(watermark=watermark, checksum=checksum, ntotal=ntotal, index_type=index_type, deletions=deletions,
-                  file_bytes=file_bytes, host=host, data_dir=data_dir, updated_at=utcnow())
+    values = dict(
+        watermark=watermark,
+        checksum=checksum,
+        ntotal=ntotal,
+        index_type=index_type,
+        deletions=deletions,
+        file_bytes=file_bytes,
+        host=host,
+        data_dir=data_dir,
+        updated_at=utcnow(),
+    )
     if session.get(IndexCacheState, folder_id) is None:
         session.add(IndexCacheState(folder_id=folder_id, **values))
         session.flush()
@@ -250,8 +268,15 @@ def adopt_legacy_state(session: Session, folder_id: str) -> IndexCacheState | No
     if legacy is None or legacy.checksum is None:
         return None
     deletions = -1 if legacy.dirty else (legacy.deletions or 0)
-    set_cache_state(session, folder_id, watermark=legacy.watermark, checksum=legacy.checksum, ntotal=legacy.ntotal,
-                    index_type=legacy.index_type, deletions=deletions)
+    set_cache_state(
+        session,
+        folder_id,
+        watermark=legacy.watermark,
+        checksum=legacy.checksum,
+        ntotal=legacy.ntotal,
+        index_type=legacy.index_type,
+        deletions=deletions,
+    )
     return session.get(IndexCacheState, folder_id)
 
 
@@ -307,11 +332,15 @@ def ids_by_hash(session: Session, hashes: Iterable[str]) -> dict[str, int]:
     """The id of each stored sentence whose text hash is in ``hashes``."""
     found: dict[str, int] = {}
     for chunk in chunks(hashes):
-        found.update(session.execute(select(Sentence.text_hash, Sentence.id).where(Sentence.text_hash.in_(chunk))).all())
+        found.update(
+            session.execute(select(Sentence.text_hash, Sentence.id).where(Sentence.text_hash.in_(chunk))).all()
+        )
     return found
 
 
-def embeddings_found(session: Session, ids: Sequence[int], dimension: int, dtype: str = "float32") -> dict[int, np.ndarray]:
+def embeddings_found(
+    session: Session, ids: Sequence[int], dimension: int, dtype: str = "float32"
+) -> dict[int, np.ndarray]:
     """Embeddings of those of ``ids`` that are stored (``{id: vector}``; missing ids are absent)."""
     found: dict[int, bytes] = {}
     for chunk in chunks(sorted({int(i) for i in ids})):

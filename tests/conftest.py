@@ -35,7 +35,7 @@ def _pg_available() -> str | None:
 
         with psycopg.connect(PG_URL.replace("postgresql+psycopg", "postgresql"), connect_timeout=3):
             return None
-    except Exception as exc:  # any failure means: skip, with the reason
+    except Exception as exc:  # noqa: BLE001 (any failure means: skip, with the reason)
         return f"no PostgreSQL server reachable at {PG_URL}: {str(exc).splitlines()[0]}"
 
 
@@ -68,8 +68,9 @@ def db_url(request, tmp_path):
     return request.getfixturevalue("pg_url")
 
 
-BANKING77 = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "clusterer", "data",
-                         "banking77_sample.csv")
+BANKING77 = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "clusterer", "data", "banking77_sample.csv"
+)
 
 
 @pytest.fixture(scope="session")

@@ -69,8 +69,8 @@ def main(mode: str, data_dir: str, input_file: str, progress_file: str) -> None:
 
 
 def serve() -> None:
-    import alembic.command  # noqa: F401  (paid once here rather than in every child)
-    import alembic.runtime.migration  # noqa: F401
+    import alembic.command
+    import alembic.runtime.migration
     import alembic.script  # noqa: F401
     import faiss  # noqa: F401
 
@@ -85,7 +85,7 @@ def serve() -> None:
             code = 0
             try:
                 main(*args)
-            except BaseException:
+            except BaseException:  # noqa: BLE001 (the forked child reports any failure, then exits)
                 import traceback
 
                 traceback.print_exc()

@@ -223,9 +223,14 @@ def test_export_csv(runner, clustered):
     rows = []
     for r in reader:
         assert r["coarse_cluster"] == ""  # a community run has no coarse level
-        rows.append({"id": int(r["id"]), "text": r["text"],
-                     "cluster": int(r["cluster"]) if r["cluster"] != "" else None,
-                     "similarity": float(r["similarity"]) if r["similarity"] != "" else None})
+        rows.append(
+            {
+                "id": int(r["id"]),
+                "text": r["text"],
+                "cluster": int(r["cluster"]) if r["cluster"] != "" else None,
+                "similarity": float(r["similarity"]) if r["similarity"] != "" else None,
+            }
+        )
     _check_export_rows(rows, by_id)
 
 
@@ -248,8 +253,11 @@ def test_cluster_kmeans(runner, store_dir):
 
 
 def test_cluster_agglomerative(runner, store_dir):
-    out = run_json(runner, ["cluster", "--method", "agglomerative", "--distance-threshold", "1.0",
-                            "--linkage", "average"], store_dir)
+    out = run_json(
+        runner,
+        ["cluster", "--method", "agglomerative", "--distance-threshold", "1.0", "--linkage", "average"],
+        store_dir,
+    )
     run = out["run"]
     assert run["method"] == "agglomerative"
     assert run["params"]["distance_threshold"] == 1.0 and run["params"]["linkage"] == "average"
@@ -260,8 +268,11 @@ def test_cluster_agglomerative(runner, store_dir):
 
 
 def test_agglomerative_small_threshold_separates_topics(runner, store_dir):
-    out = run_json(runner, ["cluster", "--method", "agglomerative", "--distance-threshold", "0.5",
-                            "--linkage", "average"], store_dir)
+    out = run_json(
+        runner,
+        ["cluster", "--method", "agglomerative", "--distance-threshold", "0.5", "--linkage", "average"],
+        store_dir,
+    )
     clusters = run_json(runner, ["clusters"], store_dir)["clusters"]
     big = [c for c in clusters if c["size"] > 1]
     assert len(big) == len(TOPICS) and all(c["size"] == PER_TOPIC for c in big)

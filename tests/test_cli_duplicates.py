@@ -82,8 +82,11 @@ def test_duplicates_export_formats(data_dir, tmp_path):
 
 
 def test_bad_where_is_one_line_error(data_dir):
-    for args in (["duplicates", "--where", "colour=red"], ["search", "alpha", "--where", "stars>abc"],
-                 ["duplicates", "--where", "a'); DROP TABLE sentences;--=1"]):
+    for args in (
+        ["duplicates", "--where", "colour=red"],
+        ["search", "alpha", "--where", "stars>abc"],
+        ["duplicates", "--where", "a'); DROP TABLE sentences;--=1"],
+    ):
         result = invoke(args, data_dir)
         assert result.exit_code != 0
         assert result.output.startswith("Error: ") and len(result.output.strip().splitlines()) == 1
@@ -102,7 +105,9 @@ def test_delete_keep_asks_and_honours_no(data_dir):
 
 
 def test_delete_keep_confirmed_and_yes(data_dir):
-    result = invoke(["duplicates", "--threshold", "0.8", "--delete-keep", "first", "--limit", "1"], data_dir, input="y\n")
+    result = invoke(
+        ["duplicates", "--threshold", "0.8", "--delete-keep", "first", "--limit", "1"], data_dir, input="y\n"
+    )
     assert result.exit_code == 0, result.output
     assert "deleted 2 sentences" in result.output
     assert as_json(["stats"], data_dir)["sentences"] == 4
@@ -130,8 +135,10 @@ def test_search_export_cluster_with_where(data_dir, tmp_path):
 
 def test_ingest_near_duplicates_threshold(data_dir, tmp_path):
     src = tmp_path / "more.txt"
-    src.write_text("alpha beta gamma delta eta\nalpha beta gamma delta\nbrand new words here\n"
-                   "brand new words here again\n", encoding="utf-8")
+    src.write_text(
+        "alpha beta gamma delta eta\nalpha beta gamma delta\nbrand new words here\nbrand new words here again\n",
+        encoding="utf-8",
+    )
     d = as_json(["ingest", str(src), "--near-duplicates-threshold", "0.85"], data_dir)
     assert (d["added"], d["duplicates"], d["near_duplicates"]) == (1, 1, 2)
     human = invoke(["ingest", str(src), "--near-duplicates-threshold", "0.85"], data_dir)

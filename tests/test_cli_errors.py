@@ -20,7 +20,9 @@ from click.testing import CliRunner
 from clusterer.cli import cli
 
 ROOT = Path(__file__).resolve().parents[1]
-TEXTS = [f"{topic} sentence number {i}" for topic in ("credit card declined", "flight booking cancelled") for i in range(8)]
+TEXTS = [
+    f"{topic} sentence number {i}" for topic in ("credit card declined", "flight booking cancelled") for i in range(8)
+]
 
 
 @pytest.fixture(autouse=True)
@@ -83,8 +85,10 @@ def test_unexpected_exception_is_one_line_and_exit_1_and_traceback_with_debug(ru
 
 
 def test_value_error_from_deep_inside_is_one_line(runner, filled, monkeypatch):
-    monkeypatch.setattr("indexer.sentence_store.SentenceStore.verify",
-                        lambda self: (_ for _ in ()).throw(ValueError("bad\nsecond line")))
+    monkeypatch.setattr(
+        "indexer.sentence_store.SentenceStore.verify",
+        lambda self: (_ for _ in ()).throw(ValueError("bad\nsecond line")),
+    )
     result = run(runner, ["verify"], filled)
     assert result.exit_code == 1
     assert "bad second line" in one_error_line(result)
@@ -105,8 +109,9 @@ def test_usage_errors_are_one_line_exit_2_and_json_objects_with_json(runner, tmp
     assert missing_arg.exit_code == 2 and "error" in json.loads(missing_arg.stdout)
 
 
-@pytest.mark.parametrize("command", [["members", "-1"], ["show", "-3"], ["history", "-1"], ["which", "-7"],
-                                     ["delete", "-2"]])
+@pytest.mark.parametrize(
+    "command", [["members", "-1"], ["show", "-3"], ["history", "-1"], ["which", "-7"], ["delete", "-2"]]
+)
 def test_negative_ids_get_a_clear_message(runner, clustered, command):
     result = run(runner, command, clustered)
     assert result.exit_code == 2
@@ -119,9 +124,18 @@ def test_negative_ids_get_a_clear_message(runner, clustered, command):
 # -- fault 8: ids >= 2**63 -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", [["which", "99999999999999999999"], ["members", "99999999999999999999"],
-                                     ["show", str(2**63)], ["history", str(2**63)], ["delete", str(2**63)],
-                                     ["delete", "5", str(2**64)], ["clusters", "--run", str(2**63)]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["which", "99999999999999999999"],
+        ["members", "99999999999999999999"],
+        ["show", str(2**63)],
+        ["history", str(2**63)],
+        ["delete", str(2**63)],
+        ["delete", "5", str(2**64)],
+        ["clusters", "--run", str(2**63)],
+    ],
+)
 def test_huge_ids_are_rejected_in_one_line(runner, clustered, command):
     result = run(runner, command, clustered)
     assert result.exit_code == 2, result.output
@@ -171,11 +185,10 @@ def test_export_json_with_output_prints_one_summary_document(runner, clustered, 
 def _drop_from_index_file(data: Path, how_many: int) -> None:
     from indexer.sentence_store import SentenceStore
 
-    with SentenceStore(data, recover=False) as store:
-        with store.lock:
-            index = store.index
-            index.remove(np.sort(index.ids())[-how_many:])
-            store.cache.save(index)
+    with SentenceStore(data, recover=False) as store, store.lock:
+        index = store.index
+        index.remove(np.sort(index.ids())[-how_many:])
+        store.cache.save(index)
 
 
 def test_verify_repair_replays_missing_rows_without_rebuilding(runner, filled, monkeypatch):
@@ -244,7 +257,10 @@ def test_run_left_running_by_a_killed_process_is_marked_interrupted_by_the_next_
     from clusterer.api import Store
     from storage import clusters as cq
 
-    with Store(filled, recover=False) as store, store.db.write() as session:  # what a SIGKILL during `clusterer cluster` leaves behind
+    with (
+        Store(filled, recover=False) as store,
+        store.db.write() as session,
+    ):  # what a SIGKILL during `clusterer cluster` leaves behind
         run_id = cq.create_run(session, "kmeans", {"k": 2}).id
     listed = json.loads(run(runner, ["runs", "--json"], filled).stdout)["runs"]
     assert [r["status"] for r in listed if r["id"] == run_id] == ["running"]  # readers change nothing
@@ -270,8 +286,13 @@ def test_sigkilled_cluster_command_leaves_an_interrupted_run(tmp_path, filled):
         "from clusterer.cli import cli\n"
         "cli(['cluster', '--method', 'kmeans', '--k', '2', '--data-dir', sys.argv[1]], prog_name='clusterer')\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code, str(filled)], cwd=ROOT,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(filled)],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        timeout=120,
+    )
     assert proc.returncode == -9, proc.stderr.decode()
     from clusterer.api import Store
 
@@ -297,8 +318,13 @@ def test_store_whose_first_ingest_died_before_any_commit_verifies_as_empty(runne
     src = tmp_path / "in.txt"
     src.write_text("\n".join(TEXTS) + "\n", encoding="utf-8")
     data = tmp_path / "data"
-    proc = subprocess.run([sys.executable, "-c", code, str(data), str(src)], cwd=ROOT,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(data), str(src)],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        timeout=120,
+    )
     assert proc.returncode == -9, proc.stderr.decode()
     assert (data / "clusterer.db").exists()
     verify = run(runner, ["verify", "--json"], data)
@@ -326,6 +352,7 @@ def test_connection_refused_is_one_line(runner, tmp_path):
 
 # -- fault 10: a read-only data folder ------------------------------------------------------
 
+
 def _cli_read_only_user(args: list[str]) -> subprocess.CompletedProcess:
     """Run the CLI so that file modes bind it: root ignores them, so as root the child runs
     without the capabilities that bypass them (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH), which
@@ -345,8 +372,9 @@ def _cli_read_only_user(args: list[str]) -> subprocess.CompletedProcess:
             pytest.skip("running as root without setpriv: cannot make file modes bind")
         prefix = [setpriv, "--bounding-set", "-dac_override,-dac_read_search"]
     env = dict(os.environ, PYTHONPATH=str(ROOT), CLUSTERER_DEVICE="cpu")
-    return subprocess.run([*prefix, sys.executable, "-c", code, *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=180)
+    return subprocess.run(
+        [*prefix, sys.executable, "-c", code, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180
+    )
 
 
 @pytest.fixture
@@ -359,8 +387,14 @@ def read_only_store(runner, filled, tmp_path):
         os.chmod(path, 0o555 if path.is_dir() else 0o444)
     probe = _cli_read_only_user(["--help"])
     assert probe.returncode == 0, probe.stderr
-    touch = subprocess.run([*(["setpriv", "--bounding-set", "-dac_override,-dac_read_search"] if os.geteuid() == 0
-                              else []), "touch", str(data / "probe")], capture_output=True)
+    touch = subprocess.run(
+        [
+            *(["setpriv", "--bounding-set", "-dac_override,-dac_read_search"] if os.geteuid() == 0 else []),
+            "touch",
+            str(data / "probe"),
+        ],
+        capture_output=True,
+    )
     assert touch.returncode != 0, "the folder is still writable for the child"
     yield data
     for path in [data, *data.iterdir()]:
@@ -369,8 +403,16 @@ def read_only_store(runner, filled, tmp_path):
 
 def test_read_only_folder_reads_work_and_writes_say_not_writable(read_only_store, tmp_path):
     before = sorted((p.name, p.stat().st_mtime_ns) for p in read_only_store.iterdir())
-    for command in (["stats"], ["search", "credit card declined"], ["verify"], ["clusters"],
-                    ["lookup", "flight booking cancelled"], ["which", "1"], ["export"], ["runs"]):
+    for command in (
+        ["stats"],
+        ["search", "credit card declined"],
+        ["verify"],
+        ["clusters"],
+        ["lookup", "flight booking cancelled"],
+        ["which", "1"],
+        ["export"],
+        ["runs"],
+    ):
         result = _cli_read_only_user([*command, "--json", "--data-dir", str(read_only_store)])
         assert result.returncode == 0, (command, result.stdout, result.stderr)
         json.loads(result.stdout.splitlines()[0])
@@ -378,7 +420,12 @@ def test_read_only_folder_reads_work_and_writes_say_not_writable(read_only_store
     assert stats["read_only"] is True and stats["sentences"] == len(TEXTS)
     src = tmp_path / "more.txt"
     src.write_text("a new sentence\n", encoding="utf-8")
-    for command in (["ingest", str(src)], ["delete", "1"], ["rebuild-index"], ["cluster", "--method", "kmeans", "--k", "2"]):
+    for command in (
+        ["ingest", str(src)],
+        ["delete", "1"],
+        ["rebuild-index"],
+        ["cluster", "--method", "kmeans", "--k", "2"],
+    ):
         result = _cli_read_only_user([*command, "--data-dir", str(read_only_store)])
         assert result.returncode == 1, (command, result.stdout, result.stderr)
         lines = [ln for ln in result.stderr.splitlines() if ln.strip()]

@@ -12,10 +12,24 @@ import pytest
 from tests.fakes import FakeEncoder
 
 ROOT = Path(__file__).resolve().parents[1]
-HEAVY = ("torch", "transformers", "sentence_transformers", "sklearn", "faiss", "igraph", "fastapi",
-         "onnxruntime", "alembic", "scipy")
-TOPICS = [["card", "payment", "declined", "shop"], ["flight", "booking", "cancel", "airline"],
-          ["weather", "rain", "forecast", "storm"], ["password", "reset", "login", "account"]]
+HEAVY = (
+    "torch",
+    "transformers",
+    "sentence_transformers",
+    "sklearn",
+    "faiss",
+    "igraph",
+    "fastapi",
+    "onnxruntime",
+    "alembic",
+    "scipy",
+)
+TOPICS = [
+    ["card", "payment", "declined", "shop"],
+    ["flight", "booking", "cancel", "airline"],
+    ["weather", "rain", "forecast", "storm"],
+    ["password", "reset", "login", "account"],
+]
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +71,28 @@ def test_stats_imports_nothing_heavy(store_dir):
 
 
 def test_cluster_imports_only_the_search(store_dir):
-    data, heavy = imported("cluster", "--method", "community", "--threshold", "0.8", "--min-size", "5", "--data-dir", str(store_dir), "--json")
+    data, heavy = imported(
+        "cluster",
+        "--method",
+        "community",
+        "--threshold",
+        "0.8",
+        "--min-size",
+        "5",
+        "--data-dir",
+        str(store_dir),
+        "--json",
+    )
     assert data["run"]["clusters"] >= 1
-    assert not heavy & {"transformers", "sentence_transformers", "sklearn", "igraph", "fastapi", "onnxruntime", "alembic"}
+    assert not heavy & {
+        "transformers",
+        "sentence_transformers",
+        "sklearn",
+        "igraph",
+        "fastapi",
+        "onnxruntime",
+        "alembic",
+    }
     assert "faiss" in heavy
     _, heavy = imported("clusters", "--data-dir", str(store_dir), "--json")
     assert heavy == set()

@@ -144,7 +144,9 @@ def test_unassigned(runner, clustered):
     out = run_json(runner, ["unassigned"], clustered)
     assert out["total"] == len(NOISE) and sorted(s["text"] for s in out["sentences"]) == sorted(NOISE)
     page = run_json(runner, ["unassigned", "--offset", "1", "--limit", "2"], clustered)
-    assert page["total"] == len(NOISE) and [s["id"] for s in page["sentences"]] == [s["id"] for s in out["sentences"][1:3]]
+    assert page["total"] == len(NOISE) and [s["id"] for s in page["sentences"]] == [
+        s["id"] for s in out["sentences"][1:3]
+    ]
     human = run(runner, ["unassigned"], clustered)
     assert human.exit_code == 0 and f"{len(NOISE)} unassigned sentences" in human.output
 
@@ -187,8 +189,9 @@ def test_history_unknown_id(runner, clustered):
     assert "error" in run_json(runner, ["history", "424242"], clustered, expect=1)
 
 
-@pytest.mark.parametrize("args", [["lookup", "credit card payment"], ["which", "1"], ["unassigned"],
-                                  ["members", "0"], ["recluster"]])
+@pytest.mark.parametrize(
+    "args", [["lookup", "credit card payment"], ["which", "1"], ["unassigned"], ["members", "0"], ["recluster"]]
+)
 def test_before_any_cluster_run(runner, store_dir, args):
     result = run(runner, args, store_dir)
     assert result.exit_code == 1, result.output

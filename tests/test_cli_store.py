@@ -80,9 +80,7 @@ def test_ingest_human_output(runner, tmp_path, data_dir):
 def test_ingest_csv_with_text_column_puts_other_columns_in_metadata(runner, tmp_path, data_dir):
     path = tmp_path / "in.csv"
     path.write_text(
-        "id,body,label\n"
-        "a1,my credit card payment was declined,card\n"
-        '"a2","cancel my flight booking, please",travel\n',
+        'id,body,label\na1,my credit card payment was declined,card\n"a2","cancel my flight booking, please",travel\n',
         encoding="utf-8",
     )
     out = run_json(runner, ["ingest", str(path), "--text-column", "body"], data_dir)

@@ -1,4 +1,3 @@
-
 import numpy as np
 import pytest
 import torch
@@ -42,7 +41,9 @@ def test_torch_backend_parity(threshold, min_size):
 
 def test_parity_with_fake_encoder_text():
     topics = ["card payment declined", "refund not received", "change my pin", "lost phone app"]
-    texts = [f"{topic} {w}" for topic in topics for w in ("today", "again", "please", "now", "help", "urgent", "why", "")]
+    texts = [
+        f"{topic} {w}" for topic in topics for w in ("today", "again", "please", "now", "help", "urgent", "why", "")
+    ]
     x = FakeEncoder(dimension=64).encode(texts)
     for threshold, min_size in [(0.7, 3), (0.5, 2)]:
         assert_same_as_st(x, threshold, min_size, detect_communities(x, threshold, min_size))

@@ -60,8 +60,12 @@ class Worker:
         self.log = open(log, "w")  # noqa: SIM115 (the worker's stderr for its whole life; closed in close())
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tests.crash_worker", "serve"],
-            cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, bufsize=0,
+            cwd=ROOT,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            bufsize=0,
         )
         self._buf = b""
         assert self.readline(timeout=60) == "serving", self.errors()
@@ -160,8 +164,13 @@ def test_kill_minus_nine_during_ingest_rebuild_and_delete(tmp_path, worker):
     # round that ends before its kill shows a shorter span, which later kills use.
     calibration = _write_input(tmp_path / "calibrate.txt", _round_lines(INGEST_KILLS + 1))
     assert calibration
-    assert not worker.run("ingest", tmp_path / "scratch", str(tmp_path / "calibrate.txt"),
-                          tmp_path / "calibrate.progress", kill_after=None)
+    assert not worker.run(
+        "ingest",
+        tmp_path / "scratch",
+        str(tmp_path / "calibrate.txt"),
+        tmp_path / "calibrate.progress",
+        kill_after=None,
+    )
     span = worker.busy_seconds
 
     kills = 0

@@ -41,44 +41,47 @@ def texts_of(store, where) -> list[str]:
     return [rows[i].text.split()[0] for i in ids]
 
 
-@pytest.mark.parametrize("where, expected", [
-    ("lang=en", ["alpha", "gamma"]),
-    ("lang!=en", ["beta", "delta", "epsilon"]),
-    ("stars=3", ["beta"]),
-    ("stars=5.0", ["alpha"]),
-    ("stars>=3", ["alpha", "beta"]),
-    ("stars>3", ["alpha"]),
-    ("stars<3", ["gamma"]),
-    ("stars<=1.5", ["gamma"]),
-    ("date<2024-06-01", ["alpha"]),
-    ("date>=2024-06-01", ["beta", "gamma"]),
-    ("date>2024-06-02", ["gamma"]),
-    ("lang in en,fr", ["alpha", "beta", "gamma"]),
-    ('lang in "de, ch"', ["delta"]),
-    ("lang not in en,fr", ["delta", "epsilon"]),
-    ("text~CARD", ["alpha", "gamma"]),
-    ("text~100%", ["delta"]),
-    ("text~done_", ["delta"]),
-    ("text~a_c", []),
-    ("lang~E", ["alpha", "delta", "gamma"]),
-    ("app.os=ios", ["alpha"]),
-    ("app.os in android", ["beta"]),
-    ("ok=true", ["alpha"]),
-    ("ok=false", ["gamma"]),
-    ("source=reviews.csv", ["alpha", "beta", "gamma", "delta", "epsilon"]),
-    ("source~REVIEWS", ["alpha", "beta", "gamma", "delta", "epsilon"]),
-    ("source!=other.csv", ["alpha", "beta", "gamma", "delta", "epsilon"]),
-    ("line>=4", ["delta", "epsilon"]),
-    ("line in 1,3", ["alpha", "gamma"]),
-    ("seq<=2", ["alpha", "beta"]),
-    ("id!=1", ["beta", "gamma", "delta", "epsilon"]),
-    ("text=beta refund request pending", ["beta"]),
-    ("created>=2000-01-01", ["alpha", "beta", "gamma", "delta", "epsilon"]),
-    ("created<2000-01-01", []),
-    (["lang=en", "stars>=2"], ["alpha"]),
-    ({"lang": ["en", "fr"], "stars": {">": 2}}, ["alpha", "beta"]),
-    ({"ok": True}, ["alpha"]),
-])
+@pytest.mark.parametrize(
+    "where, expected",
+    [
+        ("lang=en", ["alpha", "gamma"]),
+        ("lang!=en", ["beta", "delta", "epsilon"]),
+        ("stars=3", ["beta"]),
+        ("stars=5.0", ["alpha"]),
+        ("stars>=3", ["alpha", "beta"]),
+        ("stars>3", ["alpha"]),
+        ("stars<3", ["gamma"]),
+        ("stars<=1.5", ["gamma"]),
+        ("date<2024-06-01", ["alpha"]),
+        ("date>=2024-06-01", ["beta", "gamma"]),
+        ("date>2024-06-02", ["gamma"]),
+        ("lang in en,fr", ["alpha", "beta", "gamma"]),
+        ('lang in "de, ch"', ["delta"]),
+        ("lang not in en,fr", ["delta", "epsilon"]),
+        ("text~CARD", ["alpha", "gamma"]),
+        ("text~100%", ["delta"]),
+        ("text~done_", ["delta"]),
+        ("text~a_c", []),
+        ("lang~E", ["alpha", "delta", "gamma"]),
+        ("app.os=ios", ["alpha"]),
+        ("app.os in android", ["beta"]),
+        ("ok=true", ["alpha"]),
+        ("ok=false", ["gamma"]),
+        ("source=reviews.csv", ["alpha", "beta", "gamma", "delta", "epsilon"]),
+        ("source~REVIEWS", ["alpha", "beta", "gamma", "delta", "epsilon"]),
+        ("source!=other.csv", ["alpha", "beta", "gamma", "delta", "epsilon"]),
+        ("line>=4", ["delta", "epsilon"]),
+        ("line in 1,3", ["alpha", "gamma"]),
+        ("seq<=2", ["alpha", "beta"]),
+        ("id!=1", ["beta", "gamma", "delta", "epsilon"]),
+        ("text=beta refund request pending", ["beta"]),
+        ("created>=2000-01-01", ["alpha", "beta", "gamma", "delta", "epsilon"]),
+        ("created<2000-01-01", []),
+        (["lang=en", "stars>=2"], ["alpha"]),
+        ({"lang": ["en", "fr"], "stars": {">": 2}}, ["alpha", "beta"]),
+        ({"ok": True}, ["alpha"]),
+    ],
+)
 def test_every_operator(store, where, expected):
     assert sorted(texts_of(store, where)) == sorted(expected)
 
@@ -87,14 +90,17 @@ def test_results_in_sequence_order(store):
     assert texts_of(store, "lang in fr,en") == ["alpha", "beta", "gamma"]
 
 
-@pytest.mark.parametrize("bad", [
-    "a'); DROP TABLE sentences;--=1",
-    "lang=en' OR '1'='1",
-    "lang in en'); DELETE FROM sentences;--",
-    "text~%' OR 1=1 --",
-    'a"]=1',
-    "stars>=1; DROP TABLE sentences",
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "a'); DROP TABLE sentences;--=1",
+        "lang=en' OR '1'='1",
+        "lang in en'); DELETE FROM sentences;--",
+        "text~%' OR 1=1 --",
+        'a"]=1',
+        "stars>=1; DROP TABLE sentences",
+    ],
+)
 def test_injection_attempts_leave_database_intact(store, bad):
     try:
         assert texts_of(store, bad) == []
@@ -118,16 +124,19 @@ def test_matching_ids_keeps_only_matching(store):
         assert matching_ids(session, every[:2], None) == every[:2]
 
 
-@pytest.mark.parametrize("bad, message", [
-    ("stars>abc", "a range needs a number or an ISO date"),
-    ("id=x", "whole number"),
-    ("text>3", "ranges need a number or date field"),
-    ("created<2024-13-45", "not an ISO date"),
-    ("lang in ", "comma-separated list"),
-    ("nothing here", "expected field=value"),
-    ("id~1", "needs a text field"),
-    ("meta=1", "field name"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ("stars>abc", "a range needs a number or an ISO date"),
+        ("id=x", "whole number"),
+        ("text>3", "ranges need a number or date field"),
+        ("created<2024-13-45", "not an ISO date"),
+        ("lang in ", "comma-separated list"),
+        ("nothing here", "expected field=value"),
+        ("id~1", "needs a text field"),
+        ("meta=1", "field name"),
+    ],
+)
 def test_bad_conditions(bad, message):
     with pytest.raises(InvalidFilterError, match=message):
         parse_where(bad)

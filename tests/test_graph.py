@@ -19,7 +19,9 @@ from clusterer.algorithms.knn import cell_blocked_knn, exact_knn
 from clusterer.algorithms.leiden import symmetric_edges
 
 
-def planted(sizes: list[int], d: int = 32, spread: float | list[float] = 0.35, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def planted(
+    sizes: list[int], d: int = 32, spread: float | list[float] = 0.35, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Unit vectors around random centres, ``sizes[i]`` points with noise ``spread`` (per dimension x sqrt(d))."""
     rng = np.random.default_rng(seed)
     spreads = np.broadcast_to(np.asarray(spread, dtype=np.float64), (len(sizes),))
@@ -185,8 +187,15 @@ def test_empty_and_tiny_inputs():
 
 def test_assign_by_weight_majority_of_weight():
     labels = np.array([[1, 2, 2, -1], [3, 3, 1, 1], [-1, -1, -1, -1], [5, 4, 4, 5], [7, 7, 7, 7]])
-    sims = np.array([[0.9, 0.5, 0.5, 0.9], [0.3, 0.3, 0.35, 0.35], [0.9, 0.9, 0.9, 0.9],
-                     [0.5, 0.5, 0.5, 0.1], [0.2, 0.2, -0.1, 0.0]])
+    sims = np.array(
+        [
+            [0.9, 0.5, 0.5, 0.9],
+            [0.3, 0.3, 0.35, 0.35],
+            [0.9, 0.9, 0.9, 0.9],
+            [0.5, 0.5, 0.5, 0.1],
+            [0.2, 0.2, -0.1, 0.0],
+        ]
+    )
     out, share = assign_by_weight(labels, sims)
     np.testing.assert_array_equal(out, [2, 1, -1, 4, 7])
     np.testing.assert_allclose(share, [1.0 / 2.8, 0.7 / 1.3, 0.0, 1.0 / 1.6, 1.0], rtol=1e-5)
@@ -227,7 +236,9 @@ def test_assign_by_weight_rejoins_a_clustering():
     keep = nbrs < 600
     lab = np.where(keep, result.labels[np.where(keep, nbrs, 0)], -1)
     out, _ = assign_by_weight(lab, sims, min_similarity=result.info["min_similarity"])
-    mapped = {c: np.bincount(truth[:600][result.labels == c]).argmax() for c in np.unique(result.labels[result.labels >= 0])}
+    mapped = {
+        c: np.bincount(truth[:600][result.labels == c]).argmax() for c in np.unique(result.labels[result.labels >= 0])
+    }
     hits = [mapped[c] == t for c, t in zip(out.tolist(), truth[600:].tolist()) if c >= 0]
     assert len(hits) >= 140 and np.mean(hits) >= 0.97
 

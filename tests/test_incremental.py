@@ -4,6 +4,7 @@ and kill -9 during an incremental update."""
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
 from pathlib import Path
@@ -13,15 +14,15 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 from sqlalchemy import func, select
 
+from clusterer.api import Store
 from clusterer.service import incremental
 from clusterer.service.incremental import RunState, vote
-from clusterer.api import Store
 from storage import clusters as cq
 from storage.models import Assignment, Cluster, Sentence
 from tests.test_crash import Worker
 
-
 # -- the vote (pure) -----------------------------------------------------------------
+
 
 def test_vote_most_members_wins():
     assert vote(np.array([3, 5, 5, 3, 5]), np.array([0.99, 0.7, 0.71, 0.98, 0.72]))[::2] == (5, 3)
@@ -66,6 +67,7 @@ def test_run_state_reads_parameters_then_stats():
 
 
 # -- streaming the shared corpus (real embeddings) ------------------------------------
+
 
 class LookupEncoder:
     """The real model's embeddings, looked up by text (computed once per session)."""
@@ -122,8 +124,15 @@ def streamed(banking77_embeddings, tmp_path_factory):
     ids = sorted(full_labels)
     a = _singletons([-1 if streaming[i] is None else streaming[i] for i in ids])
     b = _singletons([-1 if full_labels[i] is None else full_labels[i] for i in ids])
-    out = {"run": run, "full": full, "snapshots": snapshots, "seconds": seconds,
-           "ari": adjusted_rand_score(a, b), "ids": ids, "streaming": streaming}
+    out = {
+        "run": run,
+        "full": full,
+        "snapshots": snapshots,
+        "seconds": seconds,
+        "ari": adjusted_rand_score(a, b),
+        "ids": ids,
+        "streaming": streaming,
+    }
     store.close()
     return out
 
@@ -134,18 +143,24 @@ def test_streaming_agrees_with_a_full_run(streamed):
     run, full = streamed["run"], streamed["full"]
     assert run.sentences == full.sentences == len(streamed["ids"]) == 3080
     assert set(streamed["streaming"]) == set(streamed["ids"])
-    print(f"streaming vs full ARI {streamed['ari']:.4f}; clusters {run.clusters} vs {full.clusters}; "
-          f"assigned {run.assigned} vs {full.assigned}; mean batch {np.mean(streamed['seconds']):.3f}s")
+    print(
+        f"streaming vs full ARI {streamed['ari']:.4f}; clusters {run.clusters} vs {full.clusters}; "
+        f"assigned {run.assigned} vs {full.assigned}; mean batch {np.mean(streamed['seconds']):.3f}s"
+    )
     assert streamed["ari"] >= ARI_FLOOR
     assert run.clusters > 50 and 0.5 * full.assigned <= run.assigned <= 1.5 * full.assigned
 
 
 @pytest.mark.real_model
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "greedy community detection is not stable under growth on this corpus: even a full run over "
-    "the first 90% vs the full run over 100% agrees only to ARI 0.84 at 0.75/5 (0.91 at 0.7/8), "
-    "so settled clusters (stable ids, sizes never shrinking) cannot reach 0.95"))
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "greedy community detection is not stable under growth on this corpus: even a full run over "
+        "the first 90% vs the full run over 100% agrees only to ARI 0.84 at 0.75/5 (0.91 at 0.7/8), "
+        "so settled clusters (stable ids, sizes never shrinking) cannot reach 0.95"
+    ),
+)
 def test_streaming_ari_target(streamed):
     assert streamed["ari"] >= 0.95
 
@@ -156,7 +171,7 @@ def test_clusters_keep_their_id_across_batches(streamed):
     snapshots = streamed["snapshots"]
     assert len(snapshots) == BATCHES
     grew = 0
-    for before, after in zip(snapshots, snapshots[1:]):
+    for before, after in itertools.pairwise(snapshots):
         missing = set(before) - set(after)
         assert not missing, f"ids {sorted(missing)[:5]} vanished after a batch"
         shrunk = [cid for cid in before if after[cid] < before[cid]]
@@ -193,15 +208,24 @@ def _check_consistent(store):
         run = cq.latest_run(session)
         n_rows = session.scalar(select(func.count()).select_from(Assignment).where(Assignment.run_id == run.id))
         assert n_rows == run.n_sentences
-        assigned = session.scalar(select(func.count()).select_from(Assignment).where(
-            Assignment.run_id == run.id, Assignment.label.is_not(None)))
+        assigned = session.scalar(
+            select(func.count())
+            .select_from(Assignment)
+            .where(Assignment.run_id == run.id, Assignment.label.is_not(None))
+        )
         assert assigned == run.n_assigned
         counts = cq.label_sizes(session, run.id)
         for c in cq.clusters_of_run(session, run.id):
             assert counts.get(c.label, 0) == c.size, f"cluster {c.label}: size {c.size} != {counts.get(c.label, 0)}"
-        assert run.n_clusters == session.scalar(select(func.count()).select_from(Cluster).where(Cluster.run_id == run.id))
-        orphans = session.scalar(select(func.count()).select_from(Assignment).outerjoin(
-            Sentence, Sentence.id == Assignment.sentence_id).where(Assignment.run_id == run.id, Sentence.id.is_(None)))
+        assert run.n_clusters == session.scalar(
+            select(func.count()).select_from(Cluster).where(Cluster.run_id == run.id)
+        )
+        orphans = session.scalar(
+            select(func.count())
+            .select_from(Assignment)
+            .outerjoin(Sentence, Sentence.id == Assignment.sentence_id)
+            .where(Assignment.run_id == run.id, Sentence.id.is_(None))
+        )
         assert orphans == 0
         n_sentences = session.scalar(select(func.count()).select_from(Sentence))
         return run, n_sentences
@@ -215,7 +239,7 @@ def test_new_sentences_join_their_topic_and_keywords_update(store):
         members = store.members(c.id, limit=100)
         by_topic[members[0].text.split()[0]] = c.id
     assert len(by_topic) == 3
-    report = store.ingest(topic_texts(per_topic=3, start=100) + ["noise alone here"])
+    report = store.ingest([*topic_texts(per_topic=3, start=100), "noise alone here"])
     assert report.clustering == {"assigned": 9, "unassigned": 1, "new_clusters": 0}
     for text in topic_texts(per_topic=3, start=100):
         info = store.cluster_of(store.search(text, k=1)[0].id)
@@ -237,8 +261,10 @@ def test_incremental_term_counts_and_keywords_match_a_recount(store, monkeypatch
     store.ingest(topic_texts())
     run = store.cluster("community", threshold=0.6, min_size=5)
     for b in range(3):  # growth of existing clusters and, in the last batch, a birth
-        store.ingest(topic_texts(per_topic=2, start=20 + 2 * b)
-                     + topic_texts(per_topic=3 + 2 * (b == 2), start=10 * b, topics={"atm": "atm cash withdrawal fee"}))
+        store.ingest(
+            topic_texts(per_topic=2, start=20 + 2 * b)
+            + topic_texts(per_topic=3 + 2 * (b == 2), start=10 * b, topics={"atm": "atm cash withdrawal fee"})
+        )
     clusters = store.clusters()
     assert len(clusters) == 4
     with store.db.read() as session:
@@ -364,7 +390,7 @@ SEED = 7301
 
 
 def _input(path: Path, n=3000, tag: str = "") -> list[str]:
-    topics = list(TOPICS.values()) + ["atm cash withdrawal fee", "bank transfer pending abroad"]
+    topics = [*list(TOPICS.values()), "atm cash withdrawal fee", "bank transfer pending abroad"]
     lines = []
     for i in range(n):
         if i % 7 == 6:

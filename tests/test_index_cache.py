@@ -49,12 +49,20 @@ def test_migration_0004_starts_the_sequence_counter_after_the_stored_rows(tmp_pa
     db = Database(f"sqlite:///{tmp_path / 'old.db'}")
     with db.engine.begin() as conn:
         migrate.upgrade(conn, "0003")
-        conn.execute(text("INSERT INTO store_info (id, model_name, dimension, embedding_dtype, created_at)"
-                          " VALUES (1, 'm', 2, 'float32', CURRENT_TIMESTAMP)"))
+        conn.execute(
+            text(
+                "INSERT INTO store_info (id, model_name, dimension, embedding_dtype, created_at)"
+                " VALUES (1, 'm', 2, 'float32', CURRENT_TIMESTAMP)"
+            )
+        )
         for seq in (1, 2, 7):
-            conn.execute(text("INSERT INTO sentences (text, text_hash, seq, embedding, created_at)"
-                              " VALUES (:t, :h, :s, :e, CURRENT_TIMESTAMP)"),
-                         {"t": f"s{seq}", "h": f"h{seq}", "s": seq, "e": b"\0" * 8})
+            conn.execute(
+                text(
+                    "INSERT INTO sentences (text, text_hash, seq, embedding, created_at)"
+                    " VALUES (:t, :h, :s, :e, CURRENT_TIMESTAMP)"
+                ),
+                {"t": f"s{seq}", "h": f"h{seq}", "s": seq, "e": b"\0" * 8},
+            )
     db.migrate()
     rows = [q.NewSentence("new", "hnew", b"\0" * 8)]
     with db.write() as session:

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from clusterer.errors import ClustererError, InvalidParameterError
 from clusterer.algorithms.kmeans import assign_nearest, kmeans, update_centroid
+from clusterer.errors import ClustererError, InvalidParameterError
 
 
 def _blobs(n_per=40, k=4, d=16, spread=0.05, seed=0):

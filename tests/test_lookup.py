@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-from clusterer.service.runs import NoRunError
 from clusterer.api import Store, UnknownClusterError, UnknownSentenceError
+from clusterer.service.runs import NoRunError
 from storage.models import Assignment
 
 TOPICS = {

@@ -36,8 +36,15 @@ def test_default_aliases_resolve_to_the_bundled_folder():
 
 @pytest.mark.parametrize(
     ("name", "is_path"),
-    [("/abs/model", True), ("./rel", True), ("~/m", True), ("a/b/c", True),
-     ("org/model", False), ("model", False), ("sentence-transformers/all-mpnet-base-v2", False)],
+    [
+        ("/abs/model", True),
+        ("./rel", True),
+        ("~/m", True),
+        ("a/b/c", True),
+        ("org/model", False),
+        ("model", False),
+        ("sentence-transformers/all-mpnet-base-v2", False),
+    ],
 )
 def test_looks_like_path(name, is_path):
     assert looks_like_path(name) is is_path

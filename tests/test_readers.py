@@ -280,7 +280,6 @@ def test_input_error_pickles():
     assert str(InputError("f.txt", None, "gone")) == "f.txt: gone"
 
 
-
 def test_csv_malformed_quote_skipped_and_reader_resumes(tmp_path):
     p = write(tmp_path / "d.csv", b'id,text\n1,"a"b\n2,ok\n   \n3,"x\ny"\n')
     with pytest.raises(InputError) as ei:

@@ -8,9 +8,9 @@ import pytest
 
 import clusterer.algorithms.agglomerative
 import clusterer.service.runs
+from clusterer.api import Store, UnknownClusterError
 from clusterer.errors import InvalidParameterError, TooLargeError
 from clusterer.service.runs import GuardRailError, NoRunError
-from clusterer.api import Store, UnknownClusterError
 from storage import clusters as cq
 
 TOPICS = {
@@ -59,8 +59,11 @@ def topic_store(store):
 
 def events_of(store, run_id):
     with store.db.read() as session:
-        return [(e.label, e.kind, e.size, list(e.related or []), dict(e.detail or {}))
-                for e in cq.events(session) if e.run_id == run_id]
+        return [
+            (e.label, e.kind, e.size, list(e.related or []), dict(e.detail or {}))
+            for e in cq.events(session)
+            if e.run_id == run_id
+        ]
 
 
 def cluster_ids(store, run_id=None):
@@ -103,10 +106,13 @@ def test_basic_community_run(tmp_path, db_url):
         assert [r.id for r in store.runs()] == [run.id]
 
 
-@pytest.mark.parametrize("method,params", [
-    ("kmeans", {"k": 3}),
-    ("agglomerative", {"distance_threshold": 0.5, "linkage": "average"}),
-])
+@pytest.mark.parametrize(
+    "method,params",
+    [
+        ("kmeans", {"k": 3}),
+        ("agglomerative", {"distance_threshold": 0.5, "linkage": "average"}),
+    ],
+)
 def test_other_methods_find_the_topics(topic_store, method, params):
     run = topic_store.cluster(method, **params)
     assert run.status == "done" and run.clusters == len(TOPICS)
@@ -121,11 +127,14 @@ def test_other_methods_find_the_topics(topic_store, method, params):
 # -- edge cases ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method,params", [
-    ("community", {"threshold": 0.75, "min_size": 2}),
-    ("kmeans", {"k": 3}),
-    ("agglomerative", {"distance_threshold": 1.0}),
-])
+@pytest.mark.parametrize(
+    "method,params",
+    [
+        ("community", {"threshold": 0.75, "min_size": 2}),
+        ("kmeans", {"k": 3}),
+        ("agglomerative", {"distance_threshold": 1.0}),
+    ],
+)
 def test_empty_store(store, method, params):
     run = store.cluster(method, **params)
     assert run.status == "done"
@@ -145,8 +154,16 @@ def test_fewer_sentences_than_min_size(store):
     assert len(rows) == 3 and all(r["cluster"] is None and r["similarity"] is None for r in rows)
 
 
-VARIANTS = ["hello world", "Hello world", "hello, world!", "HELLO WORLD.", "Hello World?",
-            "hello world!!", "hello... world", "(hello world)"]
+VARIANTS = [
+    "hello world",
+    "Hello world",
+    "hello, world!",
+    "HELLO WORLD.",
+    "Hello World?",
+    "hello world!!",
+    "hello... world",
+    "(hello world)",
+]
 
 
 def test_all_identical_vectors_form_one_community(store):

@@ -38,8 +38,9 @@ PARAMS = {"k": 10, "resolution": 1.0}
 
 
 def corpus(per_topic: int = PER_TOPIC) -> list[str]:
-    return [f"{fam} {t} {t.split()[0]}{i}" for fam, topics in FAMILIES.items()
-            for t in topics for i in range(per_topic)]
+    return [
+        f"{fam} {t} {t.split()[0]}{i}" for fam, topics in FAMILIES.items() for t in topics for i in range(per_topic)
+    ]
 
 
 def topic_of(text: str) -> str:
@@ -71,7 +72,10 @@ def test_leiden_default_run(tmp_path, db_url):
         run = store.cluster()
         assert run.status == "done" and run.method == "leiden"
         assert {k: v for k, v in run.params.items() if k != "stats"} == {
-            "min_size": graph.DEFAULT_MIN_SIZE, "seed": 0, "search": "auto"}  # k and resolution: automatic
+            "min_size": graph.DEFAULT_MIN_SIZE,
+            "seed": 0,
+            "search": "auto",
+        }  # k and resolution: automatic
         stats = run.params["stats"]
         assert stats["resolution"] > 0 and stats["coarse_resolution"] > 0
         assert isinstance(stats["scores"], dict)
@@ -240,7 +244,9 @@ def test_recluster_starts_from_the_current_membership(store, monkeypatch):
     assigned = np.array([label is not None for label in labels])
     assert (initial[~assigned] == -1).all() and (initial[assigned] >= 0).all()
     # the warm start is the latest run's partition, row for row (ids compacted)
-    assert adjusted_rand_score([label for label in labels if label is not None], initial[assigned]) == pytest.approx(1.0)
+    assert adjusted_rand_score([label for label in labels if label is not None], initial[assigned]) == pytest.approx(
+        1.0
+    )
     assert run.params["stats"]["warm_start"] is True
     store.cluster(**PARAMS)  # a plain run does not warm start
     assert seen["initial"] is None
@@ -292,11 +298,13 @@ def test_plan_without_a_database():
     raw = np.array([0] * 4 + [1] * 3 + [2] * 3 + [3] * 2 + [-1, -1], dtype=np.int64)
     words = {0: "apple banana", 1: "apple cherry", 2: "rocket engine", 3: "rocket fuel"}
     texts = [f"{words[l]} item{i}" if l >= 0 else "" for i, l in enumerate(raw)]
-    result = Labels(raw, np.full(len(raw), np.nan, np.float32), parents={0: 0, 1: 0, 2: 1, 3: 1},
-                    info={"resolution": 1.0})
+    result = Labels(
+        raw, np.full(len(raw), np.nan, np.float32), parents={0: 0, 1: 0, 2: 1, 3: 1}, info={"resolution": 1.0}
+    )
     # the previous run had fine cluster 7 = today's group 0 and coarse 9 = today's groups 2 and 3
-    previous = runs.Previous(run_id=1, fine={7: [100, 101, 102, 103], 8: [200, 201]},
-                             coarse={9: [107, 108, 109, 110, 111], 10: [200, 201]})
+    previous = runs.Previous(
+        run_id=1, fine={7: [100, 101, 102, 103], 8: [200, 201]}, coarse={9: [107, 108, 109, 110, 111], 10: [200, 201]}
+    )
     plan = runs.plan_run(ids, x, texts, result, previous, next_label=11)
 
     fine = {c.label: c for c in plan.fine}
@@ -325,8 +333,14 @@ def test_plan_without_a_database():
     assert all(0.9 < s <= 1.0 for s in plan.similarities[:12]) and plan.similarities[12:] == [None, None]
     # events: fine 7 continued, 8 died; coarse 9 continued, 10 died, 14 born, marked coarse
     kinds = {(e.label, e.kind, e.detail.get("level", "fine")) for e in plan.events}
-    assert {(7, "continued", "fine"), (8, "death", "fine"), (11, "birth", "fine"),
-            (9, "continued", "coarse"), (10, "death", "coarse"), (14, "birth", "coarse")} <= kinds
+    assert {
+        (7, "continued", "fine"),
+        (8, "death", "fine"),
+        (11, "birth", "fine"),
+        (9, "continued", "coarse"),
+        (10, "death", "coarse"),
+        (14, "birth", "coarse"),
+    } <= kinds
     assert all(isinstance(e, Event) for e in plan.events)
     assert plan.stats == {"resolution": 1.0}
 
@@ -427,8 +441,9 @@ def test_cli_human_cluster_output(cli_store):
     path, data_dir = cli_store
     runner = CliRunner()
     runner.invoke(cli, ["ingest", str(path), "--data-dir", str(data_dir)], catch_exceptions=False)
-    result = runner.invoke(cli, ["cluster", "--k", "10", "--resolution", "1", "--data-dir", str(data_dir)],
-                           catch_exceptions=False)
+    result = runner.invoke(
+        cli, ["cluster", "--k", "10", "--resolution", "1", "--data-dir", str(data_dir)], catch_exceptions=False
+    )
     assert result.exit_code == 0
     assert result.stdout.startswith("run 1: leiden")
     assert "resolution 1 " not in result.stdout and "resolution 1;" in result.stdout
@@ -436,7 +451,10 @@ def test_cli_human_cluster_output(cli_store):
     again = runner.invoke(cli, ["recluster", "--data-dir", str(data_dir), "--json"], catch_exceptions=False)
     out = json.loads(again.stdout)
     assert out["run"]["method"] == "leiden" and out["run"]["params"]["resolution"] == 1.0
-    assert out["events"] == [] and out["kept_ids"] == out["run"]["clusters"] + out["run"]["params"]["stats"]["coarse_clusters"]
+    assert (
+        out["events"] == []
+        and out["kept_ids"] == out["run"]["clusters"] + out["run"]["params"]["stats"]["coarse_clusters"]
+    )
 
 
 # -- the real model ----------------------------------------------------------------------------
@@ -465,7 +483,10 @@ def test_leiden_default_beats_community_on_banking77(banking77_embeddings, tmp_p
     with Store.open(tmp_path / "data", encoder=_LookupEncoder(texts, x), device="cpu") as store:
         store.ingest(texts)
         scores = {}
-        for name, method, params in [("leiden", None, {}), ("community", "community", {"threshold": 0.75, "min_size": 10})]:
+        for name, method, params in [
+            ("leiden", None, {}),
+            ("community", "community", {"threshold": 0.75, "min_size": 10}),
+        ]:
             run = store.cluster(method, **params)
             rows = _export(store, run.id)
             intent_of = dict(zip(texts, intents))
@@ -474,5 +495,7 @@ def test_leiden_default_beats_community_on_banking77(banking77_embeddings, tmp_p
             if name == "leiden":
                 assert run.method == "leiden" and run.params["stats"]["outlier_share"] < 0.2
                 assert store.clusters(level="coarse") and len(store.clusters(level="coarse")) < run.clusters
-        print(f"banking77 sample ARI: leiden default {scores['leiden']:.3f}, community 0.75/10 {scores['community']:.3f}")
+        print(
+            f"banking77 sample ARI: leiden default {scores['leiden']:.3f}, community 0.75/10 {scores['community']:.3f}"
+        )
         assert scores["leiden"] > scores["community"]

@@ -112,10 +112,23 @@ def test_page_and_static_files_need_no_cdn(client):
 
 def test_openapi_lists_the_routes(client):
     paths = client.get("/openapi.json").json()["paths"]
-    for route in ("/sentences", "/sentences/{sentence_id}", "/search", "/lookup", "/runs", "/jobs/{job_id}",
-                  "/clusters", "/clusters/{cluster_id}", "/clusters/{cluster_id}/members",
-                  "/sentences/{sentence_id}/cluster", "/clusters/{cluster_id}/history", "/unassigned",
-                  "/healthz", "/readyz", "/metrics"):
+    for route in (
+        "/sentences",
+        "/sentences/{sentence_id}",
+        "/search",
+        "/lookup",
+        "/runs",
+        "/jobs/{job_id}",
+        "/clusters",
+        "/clusters/{cluster_id}",
+        "/clusters/{cluster_id}/members",
+        "/sentences/{sentence_id}/cluster",
+        "/clusters/{cluster_id}/history",
+        "/unassigned",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ):
         assert route in paths, route
 
 
@@ -154,7 +167,13 @@ def test_lookup_batch_and_sentence(client):
     sid = out[0]["nearest"][0]["id"]
     got = client.get(f"/sentences/{sid}").json()
     row = store.get([sid])[sid]
-    assert got == {"id": sid, "text": row.text, "metadata": row.meta, "source": row.source_file, "line": row.source_line}
+    assert got == {
+        "id": sid,
+        "text": row.text,
+        "metadata": row.meta,
+        "source": row.source_file,
+        "line": row.source_line,
+    }
 
 
 def test_map_projects_every_sentence_of_a_small_run_and_is_cached(client):
@@ -174,8 +193,13 @@ def test_map_projects_every_sentence_of_a_small_run_and_is_cached(client):
 def test_post_sentences_reports_ids_duplicates_and_clusters(client):
     store = client.app.state.service.store
     before = store.count()
-    texts = ["forgot pin code reset pin77", "credit card payment declined card77", "  ", "forgot pin code reset pin0",
-             "forgot pin code reset pin77"]
+    texts = [
+        "forgot pin code reset pin77",
+        "credit card payment declined card77",
+        "  ",
+        "forgot pin code reset pin0",
+        "forgot pin code reset pin77",
+    ]
     r = client.post("/sentences", json={"texts": texts, "metadata": [{"k": 1}, None, None, None, None]})
     assert r.status_code == 200, r.text
     body = r.json()
@@ -231,33 +255,42 @@ def test_run_with_bad_parameters_is_refused_or_fails_cleanly(client):
 # -- errors ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method,path,kwargs,status,needle", [
-    ("get", "/clusters/424242", {}, 404, "no cluster 424242"),
-    ("get", "/clusters/424242/members", {}, 404, "no cluster"),
-    ("get", "/clusters/424242/history", {}, 404, "never existed"),
-    ("get", "/sentences/999999", {}, 404, "no sentence"),
-    ("get", "/sentences/999999/cluster", {}, 404, "no sentence"),
-    ("get", "/sentences/abc", {}, 422, "sentence_id"),
-    ("get", "/sentences/99999999999999999999999", {}, 422, "sentence_id"),
-    ("get", "/clusters?run=77", {}, 404, "no run with id 77"),
-    ("get", "/clusters/1/members?limit=0", {}, 422, "limit"),
-    ("get", "/clusters/1/members?offset=-1", {}, 422, "offset"),
-    ("get", "/search?k=3", {}, 422, "q"),
-    ("get", "/search?q=x&k=0", {}, 422, "k"),
-    ("get", "/search?q=x&k=abc", {}, 422, "k"),
-    ("get", "/nowhere", {}, 404, "Not Found"),
-    ("post", "/sentences", {"content": b"{not json", "headers": {"content-type": "application/json"}}, 400, "malformed JSON"),
-    ("post", "/sentences", {"json": {"texts": "not a list"}}, 422, "texts"),
-    ("post", "/sentences", {"json": {}}, 422, "texts"),
-    ("post", "/sentences", {"json": {"texts": []}}, 422, "texts"),
-    ("post", "/sentences", {"json": {"texts": ["a", "b"], "metadata": [{}]}}, 422, "metadata"),
-    ("post", "/sentences", {"json": {"texts": ["a", 5]}}, 422, "texts.1"),
-    ("post", "/lookup", {"json": {}}, 422, "text"),
-    ("post", "/lookup", {"json": {"text": "a", "texts": ["b"]}}, 422, "text"),
-    ("post", "/lookup", {"json": {"text": "a", "members": -1}}, 422, "members"),
-    ("post", "/runs", {"json": {"params": []}}, 422, "params"),
-    ("delete", "/sentences/0", {}, 422, "sentence_id"),
-])
+@pytest.mark.parametrize(
+    "method,path,kwargs,status,needle",
+    [
+        ("get", "/clusters/424242", {}, 404, "no cluster 424242"),
+        ("get", "/clusters/424242/members", {}, 404, "no cluster"),
+        ("get", "/clusters/424242/history", {}, 404, "never existed"),
+        ("get", "/sentences/999999", {}, 404, "no sentence"),
+        ("get", "/sentences/999999/cluster", {}, 404, "no sentence"),
+        ("get", "/sentences/abc", {}, 422, "sentence_id"),
+        ("get", "/sentences/99999999999999999999999", {}, 422, "sentence_id"),
+        ("get", "/clusters?run=77", {}, 404, "no run with id 77"),
+        ("get", "/clusters/1/members?limit=0", {}, 422, "limit"),
+        ("get", "/clusters/1/members?offset=-1", {}, 422, "offset"),
+        ("get", "/search?k=3", {}, 422, "q"),
+        ("get", "/search?q=x&k=0", {}, 422, "k"),
+        ("get", "/search?q=x&k=abc", {}, 422, "k"),
+        ("get", "/nowhere", {}, 404, "Not Found"),
+        (
+            "post",
+            "/sentences",
+            {"content": b"{not json", "headers": {"content-type": "application/json"}},
+            400,
+            "malformed JSON",
+        ),
+        ("post", "/sentences", {"json": {"texts": "not a list"}}, 422, "texts"),
+        ("post", "/sentences", {"json": {}}, 422, "texts"),
+        ("post", "/sentences", {"json": {"texts": []}}, 422, "texts"),
+        ("post", "/sentences", {"json": {"texts": ["a", "b"], "metadata": [{}]}}, 422, "metadata"),
+        ("post", "/sentences", {"json": {"texts": ["a", 5]}}, 422, "texts.1"),
+        ("post", "/lookup", {"json": {}}, 422, "text"),
+        ("post", "/lookup", {"json": {"text": "a", "texts": ["b"]}}, 422, "text"),
+        ("post", "/lookup", {"json": {"text": "a", "members": -1}}, 422, "members"),
+        ("post", "/runs", {"json": {"params": []}}, 422, "params"),
+        ("delete", "/sentences/0", {}, 422, "sentence_id"),
+    ],
+)
 def test_bad_requests_get_json_4xx(client, method, path, kwargs, status, needle):
     r = getattr(client, method)(path, **kwargs) if method != "post" else client.post(path, **kwargs)
     assert r.status_code == status, r.text
@@ -332,7 +365,9 @@ def test_coalesced_batches_get_their_own_answers(data_dir):
 
     store = Store.open(data_dir, device="cpu")
     try:
-        a, b = ingest_batches(store, [Batch(["shared text here", "only in a"]), Batch(["shared text here", "only in b"])])
+        a, b = ingest_batches(
+            store, [Batch(["shared text here", "only in a"]), Batch(["shared text here", "only in b"])]
+        )
         assert [s["status"] for s in a["sentences"]] == ["added", "added"]
         assert [s["status"] for s in b["sentences"]] == ["duplicate", "added"]
         assert b["sentences"][0]["id"] == a["sentences"][0]["id"]

@@ -46,9 +46,23 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(log, "w")  # noqa: SIM115 (open for the server's lifetime)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.server_worker", "serve", "--data-dir", str(data_dir), "--port", str(self.port),
-             "--log-level", "warning"],
-            cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=self.log, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "tests.server_worker",
+                "serve",
+                "--data-dir",
+                str(data_dir),
+                "--port",
+                str(self.port),
+                "--log-level",
+                "warning",
+            ],
+            cwd=ROOT,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, self.output()
@@ -114,7 +128,9 @@ def verify(data_dir: Path):
         store.close()
 
 
-def writer_loop(url: str, prefix: str, posted: list[str], errors: list[str], stop: threading.Event, visible: list[bool]):
+def writer_loop(
+    url: str, prefix: str, posted: list[str], errors: list[str], stop: threading.Event, visible: list[bool]
+):
     deadline = time.monotonic() + WRITE_SECONDS
     with httpx.Client(base_url=url, timeout=60) as client:
         for b in range(MAX_BATCHES):
@@ -138,9 +154,13 @@ def reader_loop(url: str, n: int, errors: list[str], stop: threading.Event, coun
     with httpx.Client(base_url=url, timeout=60) as client:
         while not stop.is_set() and done < READER_MAX_REQUESTS:
             if rng.random() < 0.5:
-                r = client.get("/search", params={"q": rng.choice(["credit card payment", "forgot pin", "flight"]), "k": 5})
+                r = client.get(
+                    "/search", params={"q": rng.choice(["credit card payment", "forgot pin", "flight"]), "k": 5}
+                )
             else:
-                r = client.post("/lookup", json={"text": rng.choice(["credit card payment declined", "forgot pin code"])})
+                r = client.post(
+                    "/lookup", json={"text": rng.choice(["credit card payment declined", "forgot pin code"])}
+                )
             if r.status_code != 200:
                 errors.append(f"reader {n}: {r.status_code} {r.text[:200]}")
             done += 1
@@ -159,9 +179,24 @@ def test_one_writer_eight_readers_and_a_cli_ingest_all_land(server, tmp_path):
     for t in [*readers, writer]:
         t.start()
     time.sleep(0.5)
-    cli = subprocess.run([sys.executable, "-m", "tests.server_worker", "ingest", str(cli_file), "--data-dir",
-                          str(server.data_dir), "--json"], cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
-                         capture_output=True, text=True, timeout=120, check=False)
+    cli = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tests.server_worker",
+            "ingest",
+            str(cli_file),
+            "--data-dir",
+            str(server.data_dir),
+            "--json",
+        ],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     writer.join(60)
     stop.set()
     for t in readers:

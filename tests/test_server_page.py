@@ -11,12 +11,24 @@ import pytest
 
 CHROMIUM = os.environ.get("CLUSTERER_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("CLUSTERER_CHROMEDRIVER", "/usr/bin/chromedriver")
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", "--no-first-run", "--disable-dev-shm-usage", "--window-size=1280,860")
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+    "--window-size=1280,860",
+)
 
 if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
-    pytest.skip(f"needs Debian chromium and chromedriver ({CHROMIUM}, {CHROMEDRIVER}); "
-                "install with: apt-get install -y chromium chromium-driver", allow_module_level=True)
+    pytest.skip(
+        f"needs Debian chromium and chromedriver ({CHROMIUM}, {CHROMEDRIVER}); "
+        "install with: apt-get install -y chromium chromium-driver",
+        allow_module_level=True,
+    )
 webdriver = pytest.importorskip("selenium.webdriver")
 
 from selenium.webdriver.chrome.service import Service as ChromeService  # noqa: E402 (after the skip guards above)
@@ -77,9 +89,15 @@ def test_page_lists_clusters_shows_members_and_looks_up(live, browser, tmp_path)
     assert f"cluster {want}" in card.text
     assert browser.find_elements(By.CSS_SELECTOR, "#nearest li")
 
-    painted = wait.until(lambda d: d.execute_script(
-        "const c=document.getElementById('map');const a=c.getContext('2d').getImageData(0,0,c.width,c.height).data;"
-        "let n=0;for(let i=3;i<a.length;i+=4){if(a[i]>0)n++;}return n;") or None)
+    painted = wait.until(
+        lambda d: (
+            d.execute_script(
+                "const c=document.getElementById('map');const a=c.getContext('2d').getImageData(0,0,c.width,c.height).data;"
+                "let n=0;for(let i=3;i<a.length;i+=4){if(a[i]>0)n++;}return n;"
+            )
+            or None
+        )
+    )
     assert painted > 100
     shot = Path(os.environ.get("CLUSTERER_SCREENSHOT", tmp_path / "serve.png"))
     shot.parent.mkdir(parents=True, exist_ok=True)

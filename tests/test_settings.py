@@ -60,7 +60,9 @@ def test_empty_env_value_counts_as_unset():
 
 
 def test_types_are_converted():
-    s = Settings.resolve({"data_dir": "relative/dir"}, environ={"CLUSTERER_LOCK_TIMEOUT": "1", "CLUSTERER_BATCH_SIZE": "64"})
+    s = Settings.resolve(
+        {"data_dir": "relative/dir"}, environ={"CLUSTERER_LOCK_TIMEOUT": "1", "CLUSTERER_BATCH_SIZE": "64"}
+    )
     assert isinstance(s.data_dir, Path) and s.data_dir == Path("relative/dir")
     assert isinstance(s.lock_timeout, float) and s.lock_timeout == 1.0
     assert isinstance(s.batch_size, int) and s.batch_size == 64

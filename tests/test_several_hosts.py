@@ -61,8 +61,10 @@ def test_two_data_folders_writing_in_turn(tmp_path, pg_url):
     expected: set[str] = set()
     built: set[Path] = set()  # a folder's first open builds its cache; later ones never rebuild
     for round_no in range(3):
-        for folder, (start, stop) in ((a_dir, (round_no * 40, round_no * 40 + 50)),
-                                      (b_dir, (round_no * 40 + 30, round_no * 40 + 80))):
+        for folder, (start, stop) in (
+            (a_dir, (round_no * 40, round_no * 40 + 50)),
+            (b_dir, (round_no * 40 + 30, round_no * 40 + 80)),
+        ):
             with SentenceStore(folder, db_url=pg_url) as store:
                 report = store.ingest(lines(start, stop))
                 expected |= set(lines(start, stop))
@@ -93,9 +95,18 @@ def test_two_data_folders_writing_at_once_in_two_processes(tmp_path, pg_url):
     b_files = [write(tmp_path / f"b{i}.txt", lines(i * 100 + 50, i * 100 + 200)) for i in range(3)]
     expected = {t for i in range(3) for t in lines(i * 100, i * 100 + 150) + lines(i * 100 + 50, i * 100 + 200)}
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(folder), pg_url, *files], cwd=ROOT, env=env,
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for folder, files in ((a_dir, a_files), (b_dir, b_files))]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(folder), pg_url, *files],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for folder, files in ((a_dir, a_files), (b_dir, b_files))
+    ]
     try:
         for proc in procs:
             assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
@@ -115,9 +126,8 @@ def test_two_data_folders_writing_at_once_in_two_processes(tmp_path, pg_url):
             check(store, expected)
         with SentenceStore(folder, db_url=pg_url) as store:
             assert store.cache.last_load == "loaded"
-    with SentenceStore(a_dir, db_url=pg_url, recover=False) as store:
-        with store.db.read() as session:
-            assert session.scalar(select(func.count()).select_from(Sentence)) == len(expected)
+    with SentenceStore(a_dir, db_url=pg_url, recover=False) as store, store.db.read() as session:
+        assert session.scalar(select(func.count()).select_from(Sentence)) == len(expected)
 
 
 def test_postgresql_writer_lock_is_shared_across_folders_but_not_across_schemas(tmp_path, pg_url):
@@ -127,9 +137,8 @@ def test_postgresql_writer_lock_is_shared_across_folders_but_not_across_schemas(
     b = SentenceStore(tmp_path / "b", db_url=pg_url, lock_timeout=0.3)
     try:
         assert isinstance(a.lock, DatabaseWriterLock)
-        with a.lock:
-            with pytest.raises(LockTimeoutError, match="another writer"):
-                b.ingest(["blocked while the other folder writes"])
+        with a.lock, pytest.raises(LockTimeoutError, match="another writer"):
+            b.ingest(["blocked while the other folder writes"])
         assert b.ingest(["lands once the lock is free"]).added == 1
     finally:
         a.close()

@@ -21,7 +21,9 @@ def _rows(rng, n, start=0, dim=DIM):
     vectors = rng.standard_normal((n, dim)).astype(np.float32)
     blobs = q.encode_embeddings(vectors)
     rows = [
-        q.NewSentence(f"sentence {start + i}", f"hash{start + i:08d}", blobs[i], {"i": start + i}, "f.txt", start + i + 1)
+        q.NewSentence(
+            f"sentence {start + i}", f"hash{start + i:08d}", blobs[i], {"i": start + i}, "f.txt", start + i + 1
+        )
         for i in range(n)
     ]
     return rows, vectors
@@ -84,9 +86,8 @@ def test_unique_text_hash_enforced(db):
     with db.write() as s:
         q.insert_sentences(s, rows[:1])
     dup = q.NewSentence("other text", rows[0].text_hash, rows[1].embedding)
-    with pytest.raises(IntegrityError):
-        with db.write() as s:
-            q.insert_sentences(s, [dup])
+    with pytest.raises(IntegrityError), db.write() as s:
+        q.insert_sentences(s, [dup])
     with db.read() as s:
         assert q.count_sentences(s) == 1
         assert q.existing_hashes(s, [rows[0].text_hash, rows[1].text_hash]) == {rows[0].text_hash}
@@ -281,10 +282,22 @@ def test_cli_with_a_silent_postgresql_server_fails_in_one_line(tmp_path):
     port, accepted, close = _silent_server()
     try:
         result = subprocess.run(
-            [sys.executable, "-m", "clusterer", "stats", "--db", f"postgresql://127.0.0.1:{port}/test",
-             "--data-dir", str(tmp_path / "d")],
-            cwd=root, env=dict(os.environ, PYTHONPATH=str(root), CLUSTERER_CONNECT_TIMEOUT="2"),
-            capture_output=True, text=True, timeout=30)  # raises TimeoutExpired if the command hangs
+            [
+                sys.executable,
+                "-m",
+                "clusterer",
+                "stats",
+                "--db",
+                f"postgresql://127.0.0.1:{port}/test",
+                "--data-dir",
+                str(tmp_path / "d"),
+            ],
+            cwd=root,
+            env=dict(os.environ, PYTHONPATH=str(root), CLUSTERER_CONNECT_TIMEOUT="2"),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )  # raises TimeoutExpired if the command hangs
         assert result.returncode == 1
         lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
         assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0], result.stderr

@@ -44,13 +44,13 @@ def _by_text(store, ids):
 def test_ingest_text_file_dedup_and_empty(open_store, tmp_path):
     path = tmp_path / "in.txt"
     lines = [
-        "The café is open",          # NFC composed
-        "The cafe\u0301 is open",    # decomposed: same after NFC
+        "The café is open",  # NFC composed
+        "The cafe\u0301 is open",  # decomposed: same after NFC
         "",
         "   ",
         "  the   dog\tbarks  ",
-        "the dog barks",             # same after whitespace collapse
-        "The Dog barks",             # case differs: kept
+        "the dog barks",  # same after whitespace collapse
+        "The Dog barks",  # case differs: kept
         "The café is open",
     ]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -131,7 +131,7 @@ def test_ingest_jsonl_text_field(open_store, tmp_path):
 
 
 def test_ingest_stdin(open_store, monkeypatch):
-    data = "from standard input\n\nanother line\nfrom standard input\n".encode()
+    data = b"from standard input\n\nanother line\nfrom standard input\n"
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"))
     store = open_store()
     report = store.ingest_file("-")
@@ -253,8 +253,11 @@ def test_bad_utf8_mid_file(open_store, tmp_path):
 def test_writer_lock_blocks_second_writer(open_store, tmp_path, db_url):
     store = open_store(lock_timeout=0.2)
     store.ingest(["before the lock"])
-    other = open_store(lock_timeout=0.2).lock if db_url.startswith("postgresql") else \
-        WriterLock(tmp_path / "data" / LOCK_FILE, timeout=0.2)
+    other = (
+        open_store(lock_timeout=0.2).lock
+        if db_url.startswith("postgresql")
+        else WriterLock(tmp_path / "data" / LOCK_FILE, timeout=0.2)
+    )
     with other:
         with pytest.raises(LockTimeoutError, match="another"):
             store.ingest(["while locked"])
@@ -270,16 +273,27 @@ def test_writer_lock_held_by_another_process(open_store, tmp_path, db_url):
 
     store = open_store(lock_timeout=0.2)
     child = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys; from indexer.sentence_store import SentenceStore;"
-         " s = SentenceStore(sys.argv[1], db_url=sys.argv[2], recover=False); s.lock.acquire();"
-         " print('locked', flush=True); sys.stdin.read()", str(tmp_path / "data"), db_url],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        [
+            sys.executable,
+            "-c",
+            "import sys; from indexer.sentence_store import SentenceStore;"
+            " s = SentenceStore(sys.argv[1], db_url=sys.argv[2], recover=False); s.lock.acquire();"
+            " print('locked', flush=True); sys.stdin.read()",
+            str(tmp_path / "data"),
+            db_url,
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
     )
     try:
         assert child.stdout.readline().strip() == "locked"
-        holder = f"another writer.*clusterer .* pid {child.pid}" if db_url.startswith("postgresql") \
+        holder = (
+            f"another writer.*clusterer .* pid {child.pid}"
+            if db_url.startswith("postgresql")
             else f"another.*pid {child.pid}"
+        )
         with pytest.raises(LockTimeoutError, match=holder):
             store.ingest(["blocked"])
     finally:

@@ -46,8 +46,10 @@ def test_subset_run_then_ingest_inside_and_outside_the_filter(store):
     texts = {i: r.text for i, r in store.get(list(run_ids(store, run.id))).items()}
     assert all(not t.startswith(TOPICS["pin"]) for t in texts.values())
 
-    report = store.ingest([f"{TOPICS['card']} card99", f"{TOPICS['card']} card98", f"{TOPICS['pin']} pin99"],
-                          [{"team": "a"}, {"team": "b"}, {"team": "a"}])
+    report = store.ingest(
+        [f"{TOPICS['card']} card99", f"{TOPICS['card']} card98", f"{TOPICS['pin']} pin99"],
+        [{"team": "a"}, {"team": "b"}, {"team": "a"}],
+    )
     inside, outside, pin_inside = report.ids
     after = store.run(run.id)
     assert after.sentences == 2 * PER_TOPIC + 2
@@ -85,7 +87,9 @@ def test_filtered_export(store):
 def test_search_with_filter_returns_the_k_best_matching_rows(tmp_path, db_url):
     s = Store.open(tmp_path / "data", db_url=db_url, device="cpu")
     try:
-        texts = [f"{TOPICS['card']} extra{i}" for i in range(40)] + [f"{TOPICS['card']} other words {i}" for i in range(3)]
+        texts = [f"{TOPICS['card']} extra{i}" for i in range(40)] + [
+            f"{TOPICS['card']} other words {i}" for i in range(3)
+        ]
         metas = [{"kind": "common"}] * 40 + [{"kind": "rare"}] * 3
         s.ingest(texts, metas)
         plain = s.search(TOPICS["card"], k=5)
@@ -96,8 +100,9 @@ def test_search_with_filter_returns_the_k_best_matching_rows(tmp_path, db_url):
         rare = enc.encode(texts[40:]) @ q
         want = [texts[40 + i] for i in np.argsort(-rare)[:2]]
         assert [h.text for h in hits] == want
-        assert [h.text for h in s.search(TOPICS["card"], k=10, where="kind=rare")] == \
-            [texts[40 + i] for i in np.argsort(-rare)]
+        assert [h.text for h in s.search(TOPICS["card"], k=10, where="kind=rare")] == [
+            texts[40 + i] for i in np.argsort(-rare)
+        ]
         assert s.search(TOPICS["card"], k=3, where="kind=none") == []
         with pytest.raises(InvalidFilterError):
             s.search(TOPICS["card"], where="nokey=1")
@@ -130,10 +135,15 @@ def test_duplicates_and_delete_keep(tmp_path, db_url):
         s.cluster("kmeans", k=2)
         report = s.duplicates(threshold=0.8)
         assert report.sentences == 6 and report.groups == 2 and report.in_groups == 5 and report.removable == 3
-        assert [g.ids for g in report.items] == [[1, 3, 5], [2, 6]] or [g.ids for g in report.items] == [[1, 5, 3], [2, 6]]
+        assert [g.ids for g in report.items] == [[1, 3, 5], [2, 6]] or [g.ids for g in report.items] == [
+            [1, 5, 3],
+            [2, 6],
+        ]
         assert report.items[0].members[0].similarity == 1.0
         approx = s.duplicates(threshold=0.8, search="approximate", nprobe=4)
-        assert approx.search.startswith("approximate") and [g.ids for g in approx.items] == [g.ids for g in report.items]
+        assert approx.search.startswith("approximate") and [g.ids for g in approx.items] == [
+            g.ids for g in report.items
+        ]
         assert report.items[0].members[1].metadata["src"] in ("x", "y")
         only_x = s.duplicates(threshold=0.8, where="src=x")
         assert [sorted(g.ids) for g in only_x.items] == [[1, 3]]

@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 
-from clusterer.errors import InvalidParameterError
 from clusterer.algorithms.topics import (
     add_counts,
     cohesion,
@@ -12,6 +11,7 @@ from clusterer.algorithms.topics import (
     subtract_counts,
     term_counts,
 )
+from clusterer.errors import InvalidParameterError
 
 PAYMENTS = [
     "I paid with my credit card yesterday",

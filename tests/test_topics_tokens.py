@@ -56,7 +56,10 @@ def _sklearn_counts(texts: list[str], labels: list[int]) -> dict[int, dict[str, 
         if label == -1:
             continue
         row = out[label]
-        for j, v in zip(matrix.indices[matrix.indptr[i] : matrix.indptr[i + 1]], matrix.data[matrix.indptr[i] : matrix.indptr[i + 1]]):
+        for j, v in zip(
+            matrix.indices[matrix.indptr[i] : matrix.indptr[i + 1]],
+            matrix.data[matrix.indptr[i] : matrix.indptr[i + 1]],
+        ):
             row[str(vocab[j])] = row.get(str(vocab[j]), 0) + int(v)
     return out
 
@@ -69,8 +72,15 @@ def test_stop_words_are_sklearns():
 
 def test_text_terms():
     assert text_terms("The credit card payment FAILED at checkout") == [
-        "credit", "card", "payment", "failed", "checkout",
-        "credit card", "card payment", "payment failed", "failed checkout",
+        "credit",
+        "card",
+        "payment",
+        "failed",
+        "checkout",
+        "credit card",
+        "card payment",
+        "payment failed",
+        "failed checkout",
     ]
     assert text_terms("the and of a x") == []
 

@@ -96,6 +96,7 @@ def topic_of(store):
 
 # -- the graph rule on leiden runs --------------------------------------------------------
 
+
 def test_graph_rule_joins_the_cluster_with_most_weight_and_lookup_agrees(store, leiden):
     store.ingest(topic_texts())
     run = store.cluster("leiden")
@@ -166,7 +167,11 @@ class TableEncoder:
         self.dimension = len(next(iter(table.values())))
 
     def encode(self, texts, show_progress=False):
-        return np.stack([self.table[t] for t in texts]).astype(np.float32) if len(texts) else np.zeros((0, self.dimension), np.float32)
+        return (
+            np.stack([self.table[t] for t in texts]).astype(np.float32)
+            if len(texts)
+            else np.zeros((0, self.dimension), np.float32)
+        )
 
 
 def planted(n_clusters=12, dim=48, seed=3, sizes=(20, 60), noise=0.45):
@@ -201,7 +206,10 @@ def test_streaming_graph_upkeep_agrees_with_a_full_leiden_run(tmp_path, leiden):
     store.cluster("leiden")
     full = {r["id"]: r["cluster"] for r in store.export()}
     ids = sorted(full)
-    as_int = lambda m: [-1 - i if m[i] is None else m[i] for i in ids]
+
+    def as_int(m):
+        return [-1 - i if m[i] is None else m[i] for i in ids]
+
     ari = adjusted_rand_score(as_int(streamed), as_int(full))
     print(f"streaming vs full leiden ARI {ari:.4f}")
     assert ari >= STREAM_ARI_FLOOR
@@ -210,8 +218,10 @@ def test_streaming_graph_upkeep_agrees_with_a_full_leiden_run(tmp_path, leiden):
 
 # -- delete upkeep ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("method,params", [("community", {"threshold": 0.6, "min_size": 5}),
-                                           ("leiden", {}), ("kmeans", {"k": 3})])
+
+@pytest.mark.parametrize(
+    "method,params", [("community", {"threshold": 0.6, "min_size": 5}), ("leiden", {}), ("kmeans", {"k": 3})]
+)
 def test_deleting_a_centre_then_ingest_and_lookup(store, leiden, method, params):
     store.ingest(topic_texts())
     store.cluster(method, **params)
@@ -245,7 +255,7 @@ def test_emptied_cluster_dies_and_counts_follow(store, leiden, method, params):
     store.delete(pin[:5])
     assert store.cluster_info(ids["pin"]).size == len(pin) - 5
     consistent(store)
-    store.delete(pin[5:] + [pin[0]])
+    store.delete([*pin[5:], pin[0]])
     assert ids["pin"] not in {c.id for c in store.clusters()}
     deaths = [e for e in store.history(ids["pin"]) if e.kind == "death"]
     assert len(deaths) == 1 and deaths[0].size == 0 and deaths[0].detail == {"deleted": len(pin) - 5}
@@ -292,6 +302,7 @@ def test_delete_after_another_writer_keeps_state_right(store, tmp_path, leiden, 
 
 # -- pure plans ------------------------------------------------------------------------
 
+
 def test_merge_neighbours_takes_the_nearest_of_index_and_batch():
     batch = np.array([[1, 0], [0.96, 0.28], [0, 1]], np.float32)
     stored_ids = np.array([[7, 8], [7, -1], [9, 8]])
@@ -305,8 +316,12 @@ def test_merge_neighbours_takes_the_nearest_of_index_and_batch():
 
 def test_graph_assign_counts_unassigned_weight_and_the_batch_in_two_passes():
     known = {1: 0, 2: 0, 3: None, 4: 1}
-    label_of = lambda ids: np.array([{None: inc.UNASSIGNED}.get(known.get(int(i), -1), known.get(int(i), -1))
-                                     for i in np.ravel(ids)], np.int64).reshape(np.shape(ids))
+
+    def label_of(ids):
+        return np.array(
+            [{None: inc.UNASSIGNED}.get(known.get(int(i), -1), known.get(int(i), -1)) for i in np.ravel(ids)], np.int64
+        ).reshape(np.shape(ids))
+
     # row 0: two members of 0 vs one unassigned; row 1: its batch neighbour (row 0) tips it to 0
     keys = np.array([[1, 2, 3], [4, inc.batch_key(0), inc.batch_key(2)], [3, inc.batch_key(1), -1]])
     sims = np.array([[0.9, 0.8, 0.85], [0.7, 0.75, 0.1], [0.9, 0.2, 0]], np.float32)
@@ -316,7 +331,9 @@ def test_graph_assign_counts_unassigned_weight_and_the_batch_in_two_passes():
     # the same rows in another order give the same labels
     perm = [2, 0, 1]
     inverse = np.argsort(perm)
-    keys2 = np.where(keys <= inc.BATCH_KEY, inc.batch_key(inverse[inc.BATCH_KEY - np.minimum(keys, inc.BATCH_KEY)]), keys)[perm]
+    keys2 = np.where(
+        keys <= inc.BATCH_KEY, inc.batch_key(inverse[inc.BATCH_KEY - np.minimum(keys, inc.BATCH_KEY)]), keys
+    )[perm]
     assert inc.graph_assign(keys2, sims[perm], label_of, 0.0)[0].tolist() == labels[perm].tolist()
     # below the floor nothing counts
     assert inc.graph_assign(keys[:1], sims[:1], label_of, 0.95)[0].tolist() == [-1]
@@ -351,11 +368,15 @@ def test_cli_lookup_on_a_leiden_run_reports_the_weight_share(tmp_path, leiden):
         store.cluster("leiden")
         pin = topic_of(store)["pin"]
     runner = CliRunner()
-    out = runner.invoke(cli, ["lookup", "forgot pin code reset pin99", "--data-dir", str(tmp_path / "data")],
-                        catch_exceptions=False)
+    out = runner.invoke(
+        cli, ["lookup", "forgot pin code reset pin99", "--data-dir", str(tmp_path / "data")], catch_exceptions=False
+    )
     assert out.exit_code == 0 and f"cluster {pin} " in out.output and "of the nearest neighbours' weight" in out.output
-    out = runner.invoke(cli, ["lookup", "forgot pin code reset pin99", "--json", "--data-dir", str(tmp_path / "data")],
-                        catch_exceptions=False)
+    out = runner.invoke(
+        cli,
+        ["lookup", "forgot pin code reset pin99", "--json", "--data-dir", str(tmp_path / "data")],
+        catch_exceptions=False,
+    )
     import json
 
     got = json.loads(out.output)
@@ -386,10 +407,14 @@ def test_streaming_graph_upkeep_on_banking77(banking77_embeddings, tmp_path, lei
     full_run = store.cluster("leiden")
     full = {r["id"]: r["cluster"] for r in store.export()}
     ids = sorted(full)
-    ari = adjusted_rand_score([-1 - i if streamed[i] is None else streamed[i] for i in ids],
-                              [-1 - i if full[i] is None else full[i] for i in ids])
-    print(f"banking77 streaming vs full leiden ARI {ari:.4f}; clusters {stream_run.clusters} vs {full_run.clusters}; "
-          f"assigned {stream_run.assigned} vs {full_run.assigned}")
+    ari = adjusted_rand_score(
+        [-1 - i if streamed[i] is None else streamed[i] for i in ids],
+        [-1 - i if full[i] is None else full[i] for i in ids],
+    )
+    print(
+        f"banking77 streaming vs full leiden ARI {ari:.4f}; clusters {stream_run.clusters} vs {full_run.clusters}; "
+        f"assigned {stream_run.assigned} vs {full_run.assigned}"
+    )
     assert ari >= BANKING_STREAM_ARI_FLOOR
     store.close()
 

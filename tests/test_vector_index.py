@@ -40,7 +40,9 @@ def test_batched_ivf_range_search_matches_faiss_on_the_same_probes():
     ref_lims, ref_sims, ref_ids = index.index.range_search(queries, 0.5)
     for j in range(len(queries)):
         got = dict(zip(got_ids[lims[j] : lims[j + 1]].tolist(), sims[lims[j] : lims[j + 1]].tolist()))
-        ref = dict(zip(ref_ids[ref_lims[j] : ref_lims[j + 1]].tolist(), ref_sims[ref_lims[j] : ref_lims[j + 1]].tolist()))
+        ref = dict(
+            zip(ref_ids[ref_lims[j] : ref_lims[j + 1]].tolist(), ref_sims[ref_lims[j] : ref_lims[j + 1]].tolist())
+        )
         assert set(got) == set(ref) and not set(got) & set(ids[:50].tolist())
         assert all(abs(got[i] - ref[i]) < 1e-5 for i in got)
     assert lims[-1] > len(queries)
@@ -166,8 +168,12 @@ def _missing(path):
 
 DAMAGE = {"truncated": _truncate, "empty": _empty, "bitflip": _bitflip, "garbage": _garbage, "missing": _missing}
 
-TEXTS = [f"the {w} sat on a {v} mat number {i}" for i, (w, v) in enumerate(
-    (w, v) for w in ["cat", "dog", "bird", "fox", "cow"] for v in ["red", "blue", "green", "soft", "old", "new"])]
+TEXTS = [
+    f"the {w} sat on a {v} mat number {i}"
+    for i, (w, v) in enumerate(
+        (w, v) for w in ["cat", "dog", "bird", "fox", "cow"] for v in ["red", "blue", "green", "soft", "old", "new"]
+    )
+]
 
 
 @pytest.mark.parametrize("damage", sorted(DAMAGE))
@@ -214,11 +220,10 @@ def test_damaged_index_rebuilt_by_a_reader_without_lock(tmp_path):
         ids = store.ingest(TEXTS).ids
     _garbage(data / INDEX_FILE)
     lock = WriterLock(data / "writer.lock", timeout=0.1)
-    with lock:
-        with SentenceStore(data) as store:
-            hits = store.search(TEXTS[3], k=1)
-            assert hits[0].id == ids[3]
-            assert not store.verify().ok  # the file was not rewritten without the lock
+    with lock, SentenceStore(data) as store:
+        hits = store.search(TEXTS[3], k=1)
+        assert hits[0].id == ids[3]
+        assert not store.verify().ok  # the file was not rewritten without the lock
     with SentenceStore(data) as store:
         assert store.verify().ok
 

@@ -88,13 +88,9 @@ def agglomerative(
     :class:`TooLargeError` when n exceeds ``max_size``.
     """
     if linkage not in LINKAGES:
-        raise InvalidParameterError(
-            f"unknown linkage {linkage!r}; choose one of {', '.join(LINKAGES)}"
-        )
+        raise InvalidParameterError(f"unknown linkage {linkage!r}; choose one of {', '.join(LINKAGES)}")
     if not np.isfinite(distance_threshold) or distance_threshold < 0:
-        raise InvalidParameterError(
-            f"distance_threshold must be a finite number >= 0, got {distance_threshold!r}"
-        )
+        raise InvalidParameterError(f"distance_threshold must be a finite number >= 0, got {distance_threshold!r}")
     x = np.asarray(embeddings, dtype=np.float32)
     if x.ndim != 2:
         raise InvalidParameterError(f"embeddings must be a 2-D array (n, d), got shape {x.shape}")

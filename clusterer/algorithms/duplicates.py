@@ -60,8 +60,15 @@ def nlist_for(n: int) -> int:
     return int(max(1, min(4 * math.sqrt(max(n, 1)), n // 39 or 1)))
 
 
-def threshold_neighbours(x: np.ndarray, threshold: float, *, search: str = "auto", nprobe: int = DEFAULT_NPROBE,
-                         nlist: int | None = None, seed: int = 0) -> Neighbours:
+def threshold_neighbours(
+    x: np.ndarray,
+    threshold: float,
+    *,
+    search: str = "auto",
+    nprobe: int = DEFAULT_NPROBE,
+    nlist: int | None = None,
+    seed: int = 0,
+) -> Neighbours:
     """Every pair of rows of ``x`` (L2-normalised) with inner product >= ``threshold``.
 
     ``search``: "exact", "approximate" (IVF) or "auto" (exact up to ``EXACT_MAX`` rows).
@@ -135,8 +142,8 @@ def star_groups(neighbours: Neighbours, order: np.ndarray | None = None) -> list
     for p in order.tolist():
         if taken[p] or lims[p + 1] == lims[p]:
             continue
-        nb = positions[lims[p]:lims[p + 1]]
-        nb_sims = sims[lims[p]:lims[p + 1]]
+        nb = positions[lims[p] : lims[p + 1]]
+        nb_sims = sims[lims[p] : lims[p + 1]]
         keep = (nb != p) & ~taken[nb]
         if not keep.any():
             continue
@@ -149,8 +156,9 @@ def star_groups(neighbours: Neighbours, order: np.ndarray | None = None) -> list
     return [g for _, g in found]
 
 
-def duplicate_groups(x: np.ndarray, threshold: float, *, search: str = "auto", nprobe: int = DEFAULT_NPROBE,
-                     nlist: int | None = None) -> list[DuplicateGroup]:
+def duplicate_groups(
+    x: np.ndarray, threshold: float, *, search: str = "auto", nprobe: int = DEFAULT_NPROBE, nlist: int | None = None
+) -> list[DuplicateGroup]:
     """Near-duplicate star groups among the rows of ``x`` (in row order, the first row of a group
     being the earliest); see the module docstring."""
     if not -1.0 <= threshold <= 1.0:
@@ -164,7 +172,7 @@ def group_pairs(groups: list[DuplicateGroup]) -> set[tuple[int, int]]:
     for g in groups:
         m = sorted(g.members)
         for i, a in enumerate(m):
-            for b in m[i + 1:]:
+            for b in m[i + 1 :]:
                 out.add((a, b))
     return out
 

@@ -57,8 +57,15 @@ def _ratio(resolution: float, clusters: float) -> float:
     return math.log(resolution) - math.log(LEAK * clusters)
 
 
-def choose_resolution(wg: WeightedGraph, strength: np.ndarray, seed: int, *, leak: float = LEAK,
-                      start: float = START_RESOLUTION, iterations: int = -1) -> tuple[float, np.ndarray, dict]:
+def choose_resolution(
+    wg: WeightedGraph,
+    strength: np.ndarray,
+    seed: int,
+    *,
+    leak: float = LEAK,
+    start: float = START_RESOLUTION,
+    iterations: int = -1,
+) -> tuple[float, np.ndarray, dict]:
     """The fixed-point resolution and its partition of ``wg``'s nodes, with the values compared.
 
     Returns ``(resolution, labels, scores)``; ``scores["tried"]`` lists every resolution tried
@@ -68,8 +75,14 @@ def choose_resolution(wg: WeightedGraph, strength: np.ndarray, seed: int, *, lea
 
     def record(res: float, labels: np.ndarray, where: str) -> float:
         c = effective_clusters(labels, strength)
-        tried.append({"resolution": round(res, 6), "effective_clusters": round(c, 2),
-                      "clusters": int(labels.max(initial=-1) + 1), "graph": where})
+        tried.append(
+            {
+                "resolution": round(res, 6),
+                "effective_clusters": round(c, 2),
+                "clusters": int(labels.max(initial=-1) + 1),
+                "graph": where,
+            }
+        )
         return math.log(res) - math.log(leak * c)
 
     base_res = start

@@ -63,8 +63,15 @@ class GraphClustering:
         return out
 
 
-def knn_graph(x: np.ndarray, k: int = DEFAULT_K, *, search: str = "auto", nprobe: int | None = None,
-              device: str = "auto", show_progress: bool = False) -> KnnGraph:
+def knn_graph(
+    x: np.ndarray,
+    k: int = DEFAULT_K,
+    *,
+    search: str = "auto",
+    nprobe: int | None = None,
+    device: str = "auto",
+    show_progress: bool = False,
+) -> KnnGraph:
     """The ``k`` nearest neighbours of every row of ``x`` by inner product: exact below
     :data:`clusterer.algorithms.knn.EXACT_BELOW` rows, cell-blocked approximate above."""
     from clusterer.algorithms.knn import knn
@@ -168,10 +175,20 @@ def unique_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return first[order], rank[inverse.reshape(-1)]
 
 
-def graph_clustering(x: np.ndarray, *, k: int | None = None, resolution: float | None = None,
-                     min_size: int = DEFAULT_MIN_SIZE, seed: int = 0, initial: np.ndarray | None = None,
-                     search: str = "auto", nprobe: int | None = None, device: str = "auto",
-                     show_progress: bool = False, min_similarity: float | None = None) -> GraphClustering:
+def graph_clustering(
+    x: np.ndarray,
+    *,
+    k: int | None = None,
+    resolution: float | None = None,
+    min_size: int = DEFAULT_MIN_SIZE,
+    seed: int = 0,
+    initial: np.ndarray | None = None,
+    search: str = "auto",
+    nprobe: int | None = None,
+    device: str = "auto",
+    show_progress: bool = False,
+    min_similarity: float | None = None,
+) -> GraphClustering:
     """Leiden on the kNN graph of ``x``: fine clusters, their coarse parents, and outliers.
 
     ``min_similarity`` None learns the outlier floor from the data (:func:`outlier_floor`); a
@@ -195,8 +212,13 @@ def graph_clustering(x: np.ndarray, *, k: int | None = None, resolution: float |
     n = len(x)
     k = default_k(n) if k is None else int(k)
     if n == 0:
-        return GraphClustering(np.zeros(0, np.int64), np.zeros(0, np.int64), DEFAULT_RESOLUTION, DEFAULT_RESOLUTION,
-                               info={"k": k, "edges": 0, "min_similarity": 0.0, "outliers": 0, "outlier_share": 0.0})
+        return GraphClustering(
+            np.zeros(0, np.int64),
+            np.zeros(0, np.int64),
+            DEFAULT_RESOLUTION,
+            DEFAULT_RESOLUTION,
+            info={"k": k, "edges": 0, "min_similarity": 0.0, "outliers": 0, "outlier_share": 0.0},
+        )
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     first, inverse = unique_rows(x)
@@ -246,16 +268,25 @@ def graph_clustering(x: np.ndarray, *, k: int | None = None, resolution: float |
         by_id[ids[ok]] = parents[fine[ok]]
         fine, parents = ids, by_id
     outliers = int((fine < 0).sum())
-    info = {"k": k, "edges": wg.edge_count, "min_similarity": floor, "outliers": outliers,
-            "outlier_share": outliers / full_n, "weak_points": int(weak[inverse].sum()), "clusters": n_fine,
-            "distinct_points": n,
-            "coarse_clusters": int(parents.max(initial=-1)) + 1, "min_size": min_size,
-            "seconds": {key: round(v, 3) for key, v in timings.items()}}
+    info = {
+        "k": k,
+        "edges": wg.edge_count,
+        "min_similarity": floor,
+        "outliers": outliers,
+        "outlier_share": outliers / full_n,
+        "weak_points": int(weak[inverse].sum()),
+        "clusters": n_fine,
+        "distinct_points": n,
+        "coarse_clusters": int(parents.max(initial=-1)) + 1,
+        "min_size": min_size,
+        "seconds": {key: round(v, 3) for key, v in timings.items()},
+    }
     return GraphClustering(fine, parents, chosen, coarse_resolution, scores=scores, info=info)
 
 
-def assign_by_weight(neighbour_labels: np.ndarray, neighbour_sims: np.ndarray, *,
-                     min_similarity: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+def assign_by_weight(
+    neighbour_labels: np.ndarray, neighbour_sims: np.ndarray, *, min_similarity: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
     """The incremental rule: each row joins the label holding most of its kNN similarity.
 
     ``neighbour_labels`` (m, k) with -1 for unassigned or padding; neighbours below

@@ -82,9 +82,7 @@ def kmeans(
         raise InvalidParameterError(f"k must be a positive integer, got {k!r}")
     k = int(k)
     if k > n:
-        raise InvalidParameterError(
-            f"k={k} is larger than the number of sentences ({n}); choose k <= {n}"
-        )
+        raise InvalidParameterError(f"k={k} is larger than the number of sentences ({n}); choose k <= {n}")
     if niter < 1 or nredo < 1:
         raise InvalidParameterError(f"niter and nredo must be >= 1, got {niter} and {nredo}")
 
@@ -129,9 +127,7 @@ def assign_nearest(embeddings: np.ndarray, centroids: np.ndarray) -> tuple[np.nd
     if len(c) == 0:
         raise InvalidParameterError("no centroids to assign to")
     if x.shape[1] != c.shape[1]:
-        raise InvalidParameterError(
-            f"embeddings have dimension {x.shape[1]} but centroids {c.shape[1]}"
-        )
+        raise InvalidParameterError(f"embeddings have dimension {x.shape[1]} but centroids {c.shape[1]}")
 
     import faiss
 

@@ -66,8 +66,10 @@ def _pad(nbrs: np.ndarray, sims: np.ndarray, k: int) -> tuple[np.ndarray, np.nda
         return nbrs, sims
     extra = k - nbrs.shape[1]
     n = len(nbrs)
-    return (np.concatenate([nbrs, np.full((n, extra), -1, np.int64)], axis=1),
-            np.concatenate([sims, np.zeros((n, extra), np.float32)], axis=1))
+    return (
+        np.concatenate([nbrs, np.full((n, extra), -1, np.int64)], axis=1),
+        np.concatenate([sims, np.zeros((n, extra), np.float32)], axis=1),
+    )
 
 
 def exact_knn(x: np.ndarray, k: int, *, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
@@ -98,8 +100,16 @@ def exact_knn(x: np.ndarray, k: int, *, device: str = "cpu") -> tuple[np.ndarray
     return _pad(nbrs, sims, k)
 
 
-def cell_blocked_knn(x: np.ndarray, k: int, *, nlist: int | None = None, nprobe: int = DEFAULT_KNN_NPROBE,
-                     seed: int = 0, device: str = "cpu", show_progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def cell_blocked_knn(
+    x: np.ndarray,
+    k: int,
+    *,
+    nlist: int | None = None,
+    nprobe: int = DEFAULT_KNN_NPROBE,
+    seed: int = 0,
+    device: str = "cpu",
+    show_progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
     """Approximate ``k`` nearest neighbours (see the module docstring); same output as :func:`exact_knn`."""
     from tqdm.auto import tqdm
 
@@ -160,8 +170,16 @@ def _torch_top_k(x: np.ndarray, dev: str):
     return top_k
 
 
-def knn(x: np.ndarray, k: int, *, search: str = "auto", nprobe: int | None = None, device: str = "auto",
-        seed: int = 0, show_progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def knn(
+    x: np.ndarray,
+    k: int,
+    *,
+    search: str = "auto",
+    nprobe: int | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    show_progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
     """``k`` nearest neighbours of every row of ``x``: exact below :data:`EXACT_BELOW` rows (or
     ``search="exact"``), cell-blocked approximate above (or ``search="approximate"``)."""
     if search not in ("auto", "exact", "approximate"):
@@ -176,5 +194,6 @@ def knn(x: np.ndarray, k: int, *, search: str = "auto", nprobe: int | None = Non
     if exact or n <= 2 * POINTS_PER_CELL:
         return exact_knn(x, k, device=device)
     default_nprobe = DEFAULT_KNN_NPROBE if n <= LARGE_ABOVE else LARGE_KNN_NPROBE
-    return cell_blocked_knn(x, k, nprobe=nprobe or default_nprobe, seed=seed, device=device,
-                            show_progress=show_progress)
+    return cell_blocked_knn(
+        x, k, nprobe=nprobe or default_nprobe, seed=seed, device=device, show_progress=show_progress
+    )

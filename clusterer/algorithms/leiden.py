@@ -68,8 +68,15 @@ def from_edges(edges: np.ndarray, weights: np.ndarray, n: int) -> WeightedGraph:
     return WeightedGraph(g, edges, weights, n)
 
 
-def leiden(wg: WeightedGraph, resolution: float, seed: int, *, initial: np.ndarray | None = None,
-           iterations: int = -1, node_weights: np.ndarray | None = None) -> np.ndarray:
+def leiden(
+    wg: WeightedGraph,
+    resolution: float,
+    seed: int,
+    *,
+    initial: np.ndarray | None = None,
+    iterations: int = -1,
+    node_weights: np.ndarray | None = None,
+) -> np.ndarray:
     """Leiden modularity communities (igraph's C implementation), deterministic for a seed.
 
     ``node_weights`` are the strengths to use in the null model (an aggregated graph passes
@@ -81,7 +88,10 @@ def leiden(wg: WeightedGraph, resolution: float, seed: int, *, initial: np.ndarr
     igraph.set_random_number_generator(random.Random(seed))
     try:
         part = wg.graph.community_leiden(
-            objective_function="modularity", weights=wg.weights, resolution=resolution, n_iterations=iterations,
+            objective_function="modularity",
+            weights=wg.weights,
+            resolution=resolution,
+            n_iterations=iterations,
             initial_membership=None if initial is None else initial.tolist(),
             node_weights=None if node_weights is None else node_weights.tolist(),
         )

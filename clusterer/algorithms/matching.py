@@ -19,8 +19,8 @@ what happened to each id:
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -43,8 +43,15 @@ class Event:
         return self.label
 
     def to_dict(self) -> dict:
-        return {"cluster_id": self.label, "run_id": self.run_id, "kind": self.kind, "size": self.size,
-                "related": list(self.related), "detail": dict(self.detail), "at": self.at}
+        return {
+            "cluster_id": self.label,
+            "run_id": self.run_id,
+            "kind": self.kind,
+            "size": self.size,
+            "related": list(self.related),
+            "detail": dict(self.detail),
+            "at": self.at,
+        }
 
 
 @dataclass

@@ -241,7 +241,9 @@ def build_flat_index(embeddings: np.ndarray):
     return index
 
 
-def build_ivf_index(embeddings: np.ndarray, nlist: int | None = None, nprobe: int = 16, train_size: int = 100_000, seed: int = 0):
+def build_ivf_index(
+    embeddings: np.ndarray, nlist: int | None = None, nprobe: int = 16, train_size: int = 100_000, seed: int = 0
+):
     """An approximate inverted-file inner-product index over ``embeddings`` (ids are positions).
 
     ``nlist`` defaults to about ``4 * sqrt(n)`` cells, trained on at most ``train_size`` rows;

@@ -56,12 +56,22 @@ def _kmeans(x: np.ndarray, k: int, seed: int, niter: int = 4) -> np.ndarray:
 
     k = max(1, min(k, len(x)))
     rng = np.random.default_rng(seed)
-    sample = x if len(x) <= k * TRAIN_PER_CENTROID else x[np.sort(rng.choice(len(x), k * TRAIN_PER_CENTROID, replace=False))]
+    sample = (
+        x if len(x) <= k * TRAIN_PER_CENTROID else x[np.sort(rng.choice(len(x), k * TRAIN_PER_CENTROID, replace=False))]
+    )
     if k == 1 or len(sample) <= k:
         centroids = sample[:k].copy()
     else:
-        km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, spherical=True,
-                          max_points_per_centroid=TRAIN_PER_CENTROID, min_points_per_centroid=1, verbose=False)
+        km = faiss.Kmeans(
+            x.shape[1],
+            k,
+            niter=niter,
+            seed=seed,
+            spherical=True,
+            max_points_per_centroid=TRAIN_PER_CENTROID,
+            min_points_per_centroid=1,
+            verbose=False,
+        )
         km.train(np.ascontiguousarray(sample))
         assert km.centroids is not None, "faiss.Kmeans.train sets centroids"
         centroids = km.centroids
@@ -106,7 +116,9 @@ def partition(x: np.ndarray, nlist: int, nprobe: int, seed: int = 0) -> np.ndarr
     for kv, a, b in zip(keys.tolist(), key_starts.tolist(), key_bounds):
         sel = by_key[a:b]
         first, second = divmod(kv, len(coarse))
-        cand = np.concatenate([np.arange(starts[first], starts[first + 1]), np.arange(starts[second], starts[second + 1])])
+        cand = np.concatenate(
+            [np.arange(starts[first], starts[first + 1]), np.arange(starts[second], starts[second + 1])]
+        )
         cand = np.unique(cand)
         cells[sel] = cand[_top_k_rows(x[sel] @ fine[cand].T, nprobe)]
     return cells

@@ -75,9 +75,7 @@ def count_terms(texts: Sequence[str], labels) -> ClassCounts:
     """
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
     if len(labels) != len(texts):
-        raise InvalidParameterError(
-            f"texts and labels differ in length ({len(texts)} != {len(labels)})"
-        )
+        raise InvalidParameterError(f"texts and labels differ in length ({len(texts)} != {len(labels)})")
     keep = np.flatnonzero(labels != -1)
     per_label: dict[int, Counter[str]] = {int(c): Counter() for c in np.unique(labels[keep])}
     for i in keep:
@@ -149,12 +147,8 @@ def ctfidf_scores(
     vocabulary = np.empty(len(vocabulary_list), dtype=object)
     vocabulary[:] = vocabulary_list
     nnz = sum(len(row) for row in rows)
-    cols = np.fromiter(
-        map(vocab_index.__getitem__, chain.from_iterable(rows)), dtype=np.int64, count=nnz
-    )
-    data = np.fromiter(
-        chain.from_iterable(row.values() for row in rows), dtype=np.int64, count=nnz
-    )
+    cols = np.fromiter(map(vocab_index.__getitem__, chain.from_iterable(rows)), dtype=np.int64, count=nnz)
+    data = np.fromiter(chain.from_iterable(row.values() for row in rows), dtype=np.int64, count=nnz)
     indptr = np.concatenate([[0], np.cumsum([len(row) for row in rows], dtype=np.int64)])
     matrix = sparse.csr_matrix((data, cols, indptr), shape=(len(labels), len(vocabulary)))
     matrix.data[matrix.data < 0] = 0

@@ -24,8 +24,13 @@ def _method_options(f):
     for spec in reversed(methods.option_specs()):
         kind = click.Choice(list(spec.choices)) if spec.choices else spec.type
         f = click.option(spec.flag, spec.name, type=kind, default=None, help=spec.help)(f)
-    return click.option("--method", type=click.Choice(list(methods.names())), default=methods.DEFAULT_METHOD,
-                        show_default=True, help="Clustering method (see `clusterer methods`).")(f)
+    return click.option(
+        "--method",
+        type=click.Choice(list(methods.names())),
+        default=methods.DEFAULT_METHOD,
+        show_default=True,
+        help="Clustering method (see `clusterer methods`).",
+    )(f)
 
 
 def _given(method: str, values: dict):
@@ -67,7 +72,9 @@ def _params_text(run) -> str:
 
 @click.command()
 @_method_options
-@click.option("--force", is_flag=True, help="Run even when the guard rails predict a memory blow-up or one giant cluster.")
+@click.option(
+    "--force", is_flag=True, help="Run even when the guard rails predict a memory blow-up or one giant cluster."
+)
 @where_option
 @store_options
 def cluster(method, force, where, as_json, **kwargs):
@@ -76,17 +83,29 @@ def cluster(method, force, where, as_json, **kwargs):
     given = _given(method, kwargs)
     say = (lambda msg: None) if as_json else (lambda msg: click.echo(f"… {msg}", err=True))
     with open_store(settings) as store:
-        run = store.cluster(method, device=settings.device, force=force, progress=say,
-                            show_progress=not as_json, where=where_value(where), **given)
+        run = store.cluster(
+            method,
+            device=settings.device,
+            force=force,
+            progress=say,
+            show_progress=not as_json,
+            where=where_value(where),
+            **given,
+        )
         top = store.clusters(run.id)[:10]
         coarse = store.clusters(run.id, level="coarse")[:10]
-    data = {"run": run.to_dict(), "top_clusters": [c.to_dict() for c in top],
-            "top_coarse_clusters": [c.to_dict() for c in coarse]}
+    data = {
+        "run": run.to_dict(),
+        "top_clusters": [c.to_dict() for c in top],
+        "top_coarse_clusters": [c.to_dict() for c in coarse],
+    }
 
     def human(d):
         click.echo(f"run {run.id}: {run.method} {_params_text(run)}")
-        click.echo(f"{run.clusters} clusters, {run.assigned:,} of {run.sentences:,} sentences assigned, "
-                   f"{run.unassigned:,} unassigned, {run.seconds:.2f} s")
+        click.echo(
+            f"{run.clusters} clusters, {run.assigned:,} of {run.sentences:,} sentences assigned, "
+            f"{run.unassigned:,} unassigned, {run.seconds:.2f} s"
+        )
         facts = _run_facts(run)
         if facts:
             click.echo(facts)
@@ -104,8 +123,13 @@ def cluster(method, force, where, as_json, **kwargs):
 @click.command()
 @click.option("--run", "run_id", type=RUN_ID, default=None, help="Run id (default: the latest).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Show only the largest N clusters.")
-@click.option("--level", type=click.Choice(["fine", "coarse"]), default="fine", show_default=True,
-              help="fine: the clusters sentences are assigned to; coarse: the topics grouping them (leiden runs).")
+@click.option(
+    "--level",
+    type=click.Choice(["fine", "coarse"]),
+    default="fine",
+    show_default=True,
+    help="fine: the clusters sentences are assigned to; coarse: the topics grouping them (leiden runs).",
+)
 @store_options
 def clusters(run_id, limit, level, as_json, **kwargs):
     """List clusters: id, size, keywords, centre sentence, cohesion (and parent or children)."""
@@ -128,8 +152,11 @@ def clusters(run_id, limit, level, as_json, **kwargs):
             click.echo(f"covers only sentences where {' and '.join(run.params['where'])}")
         click.echo(f"{'id':>6} {'size':>7} {'cohesion':>8}  keywords / centre")
         for c in items:
-            extra = f"  ({len(c.children)} clusters)" if level == "coarse" else (
-                f"  (topic {c.parent})" if c.parent is not None else "")
+            extra = (
+                f"  ({len(c.children)} clusters)"
+                if level == "coarse"
+                else (f"  (topic {c.parent})" if c.parent is not None else "")
+            )
             click.echo(f"{c.id:>6} {c.size:>7} {c.cohesion or 0:>8.3f}  {', '.join(c.keywords[:6])}{extra}")
             click.echo(f"{'':>24}{_short(c.centre_text)}")
 
@@ -152,7 +179,9 @@ def show(cluster_id, limit, offset, run_id, as_json, **kwargs):
         parent = store.cluster_info(info.parent, run_id=info.run_id, limit=0) if info.parent is not None else None
     data = info.to_dict()
     data["child_clusters"] = [{"id": c.id, "size": c.size, "keywords": c.keywords} for c in children]
-    data["parent_cluster"] = None if parent is None else {"id": parent.id, "size": parent.size, "keywords": parent.keywords}
+    data["parent_cluster"] = (
+        None if parent is None else {"id": parent.id, "size": parent.size, "keywords": parent.keywords}
+    )
 
     def human(d):
         kind = "coarse topic" if info.level == "coarse" else "cluster"
@@ -185,8 +214,10 @@ def runs(limit, as_json, **kwargs):
     def human(d):
         for r in items:
             secs = f"{r.seconds:.2f}s" if r.seconds is not None else "-"
-            click.echo(f"{r.id:>4} {r.status:<8} {r.method:<13} {_params_text(r):<45} {r.started_at}  {secs:>8}  "
-                       f"{r.clusters} clusters, {r.assigned}/{r.sentences} assigned" + (f"  {r.error}" if r.error else ""))
+            click.echo(
+                f"{r.id:>4} {r.status:<8} {r.method:<13} {_params_text(r):<45} {r.started_at}  {secs:>8}  "
+                f"{r.clusters} clusters, {r.assigned}/{r.sentences} assigned" + (f"  {r.error}" if r.error else "")
+            )
             facts = _run_facts(r)
             if facts and r.status == "done":
                 click.echo(f"{'':>14}{facts}")
@@ -196,8 +227,13 @@ def runs(limit, as_json, **kwargs):
 
 @click.command()
 @click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="jsonl", show_default=True)
-@click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default="-",
-              help="Write to a file instead of standard output.")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, writable=True),
+    default="-",
+    help="Write to a file instead of standard output.",
+)
 @click.option("--run", "run_id", type=RUN_ID, default=None, help="Run id (default: the latest).")
 @where_option
 @store_options
@@ -221,10 +257,16 @@ def export(fmt, output, run_id, where, as_json, **kwargs):
                 writer.writerow(["id", "text", "metadata", "cluster", "similarity", "coarse_cluster"])
             for row in store.export(run_id, where=where_value(where)):
                 if fmt == "csv":
-                    writer.writerow([row["id"], row["text"], json.dumps(row["metadata"], ensure_ascii=False) if row["metadata"] else "",
-                                     "" if row["cluster"] is None else row["cluster"],
-                                     "" if row["similarity"] is None else row["similarity"],
-                                     "" if row["coarse_cluster"] is None else row["coarse_cluster"]])
+                    writer.writerow(
+                        [
+                            row["id"],
+                            row["text"],
+                            json.dumps(row["metadata"], ensure_ascii=False) if row["metadata"] else "",
+                            "" if row["cluster"] is None else row["cluster"],
+                            "" if row["similarity"] is None else row["similarity"],
+                            "" if row["coarse_cluster"] is None else row["coarse_cluster"],
+                        ]
+                    )
                 else:
                     out.write(json.dumps(row, ensure_ascii=False) + "\n")
                 count += 1
@@ -232,8 +274,11 @@ def export(fmt, output, run_id, where, as_json, **kwargs):
             if out is not sys.stdout:
                 out.close()
     if output != "-":
-        emit({"exported": count, "output": output, "format": fmt}, as_json,
-             lambda d: click.echo(f"exported {count:,} sentences to {output}", err=True))
+        emit(
+            {"exported": count, "output": output, "format": fmt},
+            as_json,
+            lambda d: click.echo(f"exported {count:,} sentences to {output}", err=True),
+        )
 
 
 @click.command(name="methods")

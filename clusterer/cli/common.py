@@ -6,7 +6,8 @@ import json
 import os
 import re
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -16,16 +17,33 @@ from clusterer.settings import Settings
 def store_options(f: Callable) -> Callable:
     """--data-dir, --db, --model, --device and --json, on every command."""
     options = [
-        click.option("--data-dir", type=click.Path(file_okay=False), default=None,
-                     help="Data folder with the SQLite database and FAISS file [env CLUSTERER_DATA_DIR; default ./clusterer-data]."),
-        click.option("--db", "db", default=None, metavar="URL",
-                     help="SQLAlchemy database URL instead of the SQLite file [env CLUSTERER_DB]."),
-        click.option("--model", default=None,
-                     help="sentence-transformers model name or path [env CLUSTERER_MODEL; default: bundled all-MiniLM-L6-v2]."),
-        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
-                     help="Where to embed and search [env CLUSTERER_DEVICE; default auto]."),
-        click.option("--json", "as_json", is_flag=True,
-                     help="Print one JSON document for scripts (errors too: {\"error\": ...})."),
+        click.option(
+            "--data-dir",
+            type=click.Path(file_okay=False),
+            default=None,
+            help="Data folder with the SQLite database and FAISS file [env CLUSTERER_DATA_DIR; default ./clusterer-data].",
+        ),
+        click.option(
+            "--db",
+            "db",
+            default=None,
+            metavar="URL",
+            help="SQLAlchemy database URL instead of the SQLite file [env CLUSTERER_DB].",
+        ),
+        click.option(
+            "--model",
+            default=None,
+            help="sentence-transformers model name or path [env CLUSTERER_MODEL; default: bundled all-MiniLM-L6-v2].",
+        ),
+        click.option(
+            "--device",
+            type=click.Choice(["auto", "cpu", "cuda"]),
+            default=None,
+            help="Where to embed and search [env CLUSTERER_DEVICE; default auto].",
+        ),
+        click.option(
+            "--json", "as_json", is_flag=True, help='Print one JSON document for scripts (errors too: {"error": ...}).'
+        ),
     ]
     for option in reversed(options):
         f = option(f)
@@ -33,12 +51,14 @@ def store_options(f: Callable) -> Callable:
 
 
 def settings_from(kwargs: dict[str, Any]) -> Settings:
-    return Settings.resolve({
-        "data_dir": kwargs.pop("data_dir", None),
-        "db": kwargs.pop("db", None),
-        "model": kwargs.pop("model", None),
-        "device": kwargs.pop("device", None),
-    })
+    return Settings.resolve(
+        {
+            "data_dir": kwargs.pop("data_dir", None),
+            "db": kwargs.pop("db", None),
+            "model": kwargs.pop("model", None),
+            "device": kwargs.pop("device", None),
+        }
+    )
 
 
 def open_store(settings: Settings, *, create: bool = False, recover: bool = True):
@@ -114,7 +134,9 @@ def describe_error(exc: BaseException) -> str:
         return one_line(f"{exc.filename}: {exc.strerror}")
     if isinstance(exc, library_errors()):
         return one_line(exc)
-    return one_line(f"internal error ({type(exc).__name__}: {exc}); run with --debug or {DEBUG_ENV}=1 for the traceback")
+    return one_line(
+        f"internal error ({type(exc).__name__}: {exc}); run with --debug or {DEBUG_ENV}=1 for the traceback"
+    )
 
 
 def _before_double_dash(argv: list[str]) -> list[str]:
@@ -122,7 +144,11 @@ def _before_double_dash(argv: list[str]) -> list[str]:
 
 
 def debug_enabled(argv: list[str]) -> bool:
-    return "--debug" in _before_double_dash(argv) or os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes")
+    return "--debug" in _before_double_dash(argv) or os.environ.get(DEBUG_ENV, "").strip().lower() in (
+        "1",
+        "true",
+        "yes",
+    )
 
 
 def _usage_message(exc: click.UsageError) -> str:
@@ -138,9 +164,15 @@ class CLIGroup(click.Group):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.params.append(click.Option(
-            ["--debug"], is_flag=True, expose_value=False, is_eager=True,
-            help=f"Show the full traceback of an error [env {DEBUG_ENV}=1]."))
+        self.params.append(
+            click.Option(
+                ["--debug"],
+                is_flag=True,
+                expose_value=False,
+                is_eager=True,
+                help=f"Show the full traceback of an error [env {DEBUG_ENV}=1].",
+            )
+        )
 
     def _subcommand(self, argv: list[str]) -> str | None:
         for arg in _before_double_dash(argv):

@@ -27,31 +27,77 @@ def _write(report, fmt: str, output: str) -> int:
         for n, group in enumerate(report.items, 1):
             for m in group.members:
                 if writer:
-                    writer.writerow([n, m.id, m.similarity, m.text,
-                                     json.dumps(m.metadata, ensure_ascii=False) if m.metadata else "",
-                                     m.source or "", "" if m.line is None else m.line])
+                    writer.writerow(
+                        [
+                            n,
+                            m.id,
+                            m.similarity,
+                            m.text,
+                            json.dumps(m.metadata, ensure_ascii=False) if m.metadata else "",
+                            m.source or "",
+                            "" if m.line is None else m.line,
+                        ]
+                    )
                 else:
-                    out.write(json.dumps({"group": n, "id": m.id, "similarity": m.similarity, "text": m.text,
-                                          "metadata": m.metadata, "source": m.source, "line": m.line},
-                                         ensure_ascii=False) + "\n")
+                    out.write(
+                        json.dumps(
+                            {
+                                "group": n,
+                                "id": m.id,
+                                "similarity": m.similarity,
+                                "text": m.text,
+                                "metadata": m.metadata,
+                                "source": m.source,
+                                "line": m.line,
+                            },
+                            ensure_ascii=False,
+                        )
+                        + "\n"
+                    )
                 rows += 1
     return rows
 
 
 @click.command()
-@click.option("--threshold", type=click.FloatRange(-1.0, 1.0), default=0.95, show_default=True,
-              help="Cosine similarity to a group's first member at or above which a sentence joins it.")
+@click.option(
+    "--threshold",
+    type=click.FloatRange(-1.0, 1.0),
+    default=0.95,
+    show_default=True,
+    help="Cosine similarity to a group's first member at or above which a sentence joins it.",
+)
 @where_option
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="Report (and delete from) only the N largest groups.")
-@click.option("--search", type=click.Choice(["auto", "exact", "approximate"]), default="auto", show_default=True,
-              help="Range search: exact, IVF (approximate), or auto = exact up to 50,000 sentences.")
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=None, help="Report (and delete from) only the N largest groups."
+)
+@click.option(
+    "--search",
+    type=click.Choice(["auto", "exact", "approximate"]),
+    default="auto",
+    show_default=True,
+    help="Range search: exact, IVF (approximate), or auto = exact up to 50,000 sentences.",
+)
 @click.option("--nprobe", type=click.IntRange(min=1), default=None, help="Approximate search: IVF lists probed [16].")
-@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default=None,
-              help="Write the groups, one member per row, instead of the summary.")
-@click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default="-",
-              help="File for --format (default: standard output).")
-@click.option("--delete-keep", type=click.Choice(["first", "longest"]), default=None,
-              help="Delete every member but one per group: the first (earliest) or the longest text.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["csv", "jsonl"]),
+    default=None,
+    help="Write the groups, one member per row, instead of the summary.",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, writable=True),
+    default="-",
+    help="File for --format (default: standard output).",
+)
+@click.option(
+    "--delete-keep",
+    type=click.Choice(["first", "longest"]),
+    default=None,
+    help="Delete every member but one per group: the first (earliest) or the longest text.",
+)
 @click.option("--yes", is_flag=True, help="Delete without asking.")
 @store_options
 def duplicates(threshold, where, limit, search, nprobe, fmt, output, delete_keep, yes, as_json, **kwargs):
@@ -70,8 +116,11 @@ def duplicates(threshold, where, limit, search, nprobe, fmt, output, delete_keep
         if fmt is not None:
             written = _write(report, fmt, output)
             if output != "-":
-                click.echo(f"wrote {report.groups if limit is None else len(report.items)} groups "
-                           f"({written} rows) to {output}", err=True)
+                click.echo(
+                    f"wrote {report.groups if limit is None else len(report.items)} groups "
+                    f"({written} rows) to {output}",
+                    err=True,
+                )
         if delete_keep is not None:
             plan = deletion_plan(report, delete_keep)
             doomed = [i for g in plan for i in g]
@@ -89,10 +138,12 @@ def duplicates(threshold, where, limit, search, nprobe, fmt, output, delete_keep
         return
 
     def human(d):
-        click.echo(f"{report.groups:,} groups of near-duplicates (threshold {report.threshold}, {report.search}) "
-                   f"among {report.sentences:,} sentences"
-                   + (f" where {' and '.join(report.where)}" if report.where else "")
-                   + f": {report.in_groups:,} sentences in groups, {report.removable:,} beyond the first of each")
+        click.echo(
+            f"{report.groups:,} groups of near-duplicates (threshold {report.threshold}, {report.search}) "
+            f"among {report.sentences:,} sentences"
+            + (f" where {' and '.join(report.where)}" if report.where else "")
+            + f": {report.in_groups:,} sentences in groups, {report.removable:,} beyond the first of each"
+        )
         if delete_keep is None:
             for n, group in enumerate(report.items, 1):
                 click.echo(f"group {n} ({group.size} sentences)")

@@ -29,11 +29,15 @@ def lookup(text, members, as_json, **kwargs):
             click.echo("no cluster: the sentence fits none of the current clusters")
         else:
             if "share" in d:
-                click.echo(f"cluster {c['id']} ({c['size']} sentences), similarity to its centroid {_sim(d['similarity'])}, "
-                           f"{d['share']:.0%} of the nearest neighbours' weight")
+                click.echo(
+                    f"cluster {c['id']} ({c['size']} sentences), similarity to its centroid {_sim(d['similarity'])}, "
+                    f"{d['share']:.0%} of the nearest neighbours' weight"
+                )
             else:
-                click.echo(f"cluster {c['id']} ({c['size']} sentences), similarity to centre {_sim(d['similarity'])}"
-                           + (f", {d['votes']} members above the threshold" if d["votes"] else ""))
+                click.echo(
+                    f"cluster {c['id']} ({c['size']} sentences), similarity to centre {_sim(d['similarity'])}"
+                    + (f", {d['votes']} members above the threshold" if d["votes"] else "")
+                )
             click.echo(f"keywords: {', '.join(c['keywords'])}")
             for m in c["members"]:
                 click.echo(f"  {_sim(m['similarity'])}  [{m['id']}] {m['text']}")
@@ -61,7 +65,9 @@ def which(sentence_id, as_json, **kwargs):
         click.echo(f"[{s['id']}] {s['text']}")
         if d["cluster"]:
             c = d["cluster"]
-            click.echo(f"cluster {c['id']} ({c['size']} sentences), similarity {_sim(d['similarity'])}: {', '.join(c['keywords'][:6])}")
+            click.echo(
+                f"cluster {c['id']} ({c['size']} sentences), similarity {_sim(d['similarity'])}: {', '.join(c['keywords'][:6])}"
+            )
         elif d.get("outside_filter"):
             click.echo(f"outside run {d['run_id']}, which covers only sentences where {' and '.join(d['where'])}")
         elif d["pending"]:
@@ -126,12 +132,18 @@ def recluster(force, as_json, **kwargs):
         run = store.recluster(device=settings.device, force=force, progress=say, show_progress=not as_json)
         events = [e for e in store.events(run.id) if e.kind != "continued"]
         kept = sum(1 for e in store.events(run.id) if e.kind == "continued")
-    data = {"previous_run": previous.id, "run": run.to_dict(), "kept_ids": kept,
-            "events": [e.to_dict() for e in events]}
+    data = {
+        "previous_run": previous.id,
+        "run": run.to_dict(),
+        "kept_ids": kept,
+        "events": [e.to_dict() for e in events],
+    }
 
     def human(d):
-        click.echo(f"run {run.id} ({run.method} {json.dumps({k: v for k, v in run.params.items() if k != 'stats'})}): "
-                   f"{run.clusters} clusters, {run.assigned:,}/{run.sentences:,} assigned; {kept} ids kept from run {previous.id}")
+        click.echo(
+            f"run {run.id} ({run.method} {json.dumps({k: v for k, v in run.params.items() if k != 'stats'})}): "
+            f"{run.clusters} clusters, {run.assigned:,}/{run.sentences:,} assigned; {kept} ids kept from run {previous.id}"
+        )
         from clusterer.cli.cluster_commands import _run_facts
 
         facts = _run_facts(run)
@@ -139,7 +151,9 @@ def recluster(force, as_json, **kwargs):
             click.echo(facts)
         for e in events:
             level = " (coarse)" if e.detail.get("level") == "coarse" else ""
-            click.echo(f"  {e.kind:<6} cluster {e.cluster_id}{level}" + (f" (related {e.related})" if e.related else ""))
+            click.echo(
+                f"  {e.kind:<6} cluster {e.cluster_id}{level}" + (f" (related {e.related})" if e.related else "")
+            )
 
     emit(data, as_json, human)
 

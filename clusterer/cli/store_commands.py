@@ -27,19 +27,39 @@ def _count_lines(path: str) -> int | None:
 def _progress_bar(desc: str, total: int | None):
     from tqdm import tqdm
 
-    return tqdm(desc=desc, total=total, unit=" sent", unit_scale=True, file=sys.stderr,
-                dynamic_ncols=True, mininterval=0.5, disable=None if not os.environ.get("CLUSTERER_PROGRESS") else False)
+    return tqdm(
+        desc=desc,
+        total=total,
+        unit=" sent",
+        unit_scale=True,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        mininterval=0.5,
+        disable=None if not os.environ.get("CLUSTERER_PROGRESS") else False,
+    )
 
 
 @click.command()
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("--format", "fmt", type=click.Choice(["auto", "text", "csv", "tsv", "jsonl"]), default="auto",
-              show_default=True, help="Input format; auto picks by suffix (.csv .tsv .jsonl, else text).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["auto", "text", "csv", "tsv", "jsonl"]),
+    default="auto",
+    show_default=True,
+    help="Input format; auto picks by suffix (.csv .tsv .jsonl, else text).",
+)
 @click.option("--text-column", default="text", show_default=True, help="CSV/TSV column holding the sentence.")
 @click.option("--text-field", default="text", show_default=True, help="JSONL field holding the sentence.")
 @click.option("--skip-invalid", is_flag=True, help="Skip and count bad records instead of stopping.")
-@click.option("--near-duplicates-threshold", "near_dups", type=click.FloatRange(-1.0, 1.0), default=None, metavar="T",
-              help="Skip a sentence whose nearest stored sentence (or an earlier one of the batch) has cosine >= T.")
+@click.option(
+    "--near-duplicates-threshold",
+    "near_dups",
+    type=click.FloatRange(-1.0, 1.0),
+    default=None,
+    metavar="T",
+    help="Skip a sentence whose nearest stored sentence (or an earlier one of the batch) has cosine >= T.",
+)
 @store_options
 def ingest(inputs, fmt, text_column, text_field, skip_invalid, near_dups, as_json, **kwargs):
     """Embed and store sentences from files (one per line, CSV, JSONL) or - for stdin."""
@@ -48,22 +68,33 @@ def ingest(inputs, fmt, text_column, text_field, skip_invalid, near_dups, as_jso
     with open_store(settings, create=True) as store:
         for path in inputs:
             with _progress_bar(os.path.basename(path) if path != "-" else "<stdin>", _count_lines(path)) as bar:
-                report = store.ingest_file(path, format=fmt, text_column=text_column, text_field=text_field,
-                                           skip_invalid=skip_invalid, progress=bar.update, near_duplicates=near_dups)
+                report = store.ingest_file(
+                    path,
+                    format=fmt,
+                    text_column=text_column,
+                    text_field=text_field,
+                    skip_invalid=skip_invalid,
+                    progress=bar.update,
+                    near_duplicates=near_dups,
+                )
             reports.append(report)
-    data = {"inputs": [r.to_dict() for r in reports],
-            "added": sum(r.added for r in reports),
-            "duplicates": sum(r.duplicates for r in reports),
-            "near_duplicates": sum(r.near_duplicates for r in reports),
-            "empty": sum(r.empty for r in reports),
-            "invalid": sum(r.invalid for r in reports)}
+    data = {
+        "inputs": [r.to_dict() for r in reports],
+        "added": sum(r.added for r in reports),
+        "duplicates": sum(r.duplicates for r in reports),
+        "near_duplicates": sum(r.near_duplicates for r in reports),
+        "empty": sum(r.empty for r in reports),
+        "invalid": sum(r.invalid for r in reports),
+    }
 
     def human(d):
         for r in reports:
-            line = (f"{r.source}: {r.added} added, {r.duplicates} duplicates, "
-                    f"{f'{r.near_duplicates} near-duplicates, ' if near_dups is not None else ''}{r.empty} empty"
-                    f"{f', {r.invalid} invalid skipped' if r.invalid else ''} "
-                    f"({r.rate:,.0f} sentences/s)")
+            line = (
+                f"{r.source}: {r.added} added, {r.duplicates} duplicates, "
+                f"{f'{r.near_duplicates} near-duplicates, ' if near_dups is not None else ''}{r.empty} empty"
+                f"{f', {r.invalid} invalid skipped' if r.invalid else ''} "
+                f"({r.rate:,.0f} sentences/s)"
+            )
             click.echo(line)
             for err in r.errors:
                 click.echo(f"  skipped: {err}", err=True)
@@ -89,9 +120,11 @@ def stats(as_json, **kwargs):
         click.echo(f"invalid skipped:    {d['invalid_skipped']:,}")
         click.echo(f"model:              {d['model']} ({d['dimension']}-d)")
         click.echo(f"database:           {d['database']}")
-        click.echo(f"index:              {idx['type']}, {idx['indexed']:,} vectors, "
-                   f"{idx['bytes']:,} bytes, watermark {idx['watermark']}, {idx['pending']} pending"
-                   f"{', DIRTY' if idx['dirty'] else ''}{', DAMAGED (run verify --repair)' if idx.get('damaged') else ''}")
+        click.echo(
+            f"index:              {idx['type']}, {idx['indexed']:,} vectors, "
+            f"{idx['bytes']:,} bytes, watermark {idx['watermark']}, {idx['pending']} pending"
+            f"{', DIRTY' if idx['dirty'] else ''}{', DAMAGED (run verify --repair)' if idx.get('damaged') else ''}"
+        )
         if d.get("read_only"):
             click.echo("read-only:          yes (reads work; writes need a writable data folder)")
 
@@ -118,9 +151,12 @@ def search(text, k, where, as_json, **kwargs):
 
 
 @click.command()
-@click.option("--repair", is_flag=True,
-              help="First bring the index file in line with the database (replay what is missing; rebuild only a "
-                   "damaged file), then check.")
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="First bring the index file in line with the database (replay what is missing; rebuild only a "
+    "damaged file), then check.",
+)
 @store_options
 def verify(repair, as_json, **kwargs):
     """Check that the index file and the database agree (exit 1 if not)."""
@@ -136,8 +172,10 @@ def verify(repair, as_json, **kwargs):
 
     def human(d):
         if repaired is not None and repaired["action"] != "none":
-            click.echo(f"repair: {repaired['action']} ({repaired['added']:,} added, {repaired['removed']:,} removed, "
-                       f"{repaired['seconds']:.2f} s)")
+            click.echo(
+                f"repair: {repaired['action']} ({repaired['added']:,} added, {repaired['removed']:,} removed, "
+                f"{repaired['seconds']:.2f} s)"
+            )
         if report.ok:
             click.echo(f"OK: {report.sentences:,} sentences, {report.indexed:,} indexed (watermark {report.watermark})")
         for p in report.problems:
@@ -155,7 +193,11 @@ def rebuild_index(as_json, **kwargs):
     settings = settings_from(kwargs)
     with open_store(settings, recover=False) as store:
         data = store.rebuild_index()
-    emit(data, as_json, lambda d: click.echo(f"rebuilt {d['index_type']} index of {d['indexed']:,} vectors in {d['seconds']:.2f} s"))
+    emit(
+        data,
+        as_json,
+        lambda d: click.echo(f"rebuilt {d['index_type']} index of {d['indexed']:,} vectors in {d['seconds']:.2f} s"),
+    )
 
 
 @click.command()
@@ -170,7 +212,9 @@ def delete(ids, as_json, **kwargs):
     data = {"deleted": removed, "not_found": missing}
 
     def human(d):
-        click.echo(f"deleted {len(removed)} sentence(s)" + (f"; not found: {', '.join(map(str, missing))}" if missing else ""))
+        click.echo(
+            f"deleted {len(removed)} sentence(s)" + (f"; not found: {', '.join(map(str, missing))}" if missing else "")
+        )
 
     emit(data, as_json, human)
     if missing and not removed:

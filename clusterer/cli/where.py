@@ -6,9 +6,11 @@ from collections.abc import Callable
 
 import click
 
-WHERE_HELP = ("Only sentences matching FILTER (repeatable, ANDed): field=value, field!=value, field>=3, "
-              "field<2024-06-01, 'field in a,b', field~text; fields: metadata keys (a.b nested), "
-              "source, line, id, seq, text, created.")
+WHERE_HELP = (
+    "Only sentences matching FILTER (repeatable, ANDed): field=value, field!=value, field>=3, "
+    "field<2024-06-01, 'field in a,b', field~text; fields: metadata keys (a.b nested), "
+    "source, line, id, seq, text, created."
+)
 
 
 def where_option(f: Callable) -> Callable:

@@ -58,8 +58,12 @@ class Service:
         self.started_at = time.time()
 
     def start(self) -> None:
-        self.writer = Writer(self.store, maxsize=self.settings.queue_size, coalesce=self.settings.coalesce,
-                             on_done=lambda kind, s: self.metrics.writes.labels(kind).observe(s))
+        self.writer = Writer(
+            self.store,
+            maxsize=self.settings.queue_size,
+            coalesce=self.settings.coalesce,
+            on_done=lambda kind, s: self.metrics.writes.labels(kind).observe(s),
+        )
         self.batcher = EncodeBatcher(self.store.embed)
         threading.Thread(target=self._warm, name="clusterer-warm-up", daemon=True).start()
 
@@ -113,8 +117,10 @@ class Service:
         from storage import clusters as cq
         from storage import sentences as sq
 
-        out: dict[str, Any] = {"queue_depth": self.writer.depth if self.writer else 0,
-                               "ready": 1 if self.ready.is_set() else 0}
+        out: dict[str, Any] = {
+            "queue_depth": self.writer.depth if self.writer else 0,
+            "ready": 1 if self.ready.is_set() else 0,
+        }
         index = self.store.index if self.store.cache.loaded else None
         out["index_vectors"] = index.ntotal if index is not None else None
         try:
@@ -126,8 +132,12 @@ class Service:
                 out["sentences"] = sq.count_sentences(session)
                 run = cq.latest_run(session)
                 if run is not None:
-                    out.update(last_run_id=run.id, last_run_clusters=run.n_clusters, last_run_assigned=run.n_assigned,
-                               last_run_finished=run.finished_at.timestamp() if run.finished_at else None)
+                    out.update(
+                        last_run_id=run.id,
+                        last_run_clusters=run.n_clusters,
+                        last_run_assigned=run.n_assigned,
+                        last_run_finished=run.finished_at.timestamp() if run.finished_at else None,
+                    )
         except Exception as exc:  # noqa: BLE001 (a scrape must not fail because the database is busy)
             log.warning("metrics snapshot: %s", exc)
         return out
@@ -186,9 +196,13 @@ def create_app(store, settings: ServerSettings | None = None, *, close_store: bo
 
             await anyio.to_thread.run_sync(service.stop)
 
-    app = FastAPI(title="clusterer", version=_version(), lifespan=lifespan,
-                  description="Sentence clustering service: ingest, search, look up and explore clusters. "
-                              "Every answer is the JSON of the matching `clusterer ... --json` command.")
+    app = FastAPI(
+        title="clusterer",
+        version=_version(),
+        lifespan=lifespan,
+        description="Sentence clustering service: ingest, search, look up and explore clusters. "
+        "Every answer is the JSON of the matching `clusterer ... --json` command.",
+    )
     app.state.service = service
     app.include_router(routes.router)
     app.mount("/static", StaticFiles(directory=str(static_dir())), name="static")
@@ -202,8 +216,10 @@ def create_app(store, settings: ServerSettings | None = None, *, close_store: bo
         errors = exc.errors()
         first = errors[0] if errors else {}
         if first.get("type") == "json_invalid":
-            return JSONResponse({"error": f"malformed JSON body: {first.get('ctx', {}).get('error', 'cannot parse')}",
-                                 "field": "body"}, status_code=400)
+            return JSONResponse(
+                {"error": f"malformed JSON body: {first.get('ctx', {}).get('error', 'cannot parse')}", "field": "body"},
+                status_code=400,
+            )
         loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
         field = ".".join(loc) or "body"
         return JSONResponse({"error": f"{field}: {first.get('msg', 'invalid value')}", "field": field}, status_code=422)
@@ -225,8 +241,12 @@ def create_app(store, settings: ServerSettings | None = None, *, close_store: bo
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
-        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
-                           allow_methods=["GET", "POST", "DELETE"], allow_headers=["Authorization", "Content-Type"])
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
     app.add_middleware(RequestMetrics, metrics=service.metrics)
     return app
 

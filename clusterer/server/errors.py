@@ -10,14 +10,30 @@ log = logging.getLogger("clusterer.server")
 RETRY_AFTER_S = 1
 
 _BY_NAME = {  # the most specific class in an exception's MRO wins
-    "UnknownClusterError": 404, "UnknownSentenceError": 404, "NoRunError": 404, "NotFoundError": 404,
+    "UnknownClusterError": 404,
+    "UnknownSentenceError": 404,
+    "NoRunError": 404,
+    "NotFoundError": 404,
     "StoreNotFoundError": 404,
-    "InvalidParameterError": 422, "InvalidFilterError": 422, "InvalidArgumentError": 422, "InvalidIdError": 404,
-    "ReadOnlyStoreError": 409, "ReadOnlyDatabaseError": 409, "GuardRailError": 422, "TooLargeError": 422, "InputError": 422,
-    "LockTimeoutError": 503, "DatabaseUnavailableError": 503, "QueueFull": 503, "ShuttingDown": 503,
-    "NotReady": 503, "ModelLoadError": 503,
+    "InvalidParameterError": 422,
+    "InvalidFilterError": 422,
+    "InvalidArgumentError": 422,
+    "InvalidIdError": 404,
+    "ReadOnlyStoreError": 409,
+    "ReadOnlyDatabaseError": 409,
+    "GuardRailError": 422,
+    "TooLargeError": 422,
+    "InputError": 422,
+    "LockTimeoutError": 503,
+    "DatabaseUnavailableError": 503,
+    "QueueFull": 503,
+    "ShuttingDown": 503,
+    "NotReady": 503,
+    "ModelLoadError": 503,
     "ModelMismatchError": 409,
-    "ClustererError": 400, "IndexerError": 500, "StorageError": 500,
+    "ClustererError": 400,
+    "IndexerError": 500,
+    "StorageError": 500,
 }
 
 

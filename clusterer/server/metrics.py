@@ -14,12 +14,26 @@ class Metrics:
         from prometheus_client import CollectorRegistry, Counter, Histogram
 
         self.registry = CollectorRegistry()
-        self.requests = Counter("clusterer_http_requests", "HTTP requests by route template, method and status",
-                                ["route", "method", "status"], registry=self.registry)
-        self.latency = Histogram("clusterer_http_request_seconds", "HTTP request latency by route template",
-                                 ["route", "method"], buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.writes = Histogram("clusterer_writer_job_seconds", "Time the writer spent on each job, by kind",
-                                ["kind"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.requests = Counter(
+            "clusterer_http_requests",
+            "HTTP requests by route template, method and status",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "clusterer_http_request_seconds",
+            "HTTP request latency by route template",
+            ["route", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.writes = Histogram(
+            "clusterer_writer_job_seconds",
+            "Time the writer spent on each job, by kind",
+            ["kind"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.registry.register(_StoreCollector(snapshot))
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
@@ -54,8 +68,11 @@ class _StoreCollector:
             ("clusterer_last_run_id", "Id of the latest finished clustering run", s.get("last_run_id")),
             ("clusterer_last_run_clusters", "Clusters in the latest run", s.get("last_run_clusters")),
             ("clusterer_last_run_assigned", "Sentences assigned in the latest run", s.get("last_run_assigned")),
-            ("clusterer_last_run_finished_timestamp_seconds", "When the latest run finished (Unix time)",
-             s.get("last_run_finished")),
+            (
+                "clusterer_last_run_finished_timestamp_seconds",
+                "When the latest run finished (Unix time)",
+                s.get("last_run_finished"),
+            ),
         ]
         for name, doc, value in gauges:
             if value is not None:

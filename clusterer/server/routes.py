@@ -83,10 +83,15 @@ def readyz(request: Request):
     """Ready once the model is loaded and the index open."""
     svc = _service(request)
     store = svc.store
-    body = {"ready": svc.ready.is_set(), "model": bool(store._encoder is not None and svc.ready.is_set()),
-            "index": store.cache.loaded, "error": svc.load_error}
-    return JSONResponse(body, status_code=200 if body["ready"] else 503,
-                        headers=None if body["ready"] else {"Retry-After": "2"})
+    body = {
+        "ready": svc.ready.is_set(),
+        "model": bool(store._encoder is not None and svc.ready.is_set()),
+        "index": store.cache.loaded,
+        "error": svc.load_error,
+    }
+    return JSONResponse(
+        body, status_code=200 if body["ready"] else 503, headers=None if body["ready"] else {"Retry-After": "2"}
+    )
 
 
 @router.get("/metrics", tags=["health"])
@@ -153,8 +158,12 @@ def sentence_cluster(request: Request, sentence_id: SentenceId):
 
 
 @router.get("/search", tags=["store"])
-def search(request: Request, q: Annotated[str, Query(min_length=1)], k: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 10,
-           where: Annotated[list[str] | None, Query()] = None):
+def search(
+    request: Request,
+    q: Annotated[str, Query(min_length=1)],
+    k: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 10,
+    where: Annotated[list[str] | None, Query()] = None,
+):
     """As `clusterer search TEXT -k K [--where COND ...] --json`."""
     svc = _service(request)
     store = svc.require_ready()
@@ -236,8 +245,12 @@ def get_job(request: Request, job_id: Annotated[int, Path(ge=1, le=MAX_ID)]):
 
 
 @router.get("/clusters", tags=["clusters"])
-def clusters(request: Request, run_id: RunParam = None, limit: Annotated[int | None, Query(ge=1)] = None,
-             level: Annotated[str | None, Query(max_length=32)] = None):
+def clusters(
+    request: Request,
+    run_id: RunParam = None,
+    limit: Annotated[int | None, Query(ge=1)] = None,
+    level: Annotated[str | None, Query(max_length=32)] = None,
+):
     """As `clusterer clusters --json` (`level` where the store's runs have levels)."""
     store = _store(request)
     run = store.run(run_id)
@@ -246,7 +259,9 @@ def clusters(request: Request, run_id: RunParam = None, limit: Annotated[int | N
     accepted = inspect.signature(store.clusters).parameters
     if "level" in accepted:
         default = accepted["level"].default
-        kwargs["level"] = body["level"] = level if level is not None else (None if default is inspect.Parameter.empty else default)
+        kwargs["level"] = body["level"] = (
+            level if level is not None else (None if default is inspect.Parameter.empty else default)
+        )
     elif level is not None:
         raise ApiError(422, "level: this version has no cluster levels", "level")
     items = store.clusters(run.id, **kwargs)
@@ -257,26 +272,38 @@ def clusters(request: Request, run_id: RunParam = None, limit: Annotated[int | N
 
 
 @router.get("/clusters/{cluster_id}", tags=["clusters"])
-def cluster(request: Request, cluster_id: ClusterId, run_id: RunParam = None,
-            limit: Annotated[int, Query(ge=0, le=MAX_PAGE)] = 20, offset: Offset = 0):
+def cluster(
+    request: Request,
+    cluster_id: ClusterId,
+    run_id: RunParam = None,
+    limit: Annotated[int, Query(ge=0, le=MAX_PAGE)] = 20,
+    offset: Offset = 0,
+):
     """As `clusterer show ID --json`: keywords, centre, representatives, members (and, where the run
     has a hierarchy, its child clusters or its parent topic)."""
     store = _store(request)
     info = store.cluster_info(cluster_id, run_id=run_id, limit=limit, offset=offset)
     body = info.to_dict()
     if hasattr(info, "children") and hasattr(info, "parent"):
+
         def brief(c):
             return {"id": c.id, "size": c.size, "keywords": c.keywords}
 
         body["child_clusters"] = [brief(store.cluster_info(c, run_id=info.run_id, limit=0)) for c in info.children]
-        body["parent_cluster"] = (None if info.parent is None
-                                  else brief(store.cluster_info(info.parent, run_id=info.run_id, limit=0)))
+        body["parent_cluster"] = (
+            None if info.parent is None else brief(store.cluster_info(info.parent, run_id=info.run_id, limit=0))
+        )
     return body
 
 
 @router.get("/clusters/{cluster_id}/members", tags=["clusters"])
-def members(request: Request, cluster_id: ClusterId, run_id: RunParam = None, offset: Offset = 0,
-            limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50):
+def members(
+    request: Request,
+    cluster_id: ClusterId,
+    run_id: RunParam = None,
+    offset: Offset = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
+):
     """As `clusterer members ID --json`: a page of members, most similar to the centre first."""
     items = _store(request).members(cluster_id, offset=offset, limit=limit, run_id=run_id)
     return {"cluster_id": cluster_id, "offset": offset, "limit": limit, "members": [m.to_dict() for m in items]}
@@ -289,8 +316,9 @@ def history(request: Request, cluster_id: ClusterId):
 
 
 @router.get("/unassigned", tags=["clusters"])
-def unassigned(request: Request, run_id: RunParam = None, offset: Offset = 0,
-               limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50):
+def unassigned(
+    request: Request, run_id: RunParam = None, offset: Offset = 0, limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50
+):
     """As `clusterer unassigned --json`."""
     total, items = _store(request).unassigned(offset=offset, limit=limit, run_id=run_id)
     return {"total": total, "offset": offset, "limit": limit, "sentences": [m.to_dict() for m in items]}

@@ -28,16 +28,26 @@ def check_bind(host: str, token: str | None) -> str | None:
     """Why binding ``host`` is refused (None when it is allowed)."""
     if is_loopback(host) or token:
         return None
-    return (f"refusing to listen on {host} without a token: anyone who can reach it could read and change the store; "
-            "set --token or CLUSTERER_TOKEN (clients then send 'Authorization: Bearer <token>'), "
-            "or bind 127.0.0.1")
+    return (
+        f"refusing to listen on {host} without a token: anyone who can reach it could read and change the store; "
+        "set --token or CLUSTERER_TOKEN (clients then send 'Authorization: Bearer <token>'), "
+        "or bind 127.0.0.1"
+    )
 
 
 async def send_json(send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] | None = None) -> None:
     data = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
-                            *(headers or [])]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(data)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": data})
 
 
@@ -61,8 +71,12 @@ class TokenAuth:
                 break
         scheme, _, credential = given.partition(b" ")
         if scheme.lower() != b"bearer" or not hmac.compare_digest(credential.strip(), self.token):
-            return await send_json(send, 401, {"error": "missing or wrong bearer token"},
-                                   [(b"www-authenticate", b'Bearer realm="clusterer"')])
+            return await send_json(
+                send,
+                401,
+                {"error": "missing or wrong bearer token"},
+                [(b"www-authenticate", b'Bearer realm="clusterer"')],
+            )
         return await self.app(scope, receive, send)
 
 

@@ -47,9 +47,18 @@ class Job:
     finished_at: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "kind": self.kind, "params": self.params, "state": self.state,
-                "progress": list(self.progress), "result": self.result, "error": self.error,
-                "submitted_at": self.submitted_at, "started_at": self.started_at, "finished_at": self.finished_at}
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "params": self.params,
+            "state": self.state,
+            "progress": list(self.progress),
+            "result": self.result,
+            "error": self.error,
+            "submitted_at": self.submitted_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+        }
 
 
 @dataclass
@@ -63,8 +72,9 @@ class _Item:
 class Writer:
     JOBS_KEPT = 200
 
-    def __init__(self, store, *, maxsize: int = 64, coalesce: int = 4096,
-                 on_done: Callable[[str, float], None] | None = None):
+    def __init__(
+        self, store, *, maxsize: int = 64, coalesce: int = 4096, on_done: Callable[[str, float], None] | None = None
+    ):
         self.store = store
         self.coalesce = coalesce
         self.on_done = on_done or (lambda kind, seconds: None)
@@ -99,7 +109,9 @@ class Writer:
 
     def cluster(self, method: str | None, params: dict[str, Any], force: bool = False) -> Job:
         with self._jobs_lock:
-            job = Job(next(self._job_ids), "cluster", {"method": method, **params, **({"force": True} if force else {})})
+            job = Job(
+                next(self._job_ids), "cluster", {"method": method, **params, **({"force": True} if force else {})}
+            )
             self._jobs[job.id] = job
             for old in sorted(self._jobs)[: max(0, len(self._jobs) - self.JOBS_KEPT)]:
                 if self._jobs[old].finished_at is not None:
@@ -187,7 +199,11 @@ class Writer:
             job.state = "done"
             item.future.set_result(job.result)
         except BaseException as exc:  # noqa: BLE001 (recorded in the job)
-            job.state, job.error, job.error_type = "failed", str(exc).splitlines()[0] if str(exc) else type(exc).__name__, type(exc).__name__
+            job.state, job.error, job.error_type = (
+                "failed",
+                str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                type(exc).__name__,
+            )
             item.future.set_exception(exc)
         finally:
             job.finished_at = time.time()

@@ -56,8 +56,14 @@ def ingest_batches(store, batches: Sequence[Batch]) -> list[dict[str, Any]]:
             elif sid is not None and sid in added and sid not in claimed:
                 claimed.add(sid)
                 label, sim = placed.get(sid, (None, None))
-                rows.append({"id": sid, "status": "added", "cluster": label,
-                             "similarity": None if sim is None else round(float(sim), 6)})
+                rows.append(
+                    {
+                        "id": sid,
+                        "status": "added",
+                        "cluster": label,
+                        "similarity": None if sim is None else round(float(sim), 6),
+                    }
+                )
             else:
                 rows.append({"id": sid, "status": "duplicate", "cluster": None, "similarity": None})
         answers.append(_answer(batch, rows, report, None if run is None else run.id))
@@ -75,5 +81,12 @@ def _answer(batch: Batch, rows: list[dict[str, Any]], whole: IngestReport, run_i
             part.duplicates += 1
         else:
             part.empty += 1
-    return {"inputs": [part.to_dict()], "added": part.added, "duplicates": part.duplicates, "empty": part.empty,
-            "invalid": 0, "run_id": run_id, "sentences": rows}
+    return {
+        "inputs": [part.to_dict()],
+        "added": part.added,
+        "duplicates": part.duplicates,
+        "empty": part.empty,
+        "invalid": 0,
+        "run_id": run_id,
+        "sentences": rows,
+    }

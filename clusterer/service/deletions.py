@@ -35,8 +35,15 @@ class Loss:
     representatives: list[int]
 
 
-def plan_loss(label: int, size: int, centre_id: int | None, centroid: np.ndarray | None, representatives: list[int],
-              removed: list[int], removed_vectors: np.ndarray) -> Loss:
+def plan_loss(
+    label: int,
+    size: int,
+    centre_id: int | None,
+    centroid: np.ndarray | None,
+    representatives: list[int],
+    removed: list[int],
+    removed_vectors: np.ndarray,
+) -> Loss:
     """A cluster's size, centroid and surviving representatives after losing ``removed``;
     whether it dies (nothing left) and whether it needs a new centre."""
     left = size - len(removed)
@@ -70,16 +77,23 @@ def delete_upkeep(session, state: inc.RunState, ids: list[int], dimension: int, 
         texts = sq.texts_for(session, removed_ids)
         vecs = sq.embeddings_found(session, removed_ids, dimension, dtype)
         current = cq.term_counts(session, run_id, list(by_label))
-        removed_counts = topics.count_terms([texts.get(i, "") for i in removed_ids],
-                                            np.array([known[i] for i in removed_ids], dtype=np.int64))
+        removed_counts = topics.count_terms(
+            [texts.get(i, "") for i in removed_ids], np.array([known[i] for i in removed_ids], dtype=np.int64)
+        )
         counts: dict[int, dict[str, int]] = {}
         for label, members in sorted(by_label.items()):
             row = rows.get(label)
             if row is None:
                 continue
-            loss = plan_loss(label, row.size, row.centre_id, _vector(row.centroid) if row.centroid else None,
-                             list(row.representatives or []), members,
-                             np.vstack([vecs[i] for i in members if i in vecs]) if vecs else np.zeros((0, dimension), np.float32))
+            loss = plan_loss(
+                label,
+                row.size,
+                row.centre_id,
+                _vector(row.centroid) if row.centroid else None,
+                list(row.representatives or []),
+                members,
+                np.vstack([vecs[i] for i in members if i in vecs]) if vecs else np.zeros((0, dimension), np.float32),
+            )
             have = current.get(label, {})
             if loss.dies:
                 deaths.append(label)
@@ -111,13 +125,20 @@ def delete_upkeep(session, state: inc.RunState, ids: list[int], dimension: int, 
         change.forget = set(by_label)
     if known:
         run = cq.get_run(session, run_id)
-        cq.touch_run(session, run_id, n_sentences=run.n_sentences - len(known),
-                     n_assigned=run.n_assigned - n_removed_assigned, n_clusters=run.n_clusters - len(deaths))
+        cq.touch_run(
+            session,
+            run_id,
+            n_sentences=run.n_sentences - len(known),
+            n_assigned=run.n_assigned - n_removed_assigned,
+            n_clusters=run.n_clusters - len(deaths),
+        )
     change.mass, change.terms = (mass[0], mass[1]), dict(pending)
     return change
 
 
-def _recentre(session, state: inc.RunState, label: int, gone: set[int], dimension: int, dtype: str, values: dict) -> dict:
+def _recentre(
+    session, state: inc.RunState, label: int, gone: set[int], dimension: int, dtype: str, values: dict
+) -> dict:
     """Choose a new centre (the member most similar to the recomputed centroid) and
     representatives; on community runs, measure every member's similarity to the new centre."""
     members = [i for i in cq.member_ids(session, state.run_id, label) if i not in gone]
@@ -129,8 +150,12 @@ def _recentre(session, state: inc.RunState, label: int, gone: set[int], dimensio
     centroid = topics.normalized_centroid(vectors)
     centre, to_centre = inc.new_centre(members, vectors, centroid)
     reps = topics.representatives(vectors, list(range(len(members))), centroid, n=3)
-    values.update(centre_id=centre, centroid=centroid.tobytes(), representatives=[members[r] for r in reps],
-                  cohesion=round(topics.cohesion(vectors), 6))
+    values.update(
+        centre_id=centre,
+        centroid=centroid.tobytes(),
+        representatives=[members[r] for r in reps],
+        cohesion=round(topics.cohesion(vectors), 6),
+    )
     if state.rule == "community":
         cq.set_similarities(session, state.run_id, members, to_centre.tolist())
     return {"new_centre": centre}

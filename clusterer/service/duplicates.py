@@ -71,8 +71,15 @@ def _load(store, flt) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(parts_ids), np.vstack(parts)
 
 
-def find_duplicates(store, threshold: float = 0.95, *, where: filters.WhereSpec = None, limit: int | None = None,
-                    search: str = "auto", nprobe: int | None = None) -> DuplicatesReport:
+def find_duplicates(
+    store,
+    threshold: float = 0.95,
+    *,
+    where: filters.WhereSpec = None,
+    limit: int | None = None,
+    search: str = "auto",
+    nprobe: int | None = None,
+) -> DuplicatesReport:
     """Near-duplicate groups among the stored sentences matching ``where``, largest first;
     ``limit`` keeps the largest ``limit`` groups in ``items`` (the counts cover all)."""
     if not -1.0 <= float(threshold) <= 1.0:
@@ -93,14 +100,32 @@ def find_duplicates(store, threshold: float = 0.95, *, where: filters.WhereSpec 
         rows = sq.get_sentences(session, wanted)
     items = []
     for g in shown:
-        members = [DuplicateMember(int(ids[p]), rows[int(ids[p])].text, round(float(s), 6), rows[int(ids[p])].meta,
-                                   rows[int(ids[p])].source_file, rows[int(ids[p])].source_line)
-                   for p, s in zip(g.members, g.similarities) if int(ids[p]) in rows]
+        members = [
+            DuplicateMember(
+                int(ids[p]),
+                rows[int(ids[p])].text,
+                round(float(s), 6),
+                rows[int(ids[p])].meta,
+                rows[int(ids[p])].source_file,
+                rows[int(ids[p])].source_line,
+            )
+            for p, s in zip(g.members, g.similarities)
+            if int(ids[p]) in rows
+        ]
         items.append(DuplicateGroupInfo(len(members), members))
     in_groups = sum(len(g.members) for g in groups)
     kind = "exact" if nb.exact else f"approximate(nprobe={nprobe or algo.DEFAULT_NPROBE})"
-    return DuplicatesReport(float(threshold), flt.to_strings(), kind, len(ids), len(groups), in_groups,
-                            in_groups - len(groups), round(time.perf_counter() - started, 3), items)
+    return DuplicatesReport(
+        float(threshold),
+        flt.to_strings(),
+        kind,
+        len(ids),
+        len(groups),
+        in_groups,
+        in_groups - len(groups),
+        round(time.perf_counter() - started, 3),
+        items,
+    )
 
 
 def deletion_plan(report: DuplicatesReport, keep: str = "first") -> list[list[int]]:

@@ -27,6 +27,7 @@ import numpy as np
 
 from clusterer.algorithms import topics
 
+
 def upkeep_rule(method: str) -> str:
     """Which incremental rule keeps a run of ``method`` current: 'community', 'graph' or
     'centroid', as the method table (:mod:`clusterer.service.methods`) says."""
@@ -82,6 +83,7 @@ class RunState:
 
 # -- community rule ------------------------------------------------------------------------
 
+
 def vote(neighbor_labels: np.ndarray, neighbor_sims: np.ndarray) -> tuple[int, float, int]:
     """(label, best similarity, votes): the label held by most neighbours, ties to the
     label with the most similar neighbour, then to the smaller label; (-1, nan, 0) if none."""
@@ -99,8 +101,13 @@ def vote(neighbor_labels: np.ndarray, neighbor_sims: np.ndarray) -> tuple[int, f
     return int(uniq[k]), float(best[k]), int(counts[k])
 
 
-def community_vote(centres: Mapping[int, np.ndarray], neighbor_labels: np.ndarray, neighbor_sims: np.ndarray,
-                   vector: np.ndarray, threshold: float) -> tuple[int, float, int]:
+def community_vote(
+    centres: Mapping[int, np.ndarray],
+    neighbor_labels: np.ndarray,
+    neighbor_sims: np.ndarray,
+    vector: np.ndarray,
+    threshold: float,
+) -> tuple[int, float, int]:
     """:func:`vote` among the clusters the sentence could belong to under the full run's rule.
 
     A community of the full run is the ball ``sim(member, centre) >= threshold``
@@ -120,8 +127,13 @@ def community_vote(centres: Mapping[int, np.ndarray], neighbor_labels: np.ndarra
     return vote(labels, neighbor_sims)
 
 
-def community_assign(centres: Mapping[int, np.ndarray], neighbour_labels: list[np.ndarray],
-                     neighbour_sims: list[np.ndarray], vectors: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+def community_assign(
+    centres: Mapping[int, np.ndarray],
+    neighbour_labels: list[np.ndarray],
+    neighbour_sims: list[np.ndarray],
+    vectors: np.ndarray,
+    threshold: float,
+) -> tuple[np.ndarray, np.ndarray]:
     """Labels (-1: none) and votes of a batch of a community run.
 
     Only stored sentences vote (``neighbour_labels`` are the labels of each sentence's stored
@@ -138,6 +150,7 @@ def community_assign(centres: Mapping[int, np.ndarray], neighbour_labels: list[n
 
 
 # -- centroid rule -------------------------------------------------------------------------
+
 
 def assign_to_centroids(centroids: Mapping[int, np.ndarray], vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Nearest centroid of each vector: (labels, similarities); -1 when there is no centroid."""
@@ -171,8 +184,15 @@ def batch_key(positions: np.ndarray) -> np.ndarray:
     return BATCH_KEY - np.asarray(positions, dtype=np.int64)
 
 
-def merge_neighbours(stored_ids: np.ndarray, stored_sims: np.ndarray, queries: np.ndarray, batch: np.ndarray, k: int,
-                     self_ids: np.ndarray | None = None, self_in_batch: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def merge_neighbours(
+    stored_ids: np.ndarray,
+    stored_sims: np.ndarray,
+    queries: np.ndarray,
+    batch: np.ndarray,
+    k: int,
+    self_ids: np.ndarray | None = None,
+    self_in_batch: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` nearest neighbours of each query among stored sentences and the batch.
 
     ``stored_ids``/``stored_sims`` (m, any) come from the index (-1 padding); ``batch`` holds the
@@ -216,7 +236,9 @@ placed): under the graph rule the unassigned weight competes with every cluster'
 _POOL = np.iinfo(np.int64).max
 
 
-def key_labels(keys: np.ndarray, stored_label: Callable[[np.ndarray], np.ndarray], batch_labels: np.ndarray) -> np.ndarray:
+def key_labels(
+    keys: np.ndarray, stored_label: Callable[[np.ndarray], np.ndarray], batch_labels: np.ndarray
+) -> np.ndarray:
     """Labels of neighbour keys: stored ids through ``stored_label`` (ids -> labels,
     :data:`UNASSIGNED`, or -1 when the run does not know the id), batch keys from
     ``batch_labels`` (one per batch position; -1 there means unassigned), padding -1."""
@@ -261,8 +283,9 @@ def weighted_label(labels: np.ndarray, sims: np.ndarray, min_similarity: float) 
     return out, share
 
 
-def graph_assign(keys: np.ndarray, sims: np.ndarray, stored_label: Callable[[np.ndarray], np.ndarray],
-                 min_similarity: float) -> tuple[np.ndarray, np.ndarray]:
+def graph_assign(
+    keys: np.ndarray, sims: np.ndarray, stored_label: Callable[[np.ndarray], np.ndarray], min_similarity: float
+) -> tuple[np.ndarray, np.ndarray]:
     """The graph rule over a batch: (labels or -1, the winning label's share of the kNN weight).
 
     A row joins the cluster holding most of its kNN weight, unless more of it lies with
@@ -293,8 +316,15 @@ class Birth:
     centre_vector: np.ndarray | None = None
 
 
-def describe_birth(label: int, member_ids: list[int], vectors: np.ndarray, stored: int, centre: int | None = None,
-                   similarities: list[float] | None = None, parent: int | None = None) -> Birth:
+def describe_birth(
+    label: int,
+    member_ids: list[int],
+    vectors: np.ndarray,
+    stored: int,
+    centre: int | None = None,
+    similarities: list[float] | None = None,
+    parent: int | None = None,
+) -> Birth:
     """A :class:`Birth` with its centroid, centre (the member nearest the centroid unless given),
     similarities (to the centroid unless given), cohesion and three representatives."""
     centroid = topics.normalized_centroid(vectors)
@@ -303,8 +333,18 @@ def describe_birth(label: int, member_ids: list[int], vectors: np.ndarray, store
     if centre is None:
         centre = member_ids[reps[0]]
     sims = list(map(float, to_centroid)) if similarities is None else [float(s) for s in similarities]
-    return Birth(label, list(member_ids), int(centre), sims, centroid, round(topics.cohesion(vectors), 6),
-                 [member_ids[r] for r in reps], parent, stored, vectors[list(member_ids).index(centre)].copy())
+    return Birth(
+        label,
+        list(member_ids),
+        int(centre),
+        sims,
+        centroid,
+        round(topics.cohesion(vectors), 6),
+        [member_ids[r] for r in reps],
+        parent,
+        stored,
+        vectors[list(member_ids).index(centre)].copy(),
+    )
 
 
 def coarse_parent(neighbour_labels: np.ndarray, neighbour_sims: np.ndarray, parent_of: Mapping[int, int]) -> int | None:
@@ -322,10 +362,22 @@ def coarse_parent(neighbour_labels: np.ndarray, neighbour_sims: np.ndarray, pare
     return min(weight, key=lambda p: (-weight[p], p))
 
 
-def plan_graph_births(pool_ids: np.ndarray, pool_vectors: np.ndarray, pool_keys: np.ndarray, pool_sims: np.ndarray,
-                      key_label: Callable[[np.ndarray], np.ndarray], *, k: int, resolution: float, min_size: int,
-                      min_similarity: float, next_label: int, parent_of: Mapping[int, int], stored: set[int],
-                      seed: int = 0) -> list[Birth]:
+def plan_graph_births(
+    pool_ids: np.ndarray,
+    pool_vectors: np.ndarray,
+    pool_keys: np.ndarray,
+    pool_sims: np.ndarray,
+    key_label: Callable[[np.ndarray], np.ndarray],
+    *,
+    k: int,
+    resolution: float,
+    min_size: int,
+    min_similarity: float,
+    next_label: int,
+    parent_of: Mapping[int, int],
+    stored: set[int],
+    seed: int = 0,
+) -> list[Birth]:
     """New fine clusters among the unassigned pool (sentence ids ``pool_ids``).
 
     Leiden (:func:`graph_clustering`, the run's k and resolution) proposes groups among the pool;
@@ -340,8 +392,14 @@ def plan_graph_births(pool_ids: np.ndarray, pool_vectors: np.ndarray, pool_keys:
     n = len(pool_ids)
     if n < max(min_size, 2):
         return []
-    found = graph_clustering(pool_vectors, k=min(k, n - 1), resolution=resolution, min_size=min_size, seed=seed,
-                             min_similarity=min_similarity)
+    found = graph_clustering(
+        pool_vectors,
+        k=min(k, n - 1),
+        resolution=resolution,
+        min_size=min_size,
+        seed=seed,
+        min_similarity=min_similarity,
+    )
     proposed = np.asarray(found.labels, dtype=np.int64)
     if not (proposed >= 0).any():
         return []
@@ -368,8 +426,9 @@ def plan_graph_births(pool_ids: np.ndarray, pool_vectors: np.ndarray, pool_keys:
     return births
 
 
-def plan_community_births(pool_ids: list[int], pool_vectors: np.ndarray, threshold: float, min_size: int,
-                          next_label: int, stored: set[int]) -> list[Birth]:
+def plan_community_births(
+    pool_ids: list[int], pool_vectors: np.ndarray, threshold: float, min_size: int, next_label: int, stored: set[int]
+) -> list[Birth]:
     """Communities (the full run's rule, same threshold and minimum size) among the unassigned pool."""
     from clusterer.algorithms.community import detect_communities
 
@@ -379,12 +438,21 @@ def plan_community_births(pool_ids: list[int], pool_vectors: np.ndarray, thresho
     births = []
     for j, c in enumerate(found):
         ids = [int(pool_ids[p]) for p in c.members]
-        births.append(describe_birth(next_label + j, ids, pool_vectors[list(c.members)], sum(i in stored for i in ids),
-                                     centre=int(pool_ids[c.centre]), similarities=list(c.similarities)))
+        births.append(
+            describe_birth(
+                next_label + j,
+                ids,
+                pool_vectors[list(c.members)],
+                sum(i in stored for i in ids),
+                centre=int(pool_ids[c.centre]),
+                similarities=list(c.similarities),
+            )
+        )
     return births
 
 
 # -- the plan of a batch -------------------------------------------------------------------
+
 
 @dataclass
 class BatchPlan:
@@ -451,8 +519,9 @@ TERM_CACHE_MAX = 2_000_000
 KEYWORDS = 10
 
 
-def keyword_scores(counts: dict[int, dict[str, int]], totals: Mapping[str, int], mass: tuple[int, int],
-                   top_n: int = KEYWORDS) -> dict[int, dict[str, Any]]:
+def keyword_scores(
+    counts: dict[int, dict[str, int]], totals: Mapping[str, int], mass: tuple[int, int], top_n: int = KEYWORDS
+) -> dict[int, dict[str, Any]]:
     """The ``keywords`` column of each cluster in ``counts`` given every term's total over the
     run and the run's (term occurrences, clusters with terms)."""
     average = mass[0] / mass[1] if mass[1] else None

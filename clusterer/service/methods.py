@@ -149,7 +149,8 @@ class Method:
         unknown = sorted(k for k, v in given.items() if v is not None and k not in self.param_names)
         if unknown:
             raise InvalidParameterError(
-                f"{self.name} does not take {', '.join(unknown)}; its parameters are {', '.join(self.param_names)}")
+                f"{self.name} does not take {', '.join(unknown)}; its parameters are {', '.join(self.param_names)}"
+            )
         out: dict[str, Any] = {}
         for p in self.params:
             value = p.check(self.name, given.get(p.name))
@@ -177,7 +178,9 @@ def _raise_threshold_hint(threshold: float) -> str:
     return "Pass --force to run anyway."
 
 
-def check_community_guards(x: np.ndarray, threshold: float, min_size: int, max_bytes: int = MAX_GRAPH_BYTES) -> dict[str, Any]:
+def check_community_guards(
+    x: np.ndarray, threshold: float, min_size: int, max_bytes: int = MAX_GRAPH_BYTES
+) -> dict[str, Any]:
     """Estimate the neighbour graph from a sample; raise GuardRailError if it is unreasonable."""
     from clusterer.algorithms.neighbors import estimate_graph
 
@@ -203,8 +206,15 @@ def check_community_guards(x: np.ndarray, threshold: float, min_size: int, max_b
     return facts
 
 
-def community_labels(x: np.ndarray, threshold: float, min_size: int, device: str = "auto",
-                     nprobe: int | None = None, search: str = "auto", show_progress: bool = False) -> Labels:
+def community_labels(
+    x: np.ndarray,
+    threshold: float,
+    min_size: int,
+    device: str = "auto",
+    nprobe: int | None = None,
+    search: str = "auto",
+    show_progress: bool = False,
+) -> Labels:
     """Community detection over ``x``.
 
     ``search``: "exact" (FAISS flat range search, or torch on CUDA), "approximate" (cell-blocked
@@ -233,7 +243,9 @@ def community_labels(x: np.ndarray, threshold: float, min_size: int, device: str
     if search == "exact":
         graph = neighbor_graph(x, threshold, min_size, device=device, show_progress=show_progress)
     else:
-        graph = partitioned_neighbor_graph(x, threshold, min_size, nprobe=nprobe or DEFAULT_NPROBE, show_progress=show_progress)
+        graph = partitioned_neighbor_graph(
+            x, threshold, min_size, nprobe=nprobe or DEFAULT_NPROBE, show_progress=show_progress
+        )
     communities = community_detection(graph)
     centres: dict[int, int] = {}
     for k, com in enumerate(communities):
@@ -247,8 +259,15 @@ def community_labels(x: np.ndarray, threshold: float, min_size: int, device: str
 def _community(x, params, *, device="auto", force=False, show_progress=False, initial=None) -> Labels:
     t, m = float(params["threshold"]), int(params["min_size"])
     guards = {} if force else check_community_guards(x, t, m)
-    out = community_labels(x, t, m, device=device, nprobe=params.get("nprobe"),
-                           search=params.get("search", "auto"), show_progress=show_progress)
+    out = community_labels(
+        x,
+        t,
+        m,
+        device=device,
+        nprobe=params.get("nprobe"),
+        search=params.get("search", "auto"),
+        show_progress=show_progress,
+    )
     out.info.update(guards)
     return out
 
@@ -259,8 +278,12 @@ def kmeans_labels(x: np.ndarray, k: int, seed: int = 0) -> Labels:
     if len(x) == 0:
         return Labels(np.zeros(0, np.int64), np.zeros(0, np.float32))
     res = kmeans(x, k, seed=seed)
-    return Labels(res.labels.astype(np.int64), res.similarities.astype(np.float32),
-                  centroids={j: res.centroids[j] for j in range(res.k)}, info={"inertia": res.inertia})
+    return Labels(
+        res.labels.astype(np.int64),
+        res.similarities.astype(np.float32),
+        centroids={j: res.centroids[j] for j in range(res.k)},
+        info={"inertia": res.inertia},
+    )
 
 
 def _kmeans(x, params, *, device="auto", force=False, show_progress=False, initial=None) -> Labels:
@@ -309,19 +332,32 @@ def _leiden(x, params, *, device="auto", force=False, show_progress=False, initi
     if n == 0:
         return Labels(np.zeros(0, np.int64), np.zeros(0, np.float32), parents={})
     res = graph_algorithm.graph_clustering(
-        x, k=None if params.get("k") is None else int(params["k"]), resolution=params.get("resolution"), min_size=int(params["min_size"]),
-        seed=int(params.get("seed", 0)), initial=None if initial is None else _compact(initial),
-        search=params.get("search", "auto"), nprobe=params.get("nprobe"), device=device,
-        show_progress=show_progress)
+        x,
+        k=None if params.get("k") is None else int(params["k"]),
+        resolution=params.get("resolution"),
+        min_size=int(params["min_size"]),
+        seed=int(params.get("seed", 0)),
+        initial=None if initial is None else _compact(initial),
+        search=params.get("search", "auto"),
+        nprobe=params.get("nprobe"),
+        device=device,
+        show_progress=show_progress,
+    )
     labels = np.asarray(res.labels, dtype=np.int64)
     present = set(np.unique(labels[labels >= 0]).tolist())  # with ``initial``, ids can have gaps
     parents = {int(f): int(c) for f, c in enumerate(np.asarray(res.parents, dtype=np.int64)) if f in present and c >= 0}
     outliers = int(np.count_nonzero(labels < 0))
     info = dict(_jsonable(res.info))
-    info.update(resolution=_jsonable(res.resolution), coarse_resolution=_jsonable(res.coarse_resolution),
-                scores=_jsonable(res.scores), outliers=outliers, outlier_share=round(outliers / n, 6),
-                min_similarity=_jsonable(res.info.get("min_similarity", 0.0)), k=int(res.info.get("k") or params["k"]),
-                warm_start=initial is not None)
+    info.update(
+        resolution=_jsonable(res.resolution),
+        coarse_resolution=_jsonable(res.coarse_resolution),
+        scores=_jsonable(res.scores),
+        outliers=outliers,
+        outlier_share=round(outliers / n, 6),
+        min_similarity=_jsonable(res.info.get("min_similarity", 0.0)),
+        k=int(res.info.get("k") or params["k"]),
+        warm_start=initial is not None,
+    )
     return Labels(labels, np.full(n, np.nan, dtype=np.float32), info=info, parents=parents)
 
 
@@ -331,54 +367,82 @@ _MIN_SIZE_HELP = "smallest cluster kept; smaller groups are left unassigned"
 _SEARCH_HELP = "neighbour search; auto = exact up to 20,000 sentences or on a GPU"
 _NPROBE_HELP = "approximate search: cells probed per cell of sentences (recall knob)"
 
-METHODS: dict[str, Method] = {m.name: m for m in (
-    Method(
-        "leiden",
-        "Leiden communities of the symmetrised cosine kNN graph, granularity chosen from the data, "
-        "with a coarse and a fine level",
-        (
-            Param("k", int, None, "neighbours per sentence in the kNN graph (auto: 30, 15 above 200,000 sentences)",
-                  low=1, none_means="auto"),
-            Param("resolution", float, None, "Leiden resolution: higher gives more, smaller clusters",
-                  low=0, low_open=True, none_means="auto"),
-            Param("min_size", int, graph_algorithm.DEFAULT_MIN_SIZE, _MIN_SIZE_HELP, low=1),
-            Param("seed", int, 0, "random seed", low=0),
-            Param("search", str, "auto", "neighbour search; auto = exact below 5,000 sentences", choices=SEARCHES),
-            Param("nprobe", int, None, "approximate kNN: cells probed per cell of sentences (recall knob)", low=1,
-                  shown_default="16; 8 above 200,000"),
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method(
+            "leiden",
+            "Leiden communities of the symmetrised cosine kNN graph, granularity chosen from the data, "
+            "with a coarse and a fine level",
+            (
+                Param(
+                    "k",
+                    int,
+                    None,
+                    "neighbours per sentence in the kNN graph (auto: 30, 15 above 200,000 sentences)",
+                    low=1,
+                    none_means="auto",
+                ),
+                Param(
+                    "resolution",
+                    float,
+                    None,
+                    "Leiden resolution: higher gives more, smaller clusters",
+                    low=0,
+                    low_open=True,
+                    none_means="auto",
+                ),
+                Param("min_size", int, graph_algorithm.DEFAULT_MIN_SIZE, _MIN_SIZE_HELP, low=1),
+                Param("seed", int, 0, "random seed", low=0),
+                Param("search", str, "auto", "neighbour search; auto = exact below 5,000 sentences", choices=SEARCHES),
+                Param(
+                    "nprobe",
+                    int,
+                    None,
+                    "approximate kNN: cells probed per cell of sentences (recall knob)",
+                    low=1,
+                    shown_default="16; 8 above 200,000",
+                ),
+            ),
+            upkeep="graph",
+            compute=_leiden,
+            levels=("fine", "coarse"),
+            warm_start=True,
         ),
-        upkeep="graph", compute=_leiden, levels=("fine", "coarse"), warm_start=True,
-    ),
-    Method(
-        "community",
-        "sentence-transformers community detection: members above a cosine threshold to a centre",
-        (
-            Param("threshold", float, 0.75, "cosine similarity threshold", low=-1, high=1),
-            Param("min_size", int, 10, "minimum community size", low=1),
-            Param("search", str, "auto", _SEARCH_HELP, choices=SEARCHES),
-            Param("nprobe", int, None, _NPROBE_HELP, low=1, shown_default="12"),
+        Method(
+            "community",
+            "sentence-transformers community detection: members above a cosine threshold to a centre",
+            (
+                Param("threshold", float, 0.75, "cosine similarity threshold", low=-1, high=1),
+                Param("min_size", int, 10, "minimum community size", low=1),
+                Param("search", str, "auto", _SEARCH_HELP, choices=SEARCHES),
+                Param("nprobe", int, None, _NPROBE_HELP, low=1, shown_default="12"),
+            ),
+            upkeep="community",
+            compute=_community,
         ),
-        upkeep="community", compute=_community,
-    ),
-    Method(
-        "kmeans",
-        "k-means on the unit sphere with k clusters",
-        (
-            Param("k", int, 50, "number of clusters", low=1),
-            Param("seed", int, 0, "random seed", low=0),
+        Method(
+            "kmeans",
+            "k-means on the unit sphere with k clusters",
+            (
+                Param("k", int, 50, "number of clusters", low=1),
+                Param("seed", int, 0, "random seed", low=0),
+            ),
+            upkeep="centroid",
+            compute=_kmeans,
         ),
-        upkeep="centroid", compute=_kmeans,
-    ),
-    Method(
-        "agglomerative",
-        "agglomerative clustering cut at a merge distance (small stores)",
-        (
-            Param("distance_threshold", float, 1.5, "merge distance threshold", low=0, low_open=True),
-            Param("linkage", str, "ward", "linkage", choices=("ward", "average", "complete")),
+        Method(
+            "agglomerative",
+            "agglomerative clustering cut at a merge distance (small stores)",
+            (
+                Param("distance_threshold", float, 1.5, "merge distance threshold", low=0, low_open=True),
+                Param("linkage", str, "ward", "linkage", choices=("ward", "average", "complete")),
+            ),
+            upkeep="centroid",
+            compute=_agglomerative,
         ),
-        upkeep="centroid", compute=_agglomerative,
-    ),
-)}
+    )
+}
 
 
 def names() -> tuple[str, ...]:
@@ -433,19 +497,36 @@ def option_specs() -> list[OptionSpec]:
         for m, p in uses:
             meanings.setdefault(f"{p.help} [{p.default_text()}]", []).append(m.name)
         text = "; ".join(f"{', '.join(ms)}: {meaning}" for meaning, ms in meanings.items())
-        specs.append(OptionSpec(name, uses[0][1].flag, kinds.pop(), choices, text + ".", tuple(m.name for m, _ in uses)))
+        specs.append(
+            OptionSpec(name, uses[0][1].flag, kinds.pop(), choices, text + ".", tuple(m.name for m, _ in uses))
+        )
     return specs
 
 
 def describe() -> list[dict[str, Any]]:
     """Every method and parameter as plain rows (for ``clusterer methods --json`` and the docs)."""
     return [
-        {"method": m.name, "default": m.name == DEFAULT_METHOD, "summary": m.summary, "upkeep": m.upkeep,
-         "levels": list(m.levels),
-         "params": [{"name": p.name, "option": p.flag, "type": p.type.__name__, "default": p.default,
+        {
+            "method": m.name,
+            "default": m.name == DEFAULT_METHOD,
+            "summary": m.summary,
+            "upkeep": m.upkeep,
+            "levels": list(m.levels),
+            "params": [
+                {
+                    "name": p.name,
+                    "option": p.flag,
+                    "type": p.type.__name__,
+                    "default": p.default,
                     "shown_default": p.default_text(),
-                     "allowed": ", ".join(p.choices) if p.choices else p.range_text()
-                     + (f" or {p.none_means}" if p.none_means else ""), "help": p.help} for p in m.params]}
+                    "allowed": ", ".join(p.choices)
+                    if p.choices
+                    else p.range_text() + (f" or {p.none_means}" if p.none_means else ""),
+                    "help": p.help,
+                }
+                for p in m.params
+            ],
+        }
         for m in METHODS.values()
     ]
 

@@ -22,11 +22,21 @@ def run_map(store, run_id: int | None = None, limit: int = 5000) -> dict[str, An
         keep = sample_positions(total, limit)
         ids = [int(ids[i]) for i in keep]
         labels = [labels[i] for i in keep]
-        vectors = (sq.embeddings_for(session, ids, store.dimension, store.embedding_dtype)
-                   if ids else np.zeros((0, store.dimension or 1), np.float32))
+        vectors = (
+            sq.embeddings_for(session, ids, store.dimension, store.embedding_dtype)
+            if ids
+            else np.zeros((0, store.dimension or 1), np.float32)
+        )
         texts = sq.texts_for(session, ids)
     xy = pca_2d(vectors)
-    points = [{"id": i, "x": round(float(x), 5), "y": round(float(y), 5), "cluster": label,
-               "text": texts.get(i, "")[:TEXT_CHARS]}
-              for i, (x, y), label in zip(ids, xy.tolist(), labels)]
+    points = [
+        {
+            "id": i,
+            "x": round(float(x), 5),
+            "y": round(float(y), 5),
+            "cluster": label,
+            "text": texts.get(i, "")[:TEXT_CHARS],
+        }
+        for i, (x, y), label in zip(ids, xy.tolist(), labels)
+    ]
     return {"run_id": run.id, "total": total, "sampled": len(points), "projection": "pca", "points": points}

@@ -38,11 +38,19 @@ class NoRunError(ClustererError):
     """No clustering run has been made yet."""
 
 
-def compute_labels(method: str, x: np.ndarray, params: dict[str, Any], device: str = "auto",
-                   force: bool = False, show_progress: bool = False, initial: np.ndarray | None = None) -> Labels:
+def compute_labels(
+    method: str,
+    x: np.ndarray,
+    params: dict[str, Any],
+    device: str = "auto",
+    force: bool = False,
+    show_progress: bool = False,
+    initial: np.ndarray | None = None,
+) -> Labels:
     """Run one method over the embedding matrix ``x`` (rows L2-normalised) with resolved ``params``."""
-    return methods.get(method).compute(x, params, device=device, force=force, show_progress=show_progress,
-                                       initial=initial)
+    return methods.get(method).compute(
+        x, params, device=device, force=force, show_progress=show_progress, initial=initial
+    )
 
 
 # -- the plan ----------------------------------------------------------------------------------
@@ -94,9 +102,17 @@ class RunPlan:
         return sum(1 for label in self.labels if label is not None)
 
 
-def _cluster_row(x: np.ndarray, ids: np.ndarray, pos: np.ndarray, label: int, keywords: list,
-                 centroid: np.ndarray | None = None, centre_pos: int | None = None, level: str = "fine",
-                 parent: int | None = None) -> cq.ClusterRow:
+def _cluster_row(
+    x: np.ndarray,
+    ids: np.ndarray,
+    pos: np.ndarray,
+    label: int,
+    keywords: list,
+    centroid: np.ndarray | None = None,
+    centre_pos: int | None = None,
+    level: str = "fine",
+    parent: int | None = None,
+) -> cq.ClusterRow:
     vectors = x[pos]
     if centroid is None:
         centroid = topics.normalized_centroid(vectors)
@@ -104,9 +120,16 @@ def _cluster_row(x: np.ndarray, ids: np.ndarray, pos: np.ndarray, label: int, ke
     if centre_pos is None:
         centre_pos = reps[0] if reps else int(pos[0])
     return cq.ClusterRow(
-        label=label, size=len(pos), centre_id=int(ids[centre_pos]), cohesion=round(topics.cohesion(vectors), 6),
-        keywords=[[t, round(s, 6)] for t, s in keywords], representatives=[int(ids[p]) for p in reps],
-        centroid=np.asarray(centroid, dtype=np.float32).tobytes(), level=level, parent_label=parent)
+        label=label,
+        size=len(pos),
+        centre_id=int(ids[centre_pos]),
+        cohesion=round(topics.cohesion(vectors), 6),
+        keywords=[[t, round(s, 6)] for t, s in keywords],
+        representatives=[int(ids[p]) for p in reps],
+        centroid=np.asarray(centroid, dtype=np.float32).tobytes(),
+        level=level,
+        parent_label=parent,
+    )
 
 
 def positions_of(labels: np.ndarray) -> dict[int, np.ndarray]:
@@ -119,8 +142,14 @@ def positions_of(labels: np.ndarray) -> dict[int, np.ndarray]:
     return {int(u): order[s:e] for u, s, e in zip(uniq, starts, ends) if u >= 0}
 
 
-def describe_clusters(x: np.ndarray, ids: np.ndarray, texts: list[str], result: Labels, label_of: dict[int, int],
-                      positions: dict[int, np.ndarray] | None = None) -> tuple[list[cq.ClusterRow], dict[int, dict[str, int]]]:
+def describe_clusters(
+    x: np.ndarray,
+    ids: np.ndarray,
+    texts: list[str],
+    result: Labels,
+    label_of: dict[int, int],
+    positions: dict[int, np.ndarray] | None = None,
+) -> tuple[list[cq.ClusterRow], dict[int, dict[str, int]]]:
     """Cluster rows (size, centre, cohesion, keywords, representatives) and term counts per final label."""
     positions = positions_of(result.labels) if positions is None else positions
     final = np.full(len(result.labels), -1, dtype=np.int64)
@@ -131,12 +160,17 @@ def describe_clusters(x: np.ndarray, ids: np.ndarray, texts: list[str], result: 
     rows = []
     for raw, label in label_of.items():
         pos = positions[raw]
-        rows.append(_cluster_row(x, ids, pos, label, keywords.get(label, []), result.centroids.get(raw),
-                                 result.centres.get(raw)))
+        rows.append(
+            _cluster_row(
+                x, ids, pos, label, keywords.get(label, []), result.centroids.get(raw), result.centres.get(raw)
+            )
+        )
     return rows, counts
 
 
-def similarities_for_storage(result: Labels, x: np.ndarray, positions: dict[int, np.ndarray] | None = None) -> np.ndarray:
+def similarities_for_storage(
+    result: Labels, x: np.ndarray, positions: dict[int, np.ndarray] | None = None
+) -> np.ndarray:
     """Each assigned point's similarity to its centre (community) or centroid (others)."""
     sims = result.similarities.astype(np.float32).copy()
     missing = (result.labels >= 0) & ~np.isfinite(sims)
@@ -157,8 +191,9 @@ def _sum_counts(parts: list[dict[str, int]]) -> dict[str, int]:
     return total
 
 
-def _coarse_row(x: np.ndarray, ids: np.ndarray, parts: list[np.ndarray], pos: np.ndarray, label: int,
-                keywords: list) -> cq.ClusterRow:
+def _coarse_row(
+    x: np.ndarray, ids: np.ndarray, parts: list[np.ndarray], pos: np.ndarray, label: int, keywords: list
+) -> cq.ClusterRow:
     """A coarse cluster's row from its children's positions ``parts`` (``pos``: all of them,
     ascending), reading the vectors one child at a time so that a large topic is never copied
     whole: the centroid is the normalised sum of the members' (unit) vectors, the cohesion its
@@ -174,14 +209,27 @@ def _coarse_row(x: np.ndarray, ids: np.ndarray, parts: list[np.ndarray], pos: np
     order = np.argsort(-sims[pos], kind="stable")[:REPRESENTATIVES]
     reps = [int(ids[pos[i]]) for i in order]
     return cq.ClusterRow(
-        label=label, size=len(pos), centre_id=reps[0], cohesion=round(norm / len(pos), 6),
-        keywords=[[t, round(s, 6)] for t, s in keywords], representatives=reps,
-        centroid=centroid.tobytes(), level="coarse")
+        label=label,
+        size=len(pos),
+        centre_id=reps[0],
+        cohesion=round(norm / len(pos), 6),
+        keywords=[[t, round(s, 6)] for t, s in keywords],
+        representatives=reps,
+        centroid=centroid.tobytes(),
+        level="coarse",
+    )
 
 
-def _coarse_level(x: np.ndarray, ids: np.ndarray, result: Labels, label_of: dict[int, int],
-                  fine_pos: dict[int, np.ndarray], fine_counts: dict[int, dict[str, int]], previous: Previous,
-                  next_label: int):
+def _coarse_level(
+    x: np.ndarray,
+    ids: np.ndarray,
+    result: Labels,
+    label_of: dict[int, int],
+    fine_pos: dict[int, np.ndarray],
+    fine_counts: dict[int, dict[str, int]],
+    previous: Previous,
+    next_label: int,
+):
     """Coarse rows (keywords from the summed term counts of their children), their ids matched
     to the previous run's coarse clusters, their events, and each fine label's parent."""
     parents = result.parents or {}
@@ -190,18 +238,24 @@ def _coarse_level(x: np.ndarray, ids: np.ndarray, result: Labels, label_of: dict
     positions = {c: np.sort(np.concatenate([fine_pos[raw] for raw in children[c]])) for c in raw_coarse}
     match = match_clusters(previous.coarse, [ids[positions[c]] for c in raw_coarse], next_label, MIN_JACCARD)
     coarse_of = dict(zip(raw_coarse, match.labels))
-    counts = {coarse_of[c]: _sum_counts([fine_counts.get(label_of[raw], {}) for raw in children[c]])
-              for c in raw_coarse}
+    counts = {
+        coarse_of[c]: _sum_counts([fine_counts.get(label_of[raw], {}) for raw in children[c]]) for c in raw_coarse
+    }
     keywords = topics.ctfidf_keywords({k: v for k, v in counts.items() if v}, top_n=KEYWORDS_PER_CLUSTER)
-    rows = [_coarse_row(x, ids, [fine_pos[raw] for raw in children[c]], positions[c], coarse_of[c],
-                        keywords.get(coarse_of[c], [])) for c in raw_coarse]
+    rows = [
+        _coarse_row(
+            x, ids, [fine_pos[raw] for raw in children[c]], positions[c], coarse_of[c], keywords.get(coarse_of[c], [])
+        )
+        for c in raw_coarse
+    ]
     events = [replace(e, detail={**e.detail, "level": "coarse"}) for e in match.events]
     parent_of = {label_of[raw]: coarse_of[parents[raw]] for raw in label_of}
     return rows, events, parent_of
 
 
-def plan_run(ids: np.ndarray, x: np.ndarray, texts: list[str], result: Labels, previous: Previous,
-             next_label: int) -> RunPlan:
+def plan_run(
+    ids: np.ndarray, x: np.ndarray, texts: list[str], result: Labels, previous: Previous, next_label: int
+) -> RunPlan:
     """What a run stores, from the method's ``result`` over ``ids``/``x`` (one row per sentence)
     and ``texts`` (aligned; only assigned sentences' texts are read).
 
@@ -218,8 +272,9 @@ def plan_run(ids: np.ndarray, x: np.ndarray, texts: list[str], result: Labels, p
     events = list(match.events)
     if result.parents is not None and label_of:
         after_fine = max([next_label - 1, *label_of.values()]) + 1
-        coarse_rows, coarse_events, parent_of = _coarse_level(x, ids, result, label_of, positions, counts, previous,
-                                                             after_fine)
+        coarse_rows, coarse_events, parent_of = _coarse_level(
+            x, ids, result, label_of, positions, counts, previous, after_fine
+        )
         rows = [replace(r, parent_label=parent_of[r.label]) for r in rows] + coarse_rows
         events += coarse_events
     sims = similarities_for_storage(result, x, positions)
@@ -254,8 +309,9 @@ def load_previous(session) -> Previous:
     order = np.argsort(ids, kind="stable")
     ids, labels = ids[order], labels[order]
     fine = {k: v.tolist() for k, v in groups_from_labels(ids, labels).items()}
-    parent_of = {c.label: c.parent_label for c in cq.clusters_of_run(session, run.id, level="fine")
-                 if c.parent_label is not None}
+    parent_of = {
+        c.label: c.parent_label for c in cq.clusters_of_run(session, run.id, level="fine") if c.parent_label is not None
+    }
     coarse: dict[int, list[int]] = {}
     for label, members in fine.items():
         if label in parent_of:
@@ -263,9 +319,18 @@ def load_previous(session) -> Previous:
     return Previous(run.id, fine, coarse, ids, labels)
 
 
-def run_clustering(store, method: str | None = None, *, device: str = "auto", force: bool = False,
-                   progress: Progress | None = None, show_progress: bool = False, warm_start: bool = False,
-                   where: Any = None, **given: Any) -> tuple[int, float]:
+def run_clustering(
+    store,
+    method: str | None = None,
+    *,
+    device: str = "auto",
+    force: bool = False,
+    progress: Progress | None = None,
+    show_progress: bool = False,
+    warm_start: bool = False,
+    where: Any = None,
+    **given: Any,
+) -> tuple[int, float]:
     """Cluster every stored sentence (or those matching ``where``), store the run, and return its
     id and duration. A filtered run records its filter as ``params["where"]``.
 
@@ -302,8 +367,9 @@ def run_clustering(store, method: str | None = None, *, device: str = "auto", fo
         tick = time.perf_counter()
         initial = previous.labels_for(ids) if warm_start and spec.warm_start and previous.run_id else None
         say(f"clustering {len(ids):,} sentences ({spec.name})")
-        result = compute_labels(spec.name, x, params, device=device, force=force, show_progress=show_progress,
-                                initial=initial)
+        result = compute_labels(
+            spec.name, x, params, device=device, force=force, show_progress=show_progress, initial=initial
+        )
         seconds["cluster"] = time.perf_counter() - tick
         tick = time.perf_counter()
         assigned = result.labels >= 0
@@ -320,11 +386,20 @@ def run_clustering(store, method: str | None = None, *, device: str = "auto", fo
         with store.db.write() as session:
             write_plan(session, run_id, plan)
             seconds["save"] = time.perf_counter() - tick
-            stats = {**plan.stats, "coarse_clusters": len(plan.coarse),
-                     "seconds": {k: round(v, 4) for k, v in seconds.items()}}
+            stats = {
+                **plan.stats,
+                "coarse_clusters": len(plan.coarse),
+                "seconds": {k: round(v, 4) for k, v in seconds.items()},
+            }
             cq.touch_run(session, run_id, params={**params, "stats": stats})
-            cq.finish_run(session, run_id, n_sentences=len(ids), n_clusters=len(plan.fine),
-                          n_assigned=plan.n_assigned, max_seq=max_seq)
+            cq.finish_run(
+                session,
+                run_id,
+                n_sentences=len(ids),
+                n_clusters=len(plan.fine),
+                n_assigned=plan.n_assigned,
+                max_seq=max_seq,
+            )
     except BaseException as exc:
         with store.db.write() as session:
             cq.fail_run(session, run_id, f"{type(exc).__name__}: {exc}")

@@ -41,8 +41,9 @@ class Upkeep:
             if latest is None:
                 self.state = None
             elif self.state is None or not self.state.is_current(latest):
-                self.state = inc.RunState(latest.id, latest.method, dict(latest.params or {}),
-                                          n_sentences=latest.n_sentences)
+                self.state = inc.RunState(
+                    latest.id, latest.method, dict(latest.params or {}), n_sentences=latest.n_sentences
+                )
             return self.state
 
     def on_writer(self, session):
@@ -53,8 +54,9 @@ class Upkeep:
         state = self.state_for(session)
         if state is None:
             return None
-        ids, vectors, texts = restrict_to_run(session, state, np.asarray(ids, dtype=np.int64),
-                                              np.asarray(vectors, dtype=np.float32), list(texts))
+        ids, vectors, texts = restrict_to_run(
+            session, state, np.asarray(ids, dtype=np.int64), np.asarray(vectors, dtype=np.float32), list(texts)
+        )
         if len(ids) == 0:
             return None
         gather = Gather(session, state, self.store.index, self.store.dimension, self.store.embedding_dtype)
@@ -99,8 +101,12 @@ class Gather:
     def label_fn(known: dict[int, int | None]) -> Callable[[np.ndarray], np.ndarray]:
         def of(ids: np.ndarray) -> np.ndarray:
             flat = np.asarray(ids).ravel()
-            return np.fromiter((-1 if (l := known.get(int(i), -1)) == -1 else inc.UNASSIGNED if l is None else l
-                                for i in flat), dtype=np.int64, count=flat.size).reshape(np.shape(ids))
+            return np.fromiter(
+                (-1 if (l := known.get(int(i), -1)) == -1 else inc.UNASSIGNED if l is None else l for i in flat),
+                dtype=np.int64,
+                count=flat.size,
+            ).reshape(np.shape(ids))
+
         return of
 
     def rows(self, labels) -> dict[int, Cluster]:
@@ -168,8 +174,14 @@ def _plan_community(gather: Gather, ids: np.ndarray, vectors: np.ndarray) -> inc
     if len(fresh) and len(pool) >= min_size:
         pool_ids = sorted(pool)
         stored = set(pool_ids) - set(ids.tolist())
-        plan.births = inc.plan_community_births(pool_ids, _pool_vectors(gather, pool_ids, ids, vectors), threshold,
-                                                min_size, cq.max_label(gather.session) + 1, stored)
+        plan.births = inc.plan_community_births(
+            pool_ids,
+            _pool_vectors(gather, pool_ids, ids, vectors),
+            threshold,
+            min_size,
+            cq.max_label(gather.session) + 1,
+            stored,
+        )
     return plan
 
 
@@ -184,7 +196,7 @@ def range_neighbours(index, vectors: np.ndarray, threshold: float) -> list[tuple
     if len(vectors) == 0 or index.ntotal == 0:
         return [(np.zeros(0, np.int64), np.zeros(0, np.float32)) for _ in range(len(vectors))]
     lims, sims, ids = index.range_search(vectors, threshold)
-    return [(ids[lims[i]:lims[i + 1]], sims[lims[i]:lims[i + 1]]) for i in range(len(vectors))]
+    return [(ids[lims[i] : lims[i + 1]], sims[lims[i] : lims[i + 1]]) for i in range(len(vectors))]
 
 
 def graph_params(state: inc.RunState) -> dict[str, Any]:
@@ -194,9 +206,12 @@ def graph_params(state: inc.RunState) -> dict[str, Any]:
         DEFAULT_RESOLUTION,
     )
 
-    return {"k": int(state.param("k", DEFAULT_K)), "min_size": int(state.param("min_size", DEFAULT_MIN_SIZE)),
-            "resolution": float(state.param("resolution", DEFAULT_RESOLUTION)),
-            "min_similarity": float(state.stats.get("min_similarity", state.params.get("min_similarity", 0.0)) or 0.0)}
+    return {
+        "k": int(state.param("k", DEFAULT_K)),
+        "min_size": int(state.param("min_size", DEFAULT_MIN_SIZE)),
+        "resolution": float(state.param("resolution", DEFAULT_RESOLUTION)),
+        "min_similarity": float(state.stats.get("min_similarity", state.params.get("min_similarity", 0.0)) or 0.0),
+    }
 
 
 def knn(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -237,20 +252,32 @@ def _plan_graph(gather: Gather, ids: np.ndarray, vectors: np.ndarray) -> inc.Bat
     if (~in_batch).any():
         s_ids, s_sims = knn(gather.index, pool_vectors[~in_batch], p["k"] + 1)
         pool_keys[~in_batch], pool_sims[~in_batch] = inc.merge_neighbours(
-            s_ids, s_sims, pool_vectors[~in_batch], vectors, p["k"], self_ids=pool_ids[~in_batch])
+            s_ids, s_sims, pool_vectors[~in_batch], vectors, p["k"], self_ids=pool_ids[~in_batch]
+        )
     batch = pool_keys <= inc.BATCH_KEY
     pool_keys[batch] = ids[inc.BATCH_KEY - pool_keys[batch]]
     known.update(gather.labels(pool_keys[(pool_keys >= 0) & ~np.isin(pool_keys, ids)]))
     known.update({int(i): (int(l) if l >= 0 else None) for i, l in zip(ids, labels)})
     parent_of = cq.parent_labels(gather.session, state.run_id, {l for l in known.values() if l is not None})
     plan.births = inc.plan_graph_births(
-        pool_ids, pool_vectors, pool_keys, pool_sims, gather.label_fn(known), k=p["k"], resolution=p["resolution"],
-        min_size=p["min_size"], min_similarity=p["min_similarity"], next_label=cq.max_label(gather.session) + 1,
-        parent_of=parent_of, stored=set(pool_ids[~in_batch].tolist()))
+        pool_ids,
+        pool_vectors,
+        pool_keys,
+        pool_sims,
+        gather.label_fn(known),
+        k=p["k"],
+        resolution=p["resolution"],
+        min_size=p["min_size"],
+        min_similarity=p["min_similarity"],
+        next_label=cq.max_label(gather.session) + 1,
+        parent_of=parent_of,
+        stored=set(pool_ids[~in_batch].tolist()),
+    )
     return plan
 
 
 # -- writing a plan ------------------------------------------------------------------------
+
 
 @dataclass
 class Change:
@@ -279,8 +306,13 @@ class Change:
         return {"assigned": self.assigned, "unassigned": self.unassigned, "new_clusters": self.born}
 
 
-def keywords_for(session, state: inc.RunState, counts: dict[int, dict[str, int]], pending: dict[str, int],
-                 pending_mass: tuple[int, int]) -> dict[int, dict[str, Any]]:
+def keywords_for(
+    session,
+    state: inc.RunState,
+    counts: dict[int, dict[str, int]],
+    pending: dict[str, int],
+    pending_mass: tuple[int, int],
+) -> dict[int, dict[str, Any]]:
     """New keywords of the clusters in ``counts`` (their term counts after this change).
 
     c-TF-IDF needs the run's term mass (read once, then kept in ``state``) and the total over
@@ -325,20 +357,30 @@ def _has_hierarchy() -> bool:
     return hasattr(Cluster, "parent_label")
 
 
-def write_batch(gather: Gather, ids: np.ndarray, vectors: np.ndarray, texts: list[str], plan: inc.BatchPlan,
-                max_seq: int) -> Change:
+def write_batch(
+    gather: Gather, ids: np.ndarray, vectors: np.ndarray, texts: list[str], plan: inc.BatchPlan, max_seq: int
+) -> Change:
     """Write a batch's plan: assignments, births, growth of sizes, centroids, terms and keywords."""
     session, state = gather.session, gather.state
     run_id = state.run_id
     relabelled = plan.apply_births(ids)
     labels, sims = plan.labels, plan.similarities
-    cq.insert_assignments(session, run_id, ids.tolist(), [int(l) if l >= 0 else None for l in labels],
-                          [float(s) if l >= 0 and np.isfinite(s) else None for l, s in zip(labels, sims)])
+    cq.insert_assignments(
+        session,
+        run_id,
+        ids.tolist(),
+        [int(l) if l >= 0 else None for l in labels],
+        [float(s) if l >= 0 and np.isfinite(s) else None for l, s in zip(labels, sims)],
+    )
     if relabelled:
         moved = sorted(relabelled)
         cq.set_assignments(session, run_id, moved, [relabelled[i][0] for i in moved], [relabelled[i][1] for i in moved])
-    change = Change(added=len(ids), assigned=int((labels >= 0).sum()) + len(relabelled), unassigned=int((labels < 0).sum()),
-                    born=len(plan.births))
+    change = Change(
+        added=len(ids),
+        assigned=int((labels >= 0).sum()) + len(relabelled),
+        unassigned=int((labels < 0).sum()),
+        born=len(plan.births),
+    )
     text_of = dict(zip(ids.tolist(), texts))
     stored_members = [m for b in plan.births for m in b.members if m not in text_of]
     text_of.update(sq.texts_for(session, stored_members) if stored_members else {})
@@ -347,14 +389,33 @@ def write_batch(gather: Gather, ids: np.ndarray, vectors: np.ndarray, texts: lis
     mass = [0, 0]
     for b in plan.births:
         born_counts = topics.term_counts([text_of.get(m, "") for m in b.members])
-        cq.insert_clusters(session, run_id, [cq.ClusterRow(
-            label=b.label, size=len(b.members), centre_id=b.centre, cohesion=b.cohesion, keywords=[],
-            representatives=b.representatives, centroid=b.centroid.tobytes())])
+        cq.insert_clusters(
+            session,
+            run_id,
+            [
+                cq.ClusterRow(
+                    label=b.label,
+                    size=len(b.members),
+                    centre_id=b.centre,
+                    cohesion=b.cohesion,
+                    keywords=[],
+                    representatives=b.representatives,
+                    centroid=b.centroid.tobytes(),
+                )
+            ],
+        )
         cq.insert_terms(session, run_id, {b.label: born_counts})
         if b.parent is not None and _has_hierarchy():
             cq.update_clusters(session, run_id, {b.label: {"parent_label": b.parent}})
-        cq.record_event(session, run_id, b.label, "birth", len(b.members), None,
-                        {"incremental": True, "from_unassigned": b.from_unassigned})
+        cq.record_event(
+            session,
+            run_id,
+            b.label,
+            "birth",
+            len(b.members),
+            None,
+            {"incremental": True, "from_unassigned": b.from_unassigned},
+        )
         counts[b.label] = born_counts
         added_terms.update(born_counts)
         mass[0] += sum(born_counts.values())
@@ -392,8 +453,14 @@ def write_batch(gather: Gather, ids: np.ndarray, vectors: np.ndarray, texts: lis
     cq.update_clusters(session, run_id, values)
     cq.record_events(session, run_id, events)
     run = cq.get_run(session, run_id)
-    cq.touch_run(session, run_id, n_sentences=run.n_sentences + len(ids), n_assigned=run.n_assigned + change.assigned,
-                 n_clusters=run.n_clusters + len(plan.births), max_seq=max(run.max_seq, max_seq))
+    cq.touch_run(
+        session,
+        run_id,
+        n_sentences=run.n_sentences + len(ids),
+        n_assigned=run.n_assigned + change.assigned,
+        n_clusters=run.n_clusters + len(plan.births),
+        max_seq=max(run.max_seq, max_seq),
+    )
     change.mass, change.terms = (mass[0], mass[1]), dict(added_terms)
     return change
 
@@ -411,8 +478,9 @@ def _coarse_growth(gather: Gather, added: dict[int, int]) -> dict[int, dict[str,
     return {p: {"size": rows[p].size + n} for p, n in by_parent.items() if p in rows}
 
 
-def decide_one(session, state: inc.RunState, index, vector: np.ndarray, dimension: int, dtype: str,
-               scan: int) -> dict[str, Any]:
+def decide_one(
+    session, state: inc.RunState, index, vector: np.ndarray, dimension: int, dtype: str, scan: int
+) -> dict[str, Any]:
     """What ingesting ``vector`` alone would assign it to (nothing is written): ``label`` (-1 for
     none), ``similarity`` (to the centre on community runs, else to the centroid), ``votes``
     (neighbours of that cluster counted), ``share`` (graph runs: its share of the kNN weight)
@@ -429,7 +497,7 @@ def decide_one(session, state: inc.RunState, index, vector: np.ndarray, dimensio
             within = (ids[0] >= 0) & (sims[0] >= threshold)
             n_ids, n_sims = ids[0][within], sims[0][within]
         else:  # more neighbours above the threshold than one scan returned
-            (n_ids, n_sims), = range_neighbours(index, vec, float(threshold))
+            ((n_ids, n_sims),) = range_neighbours(index, vec, float(threshold))
         n_labels = gather.label_fn(gather.labels(n_ids))(n_ids)
         centres = gather.centres({int(l) for l in n_labels if l >= 0})
         label, _, votes = inc.community_vote(centres, n_labels, n_sims, vec[0], float(threshold))
@@ -442,8 +510,12 @@ def decide_one(session, state: inc.RunState, index, vector: np.ndarray, dimensio
         labels, share = inc.graph_assign(keys, ksims, gather.label_fn(known), graph_params(state)["min_similarity"])
         label = int(labels[0])
         refs = gather.centroids([label])
-        out.update(label=label, share=float(share[0]), votes=int((n_labels[0] == label).sum()) if label >= 0 else 0,
-                   similarity=inc.similarities_to(refs, labels, vec)[0])
+        out.update(
+            label=label,
+            share=float(share[0]),
+            votes=int((n_labels[0] == label).sum()) if label >= 0 else 0,
+            similarity=inc.similarities_to(refs, labels, vec)[0],
+        )
     else:
         labels, lsims = inc.assign_to_centroids(gather.centroids(), vec)
         out.update(label=int(labels[0]), similarity=float(lsims[0]))

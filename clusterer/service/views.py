@@ -30,11 +30,23 @@ class RunInfo:
     error: str | None = None
 
     @classmethod
-    def from_row(cls, run) -> "RunInfo":
+    def from_row(cls, run) -> RunInfo:
         seconds = (run.finished_at - run.started_at).total_seconds() if run.finished_at else None
-        return cls(run.id, run.method, dict(run.params or {}), run.status, _iso(run.started_at), _iso(run.finished_at),
-                   _iso(run.updated_at), run.n_sentences, run.n_clusters, run.n_assigned,
-                   run.n_sentences - run.n_assigned, round(seconds, 3) if seconds is not None else None, run.error)
+        return cls(
+            run.id,
+            run.method,
+            dict(run.params or {}),
+            run.status,
+            _iso(run.started_at),
+            _iso(run.finished_at),
+            _iso(run.updated_at),
+            run.n_sentences,
+            run.n_clusters,
+            run.n_assigned,
+            run.n_sentences - run.n_assigned,
+            round(seconds, 3) if seconds is not None else None,
+            run.error,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -77,5 +89,6 @@ class ClusterInfo:
 
 def event_from_row(row) -> Event:
     """A stored event row as the one :class:`Event` type."""
-    return Event(row.label, row.kind, row.size, list(row.related or []), dict(row.detail or {}), row.run_id,
-                 _iso(row.at))
+    return Event(
+        row.label, row.kind, row.size, list(row.related or []), dict(row.detail or {}), row.run_id, _iso(row.at)
+    )

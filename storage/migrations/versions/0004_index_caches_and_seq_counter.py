@@ -7,6 +7,7 @@ under a row lock, so concurrent writers never collide and numbers commit in orde
 Revision ID: 0004
 Revises: 0003
 """
+
 import sqlalchemy as sa
 from alembic import op
 
