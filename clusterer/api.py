@@ -228,7 +228,7 @@ class Store(SentenceStore):
         self.refresh()
         with self.reading(), self.db.read() as session:
             state = self._run_state(session)
-            if state is None:
+            if state is None or self.dimension is None:
                 raise NoRunError("no clustering run yet: run `clusterer cluster` first")
             vec = np.asarray(vector, dtype=np.float32)[None, :]
             decision = upkeep_service.decide_one(

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, bindparam, delete, func, insert, select, update
+from sqlalchemy import CursorResult, Table, and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from storage.chunked import chunks
@@ -70,7 +70,7 @@ def interrupt_running_runs(session: Session) -> int:
             error="the process running it ended before it finished (killed or crashed)",
         )
     )
-    return result.rowcount or 0
+    return cast(CursorResult[Any], result).rowcount or 0
 
 
 def latest_run(session: Session) -> Run | None:
@@ -115,7 +115,7 @@ def update_clusters(session: Session, run_id: int, values: Mapping[int, Mapping[
     """Set columns of many clusters of a run (``{label: {column: value}}``): one executemany
     per set of columns changed."""
     now = utcnow()
-    table = Cluster.__table__
+    table = cast(Table, Cluster.__table__)
     by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for label, cols in values.items():
         row = {f"v_{k}": v for k, v in cols.items()}
@@ -190,7 +190,7 @@ def add_terms(
             else:
                 new.append({"run_id": run_id, "label": int(label), "term": term, "count": int(c)})
     if changed:
-        table = ClusterTerm.__table__
+        table = cast(Table, ClusterTerm.__table__)
         session.connection().execute(
             update(table)
             .where(table.c.run_id == bindparam("r"), table.c.label == bindparam("l"), table.c.term == bindparam("t"))
@@ -460,7 +460,7 @@ def subtract_terms(
                 changed.append({"r": run_id, "l": int(label), "t": term, "c": left})
             else:
                 gone.append({"r": run_id, "l": int(label), "t": term})
-    table = ClusterTerm.__table__
+    table = cast(Table, ClusterTerm.__table__)
     where = (table.c.run_id == bindparam("r"), table.c.label == bindparam("l"), table.c.term == bindparam("t"))
     if changed:
         session.connection().execute(update(table).where(*where).values(count=bindparam("c")), changed)
@@ -499,7 +499,7 @@ def set_similarities(
     session: Session, run_id: int, sentence_ids: Sequence[int], similarities: Sequence[float | None]
 ) -> None:
     """Set the stored similarity of assignments of a run (one executemany)."""
-    table = Assignment.__table__
+    table = cast(Table, Assignment.__table__)
     rows = [
         {"r": run_id, "s": int(i), "v": None if v is None else float(v)} for i, v in zip(sentence_ids, similarities)
     ]

@@ -92,8 +92,8 @@ def exact_knn(x: np.ndarray, k: int, *, device: str = "cpu") -> tuple[np.ndarray
     out_s = np.empty((n, kk), np.float32)
     with torch.inference_mode():
         for s in range(0, n, QUERY_BLOCK):
-            sims = xt[s : s + QUERY_BLOCK] @ xt.T
-            top = torch.topk(sims, kk, dim=1)
+            block = xt[s : s + QUERY_BLOCK] @ xt.T
+            top = torch.topk(block, kk, dim=1)
             out_s[s : s + QUERY_BLOCK] = top.values.cpu().numpy()
             out_n[s : s + QUERY_BLOCK] = top.indices.cpu().numpy()
     nbrs, sims = _drop_self(out_n, out_s, np.arange(n), k)

@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import igraph
 
 
 @dataclass
 class WeightedGraph:
     """An undirected igraph graph, its edges ``(m, 2)`` and weights (float64) in edge-id order."""
 
-    graph: object
+    graph: igraph.Graph
     edges: np.ndarray
     weights: np.ndarray
     n: int

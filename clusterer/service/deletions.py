@@ -125,6 +125,7 @@ def delete_upkeep(session, state: inc.RunState, ids: list[int], dimension: int, 
         change.forget = set(by_label)
     if known:
         run = cq.get_run(session, run_id)
+        assert run is not None, "runs are never deleted and this change upkeeps an existing one"
         cq.touch_run(
             session,
             run_id,

@@ -326,8 +326,8 @@ def keywords_for(
     if not counts:
         return {}
     if state.term_mass is None:
-        mass, classes = cq.term_mass(session, state.run_id)
-        state.term_mass = (mass - pending_mass[0], classes - pending_mass[1])
+        occurrences, classes = cq.term_mass(session, state.run_id)
+        state.term_mass = (occurrences - pending_mass[0], classes - pending_mass[1])
     mass = (state.term_mass[0] + pending_mass[0], state.term_mass[1] + pending_mass[1])
     cache = state.term_totals
     if len(cache) > inc.TERM_CACHE_MAX:
@@ -421,7 +421,8 @@ def write_batch(
         mass[0] += sum(born_counts.values())
         mass[1] += 1 if born_counts else 0
         change.centroids[b.label] = b.centroid
-        change.centres[b.label] = b.centre_vector
+        if b.centre_vector is not None:
+            change.centres[b.label] = b.centre_vector
     growth = plan.growth()
     values: dict[int, dict[str, Any]] = {}
     events = []
@@ -453,6 +454,7 @@ def write_batch(
     cq.update_clusters(session, run_id, values)
     cq.record_events(session, run_id, events)
     run = cq.get_run(session, run_id)
+    assert run is not None, "runs are never deleted and this batch upkeeps an existing one"
     cq.touch_run(
         session,
         run_id,
