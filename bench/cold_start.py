@@ -120,6 +120,8 @@ def main() -> None:
                 [
                     *cli,
                     "cluster",
+                    "--method",
+                    "community",
                     "--threshold",
                     str(args.threshold),
                     "--min-size",
