@@ -58,3 +58,17 @@ class LookupEncoder:
         if not len(texts):
             return np.zeros((0, self.dimension), np.float32)
         return np.stack([self._of[t] for t in texts]).astype(np.float32)
+
+
+# A small corpus for the fake encoder: three topics whose sentences share their core words, and
+# noise sentences that share nothing.
+TOPICS = {
+    "card": "credit card payment declined",
+    "flight": "flight booking cancel refund",
+    "pin": "forgot pin code reset",
+}
+NOISE = [f"noise{i}a noise{i}b noise{i}c" for i in range(4)]
+
+
+def topic_texts(per_topic=8, start=0):
+    return [f"{core} {name}{i}" for name, core in TOPICS.items() for i in range(start, start + per_topic)]
