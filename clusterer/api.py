@@ -165,13 +165,18 @@ class Store(SentenceStore):
     ) -> ClusterInfo:
         """One cluster with its members, most similar to the centre first."""
         with self.db.read() as session:
-            run = self._run_row(session, run_id)
-            cluster = cq.get_cluster(session, run.id, cluster_id)
-            if cluster is None:
-                raise UnknownClusterError(f"no cluster {cluster_id} in run {run.id}")
-            children = self._children(session, run.id).get(cluster.label) if cluster.level == "coarse" else None
+            run, cluster, children = self._cluster_row(session, run_id, cluster_id)
             rows = self._member_rows(session, run.id, cluster, children, offset, limit)
             return self._info(session, cluster, self._members(rows), children)
+
+    def _cluster_row(self, session, run_id: int | None, cluster_id: int):
+        """(run, cluster, child labels of a coarse cluster or None); UnknownClusterError if absent."""
+        run = self._run_row(session, run_id)
+        cluster = cq.get_cluster(session, run.id, cluster_id)
+        if cluster is None:
+            raise UnknownClusterError(f"no cluster {cluster_id} in run {run.id}")
+        children = self._children(session, run.id).get(cluster.label) if cluster.level == "coarse" else None
+        return run, cluster, children
 
     @staticmethod
     def _member_rows(session, run_id: int, cluster, children: list[int] | None, offset: int, limit: int | None):
@@ -307,11 +312,7 @@ class Store(SentenceStore):
     def members(self, cluster_id: int, *, offset: int = 0, limit: int = 50, run_id: int | None = None) -> list[Member]:
         """Members of a cluster (of its fine clusters, for a coarse one), most similar to the centre first."""
         with self.db.read() as session:
-            run = self._run_row(session, run_id)
-            cluster = cq.get_cluster(session, run.id, cluster_id)
-            if cluster is None:
-                raise UnknownClusterError(f"no cluster {cluster_id} in run {run.id}")
-            children = self._children(session, run.id).get(cluster.label) if cluster.level == "coarse" else None
+            run, cluster, children = self._cluster_row(session, run_id, cluster_id)
             return self._members(self._member_rows(session, run.id, cluster, children, offset, limit))
 
     def unassigned(self, *, offset: int = 0, limit: int = 50, run_id: int | None = None) -> tuple[int, list[Member]]:

@@ -177,11 +177,16 @@ class SentenceStore:
             info = q.get_info(session)
             if info is None:
                 info = q.init_info(session, enc.model_name, int(enc.dimension))
-            self.model_name, self.dimension, self.embedding_dtype = (
-                info.model_name,
-                info.dimension,
-                info.embedding_dtype,
-            )
+        self._adopt_info(info)
+
+    def _adopt_info(self, info) -> None:
+        """Take the model, dimension and dtype recorded in the store; check the encoder
+        matches and size the index cache to them."""
+        self.model_name, self.dimension, self.embedding_dtype = (
+            info.model_name,
+            info.dimension,
+            info.embedding_dtype,
+        )
         self._check_model()
         self.cache.configure(self.dimension, self.embedding_dtype)
 
@@ -216,13 +221,7 @@ class SentenceStore:
             with self.db.read() as session:
                 info = q.get_info(session)
             if info is not None:
-                self.model_name, self.dimension, self.embedding_dtype = (
-                    info.model_name,
-                    info.dimension,
-                    info.embedding_dtype,
-                )
-                self._check_model()
-                self.cache.configure(self.dimension, self.embedding_dtype)
+                self._adopt_info(info)
         self.cache.refresh()
 
     def rebuild_index(self) -> dict[str, Any]:

@@ -402,25 +402,11 @@ def iter_filtered_embeddings(
     batch_size: int = 20_000,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(ids, float32 matrix) batches of the sentences matching ``where``, in sequence order."""
-    from storage.sentences import decode_embeddings
+    from storage.sentences import embedding_batches
 
     cond = condition(session, where)
-    last = 0
-    while True:
-        query = (
-            select(Sentence.id, Sentence.seq, Sentence.embedding)
-            .where(Sentence.seq > last, cond)
-            .order_by(Sentence.seq)
-            .limit(batch_size)
-        )
-        if up_to_seq is not None:
-            query = query.where(Sentence.seq <= up_to_seq)
-        rows = session.execute(query).all()
-        if not rows:
-            return
-        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        yield ids, decode_embeddings([r[2] for r in rows], dimension, dtype)
-        last = rows[-1][1]
+    for ids, matrix, _ in embedding_batches(session, dimension, dtype, 0, up_to_seq, batch_size, cond):
+        yield ids, matrix
 
 
 def everything_matches(where: WhereSpec) -> bool:

@@ -42,3 +42,33 @@ class FakeEncoder:
             if norm > 0:
                 out[i] /= norm
         return out
+
+
+class LookupEncoder:
+    """Precomputed embeddings (e.g. the real model's, cached), looked up by text."""
+
+    precision = "fp32"
+
+    def __init__(self, texts, x, model_name: str = "all-MiniLM-L6-v2"):
+        self.model_name = model_name
+        self.dimension = x.shape[1]
+        self._of = dict(zip(texts, x))
+
+    def encode(self, texts, show_progress=False):
+        if not len(texts):
+            return np.zeros((0, self.dimension), np.float32)
+        return np.stack([self._of[t] for t in texts]).astype(np.float32)
+
+
+# A small corpus for the fake encoder: three topics whose sentences share their core words, and
+# noise sentences that share nothing.
+TOPICS = {
+    "card": "credit card payment declined",
+    "flight": "flight booking cancel refund",
+    "pin": "forgot pin code reset",
+}
+NOISE = [f"noise{i}a noise{i}b noise{i}c" for i in range(4)]
+
+
+def topic_texts(per_topic=8, start=0):
+    return [f"{core} {name}{i}" for name, core in TOPICS.items() for i in range(start, start + per_topic)]

@@ -19,6 +19,7 @@ from clusterer.service import incremental
 from clusterer.service.incremental import RunState, vote
 from storage import clusters as cq
 from storage.models import Assignment, Cluster, Sentence
+from tests.fakes import LookupEncoder
 from tests.test_crash import Worker
 
 # -- the vote (pure) -----------------------------------------------------------------
@@ -67,22 +68,6 @@ def test_run_state_reads_parameters_then_stats():
 
 
 # -- streaming the shared corpus (real embeddings) ------------------------------------
-
-
-class LookupEncoder:
-    """The real model's embeddings, looked up by text (computed once per session)."""
-
-    model_name = "all-MiniLM-L6-v2"
-    precision = "fp32"
-
-    def __init__(self, texts, x):
-        self.dimension = x.shape[1]
-        self._of = dict(zip(texts, x))
-
-    def encode(self, texts, show_progress=False):
-        if not len(texts):
-            return np.zeros((0, self.dimension), np.float32)
-        return np.stack([self._of[t] for t in texts]).astype(np.float32)
 
 
 # 0.75 / 5: at 0.75 MiniLM puts paraphrases of one banking intent together and keeps different

@@ -10,17 +10,7 @@ from sqlalchemy import func, select
 from clusterer.api import Store, UnknownClusterError, UnknownSentenceError
 from clusterer.service.runs import NoRunError
 from storage.models import Assignment
-
-TOPICS = {
-    "card": "credit card payment declined",
-    "flight": "flight booking cancel refund",
-    "pin": "forgot pin code reset",
-}
-NOISE = [f"noise{i}a noise{i}b noise{i}c" for i in range(4)]
-
-
-def topic_texts(per_topic=8, start=0):
-    return [f"{core} {name}{i}" for name, core in TOPICS.items() for i in range(start, start + per_topic)]
+from tests.fakes import NOISE, TOPICS, topic_texts
 
 
 @pytest.fixture

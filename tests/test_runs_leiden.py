@@ -21,6 +21,7 @@ from clusterer.cli import cli
 from clusterer.errors import InvalidParameterError
 from clusterer.service import runs
 from clusterer.service.methods import Labels
+from tests.fakes import LookupEncoder
 
 # Two families of three topics: the fake encoder sums word vectors, so sentences of one topic share
 # most words, topics of one family share the family words, and the families share nothing.
@@ -460,27 +461,13 @@ def test_cli_human_cluster_output(cli_store):
 # -- the real model ----------------------------------------------------------------------------
 
 
-class _LookupEncoder:
-    """The real model's embeddings of the BANKING77 sample, looked up by text."""
-
-    model_name = "all-MiniLM-L6-v2 (precomputed)"
-    precision = "fp32"
-
-    def __init__(self, texts, x):
-        self.dimension = x.shape[1]
-        self._of = dict(zip(texts, x))
-
-    def encode(self, texts, show_progress=False):
-        if not len(texts):
-            return np.zeros((0, self.dimension), np.float32)
-        return np.stack([self._of[t] for t in texts]).astype(np.float32)
-
-
 @pytest.mark.real_model
 @pytest.mark.slow
 def test_leiden_default_beats_community_on_banking77(banking77_embeddings, tmp_path):
     texts, intents, x = banking77_embeddings
-    with Store.open(tmp_path / "data", encoder=_LookupEncoder(texts, x), device="cpu") as store:
+    with Store.open(
+        tmp_path / "data", encoder=LookupEncoder(texts, x, model_name="all-MiniLM-L6-v2 (precomputed)"), device="cpu"
+    ) as store:
         store.ingest(texts)
         scores = {}
         for name, method, params in [

@@ -16,17 +16,7 @@ from clusterer.api import Store
 from clusterer.cli import cli
 from clusterer.server import create_app
 from clusterer.settings import ServerSettings
-
-TOPICS = {
-    "card": "credit card payment declined",
-    "flight": "flight booking cancel refund",
-    "pin": "forgot pin code reset",
-}
-NOISE = [f"noise{i}a noise{i}b noise{i}c" for i in range(4)]
-
-
-def topic_texts(per_topic=8, start=0):
-    return [f"{core} {name}{i}" for name, core in TOPICS.items() for i in range(start, start + per_topic)]
+from tests.fakes import NOISE, topic_texts
 
 
 def make_store(path, clustered=True):

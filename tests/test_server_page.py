@@ -35,7 +35,8 @@ from selenium.webdriver.chrome.service import Service as ChromeService  # noqa: 
 from selenium.webdriver.common.by import By  # noqa: E402 (after the skip guards above)
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402 (after the skip guards above)
 
-from tests.test_server import TOPICS, make_store  # noqa: E402 (after the skip guards above)
+from tests.fakes import TOPICS  # noqa: E402 (after the skip guards above)
+from tests.test_server import make_store  # noqa: E402 (after the skip guards above)
 from tests.test_server_live import Server, httpx  # noqa: E402 (after the skip guards above)
 
 pytestmark = pytest.mark.slow  # drives headless chromium

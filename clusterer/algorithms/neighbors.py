@@ -146,14 +146,18 @@ def _pair_similarities(embeddings: np.ndarray, rows: np.ndarray, cols: np.ndarra
 
 
 def _assemble(
-    rows: np.ndarray,
-    cols: np.ndarray,
-    sims: np.ndarray,
+    rows_parts: list[np.ndarray],
+    cols_parts: list[np.ndarray],
+    sims_parts: list[np.ndarray],
     n: int,
     threshold: float,
     min_size: int,
 ) -> NeighborGraph:
-    """Sort pairs per centre (decreasing similarity, then position) and keep lists >= min_size."""
+    """Join the per-batch pairs, sort them per centre (decreasing similarity, then position)
+    and keep lists >= min_size."""
+    if not rows_parts:
+        return NeighborGraph.empty(n, threshold, min_size)
+    rows, cols, sims = np.concatenate(rows_parts), np.concatenate(cols_parts), np.concatenate(sims_parts)
     centres, counts, cols, sims = sort_lists(rows, cols, sims, min_size)
     return assemble_lists(centres, counts, cols, sims, n, threshold, min_size)
 
@@ -338,16 +342,7 @@ def faiss_neighbor_graph(
         rows_parts.append(rows[enough])
         cols_parts.append(ids[enough])
         sims_parts.append(sims[enough].astype(np.float32))
-    if not rows_parts:
-        return NeighborGraph.empty(n, threshold, min_size)
-    return _assemble(
-        np.concatenate(rows_parts),
-        np.concatenate(cols_parts),
-        np.concatenate(sims_parts),
-        n,
-        threshold,
-        min_size,
-    )
+    return _assemble(rows_parts, cols_parts, sims_parts, n, threshold, min_size)
 
 
 def torch_neighbor_graph(
@@ -390,16 +385,7 @@ def torch_neighbor_graph(
         rows_parts.append((cand[r] + start).cpu().numpy().astype(np.int64))
         cols_parts.append(c.cpu().numpy().astype(np.int64))
         sims_parts.append(sub[r, c].cpu().numpy())
-    if not rows_parts:
-        return NeighborGraph.empty(n, threshold, min_size)
-    return _assemble(
-        np.concatenate(rows_parts),
-        np.concatenate(cols_parts),
-        np.concatenate(sims_parts),
-        n,
-        threshold,
-        min_size,
-    )
+    return _assemble(rows_parts, cols_parts, sims_parts, n, threshold, min_size)
 
 
 def neighbor_graph(
