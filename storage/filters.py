@@ -402,10 +402,10 @@ def iter_filtered_embeddings(
     batch_size: int = 20_000,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(ids, float32 matrix) batches of the sentences matching ``where``, in sequence order."""
-    from storage.sentences import embedding_batches
+    from storage.sentences import iter_embeddings
 
     cond = condition(session, where)
-    for ids, matrix, _ in embedding_batches(session, dimension, dtype, 0, up_to_seq, batch_size, cond):
+    for ids, matrix, _ in iter_embeddings(session, dimension, dtype, 0, up_to_seq, batch_size, cond):
         yield ids, matrix
 
 

@@ -129,21 +129,10 @@ def iter_embeddings(
     after_seq: int = 0,
     up_to_seq: int | None = None,
     batch_size: int = 20_000,
-) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
-    """Yield (ids, float32 matrix, max seq) batches of stored embeddings in seq order."""
-    return embedding_batches(session, dimension, dtype, after_seq, up_to_seq, batch_size)
-
-
-def embedding_batches(
-    session: Session,
-    dimension: int,
-    dtype: str = "float32",
-    after_seq: int = 0,
-    up_to_seq: int | None = None,
-    batch_size: int = 20_000,
     *conditions: Any,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
-    """As :func:`iter_embeddings`, for the sentences that also meet every SQL condition."""
+    """Yield (ids, float32 matrix, max seq) batches of stored embeddings in seq order, of the
+    sentences that also meet every SQL condition in ``conditions``."""
     last = after_seq
     while True:
         query = (
