@@ -38,6 +38,7 @@ from sqlalchemy import Float, Text, and_, case, cast, func, not_, or_, select, t
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
+from storage.chunked import chunks
 from storage.errors import StorageError
 from storage.models import Sentence
 
@@ -52,7 +53,6 @@ _OP = re.compile(r"^\s*([^=!<>~]*?)\s*(!=|>=|<=|=|>|<|~)\s*(.*?)\s*$", re.DOTALL
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 NUMBER_PATTERN = r"^\s*[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?\s*$"
 DATE_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}"
-ID_CHUNK = 500
 
 
 class InvalidFilterError(StorageError, ValueError):
@@ -379,8 +379,7 @@ def matching_ids(session: Session, ids: Sequence[int], where: WhereSpec) -> list
         return sorted(ids)
     cond = compile_filter(flt, _dialect(session))
     out: list[int] = []
-    for start in range(0, len(ids), ID_CHUNK):
-        chunk = ids[start : start + ID_CHUNK]
+    for chunk in chunks(ids):
         out.extend(session.scalars(select(Sentence.id).where(Sentence.id.in_(chunk), cond)))
     return sorted(out)
 
