@@ -181,18 +181,20 @@ def _ingest_batch(
     hashes = list(fresh)
     recs = [fresh[h] for h in hashes]
     vectors = store.encoder.encode([r.text for r in recs])
+    near = 0
     if near_duplicates is not None:
-        recs, hashes, vectors = _drop_near_duplicates(store, recs, hashes, vectors, near_duplicates, report, ingest_id)
+        recs, hashes, vectors, near = _drop_near_duplicates(store, recs, hashes, vectors, near_duplicates)
+        report.near_duplicates += near
         if not recs:
             with store.db.write() as session:
-                q.update_ingest(session, ingest_id, duplicates=dups)
+                q.update_ingest(session, ingest_id, duplicates=dups, near_duplicates=near)
             return
     blobs = q.encode_embeddings(vectors, store.embedding_dtype)
     rows = [q.NewSentence(r.text, h, b, r.metadata or None, r.source, r.line) for r, h, b in zip(recs, hashes, blobs)]
     with store.cache.rw.write():  # readers see the batch in the database, the index and the run at once
         with store.db.write() as session:
             ids, seqs = q.insert_sentences(session, rows)
-            q.update_ingest(session, ingest_id, added=len(ids), duplicates=dups)
+            q.update_ingest(session, ingest_id, added=len(ids), duplicates=dups, near_duplicates=near)
             after_commit = None
             if store.listener is not None:
                 after_commit = store.listener.on_insert(
@@ -206,15 +208,10 @@ def _ingest_batch(
     report.ids.extend(ids)
 
 
-def _drop_near_duplicates(
-    store: SentenceStore, recs, hashes, vectors, threshold: float, report: IngestReport, ingest_id: int
-):
+def _drop_near_duplicates(store: SentenceStore, recs, hashes, vectors, threshold: float):
+    """The records, hashes and vectors left after near-duplicates, and how many were dropped."""
     from indexer.near_duplicates import near_duplicate_mask
 
     skip = near_duplicate_mask(store.cache.index, vectors, float(threshold))
-    report.near_duplicates += int(skip.sum())
-    if skip.any():
-        with store.db.write() as session:
-            q.update_ingest(session, ingest_id, near_duplicates=int(skip.sum()))
     keep = np.flatnonzero(~skip)
-    return [recs[i] for i in keep], [hashes[i] for i in keep], vectors[keep]
+    return [recs[i] for i in keep], [hashes[i] for i in keep], vectors[keep], int(skip.sum())
