@@ -368,19 +368,6 @@ def term_totals(session: Session, run_id: int, terms: Iterable[str]) -> dict[str
     return totals
 
 
-def all_term_totals(session: Session, run_id: int, limit: int) -> dict[str, int] | None:
-    """Total count of every term of a run, or None when the run has more than ``limit`` terms."""
-    rows = session.execute(
-        select(ClusterTerm.term, func.sum(ClusterTerm.count))
-        .where(ClusterTerm.run_id == run_id)
-        .group_by(ClusterTerm.term)
-        .limit(limit + 1)
-    ).all()
-    if len(rows) > limit:
-        return None
-    return {t: int(c) for t, c in rows}
-
-
 def term_mass(session: Session, run_id: int) -> tuple[int, int]:
     """(all term occurrences, clusters with any terms) of a run."""
     total, classes = session.execute(
