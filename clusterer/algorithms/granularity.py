@@ -53,10 +53,6 @@ def effective_clusters(labels: np.ndarray, strength: np.ndarray) -> float:
     return float(1.0 / np.sum(p * p))
 
 
-def _ratio(resolution: float, clusters: float) -> float:
-    return math.log(resolution) - math.log(LEAK * clusters)
-
-
 def choose_resolution(
     wg: WeightedGraph,
     strength: np.ndarray,

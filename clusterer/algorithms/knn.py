@@ -113,16 +113,12 @@ def cell_blocked_knn(
     """Approximate ``k`` nearest neighbours (see the module docstring); same output as :func:`exact_knn`."""
     from tqdm.auto import tqdm
 
-    from clusterer.algorithms.partitioned import _cell_means, _top_cells, partition
+    from clusterer.algorithms.partitioned import cell_layout
 
     n = len(x)
     nlist = max(1, min(nlist or default_knn_nlist(n), n))
     nprobe = max(1, min(nprobe, nlist))
-    home = partition(x, nlist, 1, seed)[:, 0]
-    order = np.argsort(home, kind="stable")
-    bounds = np.searchsorted(home[order], np.arange(nlist + 1))
-    means = _cell_means(x, order, bounds)
-    probes = _top_cells(means, means, nprobe)
+    order, bounds, probes = cell_layout(x, nlist, nprobe, seed)
     dev = resolve_device(device)
     kk = k + 1
     out_n = np.full((n, kk), -1, np.int64)

@@ -147,6 +147,17 @@ def _cell_means(x: np.ndarray, order: np.ndarray, bounds: np.ndarray) -> np.ndar
     return np.ascontiguousarray(sums / np.where(norms > 0, norms, 1.0), dtype=np.float32).reshape(nlist, x.shape[1])
 
 
+def cell_layout(x: np.ndarray, nlist: int, nprobe: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Points grouped by home cell: (``order``, ``bounds``, ``probes``). Cell ``c`` holds
+    ``order[bounds[c]:bounds[c + 1]]``; ``probes[c]`` are the ``nprobe`` cells whose means are
+    most similar to that of ``c`` (``nlist`` and ``nprobe`` already clamped by the caller)."""
+    home = partition(x, nlist, 1, seed)[:, 0]
+    order = np.argsort(home, kind="stable")
+    bounds = np.searchsorted(home[order], np.arange(nlist + 1))
+    means = _cell_means(x, order, bounds)
+    return order, bounds, _top_cells(means, means, nprobe)
+
+
 def _symmetric_probes(cell_probes: np.ndarray) -> list[np.ndarray]:
     """For each cell ``c``, the cells ``p >= c`` with ``p`` probed by ``c`` or ``c`` by ``p``."""
     nlist = len(cell_probes)
@@ -177,11 +188,8 @@ def partitioned_neighbor_graph(
         return NeighborGraph.empty(n, threshold, min_size)
     nlist = max(1, min(nlist or default_nlist(n), n))
     nprobe = max(1, min(nprobe, nlist))
-    home = partition(x, nlist, 1, seed)[:, 0]
-    order = np.argsort(home, kind="stable")
-    bounds = np.searchsorted(home[order], np.arange(nlist + 1))
-    centroids = _cell_means(x, order, bounds)
-    later = _symmetric_probes(_top_cells(centroids, centroids, nprobe))
+    order, bounds, probes = cell_layout(x, nlist, nprobe, seed)
+    later = _symmetric_probes(probes)
     t32 = np.float32(threshold)
     low = t32 - np.float32(eps)
     index_dtype = np.int32 if n < 2**31 else np.int64
