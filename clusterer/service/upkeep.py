@@ -353,10 +353,6 @@ def keywords_for(
     return result
 
 
-def _has_hierarchy() -> bool:
-    return hasattr(Cluster, "parent_label")
-
-
 def write_batch(
     gather: Gather, ids: np.ndarray, vectors: np.ndarray, texts: list[str], plan: inc.BatchPlan, max_seq: int
 ) -> Change:
@@ -405,7 +401,7 @@ def write_batch(
             ],
         )
         cq.insert_terms(session, run_id, {b.label: born_counts})
-        if b.parent is not None and _has_hierarchy():
+        if b.parent is not None:
             cq.update_clusters(session, run_id, {b.label: {"parent_label": b.parent}})
         cq.record_event(
             session,
