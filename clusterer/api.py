@@ -94,7 +94,6 @@ class Store(SentenceStore):
                 where=where,
                 **params,
             )
-            self._state = None
         return self.run(run_id)
 
     def _run_row(self, session, run_id: int | None):
