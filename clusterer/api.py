@@ -17,6 +17,7 @@ from clusterer.service import duplicates as dup_service
 from clusterer.service import incremental, methods
 from clusterer.service import runs as run_service
 from clusterer.service import upkeep as upkeep_service
+from clusterer.service.batches import sentence_record
 from clusterer.service.runs import NoRunError
 from clusterer.service.upkeep import Upkeep
 from clusterer.service.views import ClusterInfo, Event, Member, RunInfo, event_from_row
@@ -93,7 +94,6 @@ class Store(SentenceStore):
                 where=where,
                 **params,
             )
-            self._state = None
         return self.run(run_id)
 
     def _run_row(self, session, run_id: int | None):
@@ -292,13 +292,7 @@ class Store(SentenceStore):
                 c = cq.get_cluster(session, run.id, current.label)
                 cluster = self._info(session, c).to_dict() if c else None
             return {
-                "sentence": {
-                    "id": row.id,
-                    "text": row.text,
-                    "metadata": row.meta,
-                    "source": row.source_file,
-                    "line": row.source_line,
-                },
+                "sentence": sentence_record(row),
                 "run_id": run.id,
                 "cluster_id": None if current is None else current.label,
                 "similarity": None if current is None else current.similarity,

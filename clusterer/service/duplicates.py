@@ -16,6 +16,7 @@ import numpy as np
 
 from clusterer.algorithms import duplicates as algo
 from clusterer.errors import InvalidParameterError
+from clusterer.service.methods import SEARCHES
 from storage import filters
 from storage import sentences as sq
 
@@ -84,7 +85,7 @@ def find_duplicates(
     ``limit`` keeps the largest ``limit`` groups in ``items`` (the counts cover all)."""
     if not -1.0 <= float(threshold) <= 1.0:
         raise InvalidParameterError(f"--threshold must be between -1 and 1, got {threshold}")
-    if search not in ("auto", "exact", "approximate"):
+    if search not in SEARCHES:
         raise InvalidParameterError(f"search must be auto, exact or approximate, got {search!r}")
     started = time.perf_counter()
     if store.dimension is None:

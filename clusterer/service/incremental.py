@@ -2,7 +2,7 @@
 
 Everything here takes arrays and ids and returns decisions; :mod:`clusterer.service.upkeep`
 gathers the inputs (index searches, labels from SQL) and writes the plans.  The rule depends
-on the run's method (:func:`upkeep_rule`):
+on the run's method (:func:`clusterer.service.methods.upkeep_rule`):
 
 - ``graph`` (leiden runs): a new sentence joins the cluster holding most of its kNN weight
   (:func:`graph_assign`, the run's ``k``; neighbours below the run's ``min_similarity`` do not
@@ -28,14 +28,6 @@ import numpy as np
 from clusterer.algorithms import topics
 
 
-def upkeep_rule(method: str) -> str:
-    """Which incremental rule keeps a run of ``method`` current: 'community', 'graph' or
-    'centroid', as the method table (:mod:`clusterer.service.methods`) says."""
-    from clusterer.service import methods
-
-    return methods.upkeep_rule(method)
-
-
 @dataclass
 class RunState:
     """What upkeep keeps in memory about the latest run between batches: caches only.
@@ -57,7 +49,10 @@ class RunState:
 
     @property
     def rule(self) -> str:
-        return upkeep_rule(self.method)
+        """'community', 'graph' or 'centroid', as the method table says."""
+        from clusterer.service import methods
+
+        return methods.upkeep_rule(self.method)
 
     @property
     def stats(self) -> dict[str, Any]:

@@ -353,10 +353,6 @@ def keywords_for(
     return result
 
 
-def _has_hierarchy() -> bool:
-    return hasattr(Cluster, "parent_label")
-
-
 def write_batch(
     gather: Gather, ids: np.ndarray, vectors: np.ndarray, texts: list[str], plan: inc.BatchPlan, max_seq: int
 ) -> Change:
@@ -405,7 +401,7 @@ def write_batch(
             ],
         )
         cq.insert_terms(session, run_id, {b.label: born_counts})
-        if b.parent is not None and _has_hierarchy():
+        if b.parent is not None:
             cq.update_clusters(session, run_id, {b.label: {"parent_label": b.parent}})
         cq.record_event(
             session,
@@ -490,7 +486,8 @@ def decide_one(
     gather = Gather(session, state, index, dimension, dtype)
     vec = np.asarray(vector, dtype=np.float32).reshape(1, -1)
     rule = state.rule
-    k = graph_params(state)["k"] if rule == "graph" else 0
+    graph = graph_params(state) if rule == "graph" else {"k": 0}
+    k = graph["k"]
     ids, sims = knn(index, vec, max(scan, k))
     out: dict[str, Any] = {"label": -1, "similarity": None, "votes": 0, "near": (ids[0], sims[0])}
     if rule == "community":
@@ -508,8 +505,9 @@ def decide_one(
     elif rule == "graph":
         keys, ksims = inc.merge_neighbours(ids[:, :k], sims[:, :k], vec, np.zeros((0, vec.shape[1]), np.float32), k)
         known = gather.labels(keys[keys >= 0])
-        n_labels = gather.label_fn(known)(keys)
-        labels, share = inc.graph_assign(keys, ksims, gather.label_fn(known), graph_params(state)["min_similarity"])
+        label_of = gather.label_fn(known)
+        n_labels = label_of(keys)
+        labels, share = inc.graph_assign(keys, ksims, label_of, graph["min_similarity"])
         label = int(labels[0])
         refs = gather.centroids([label])
         out.update(
