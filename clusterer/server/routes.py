@@ -17,6 +17,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from clusterer.server.errors import ApiError
+from clusterer.service.views import cluster_detail
 
 router = APIRouter()
 
@@ -283,17 +284,7 @@ def cluster(
     has a hierarchy, its child clusters or its parent topic)."""
     store = _store(request)
     info = store.cluster_info(cluster_id, run_id=run_id, limit=limit, offset=offset)
-    body = info.to_dict()
-    if hasattr(info, "children") and hasattr(info, "parent"):
-
-        def brief(c):
-            return {"id": c.id, "size": c.size, "keywords": c.keywords}
-
-        body["child_clusters"] = [brief(store.cluster_info(c, run_id=info.run_id, limit=0)) for c in info.children]
-        body["parent_cluster"] = (
-            None if info.parent is None else brief(store.cluster_info(info.parent, run_id=info.run_id, limit=0))
-        )
-    return body
+    return cluster_detail(store, info)[0]
 
 
 @router.get("/clusters/{cluster_id}/members", tags=["clusters"])
