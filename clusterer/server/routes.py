@@ -9,7 +9,6 @@ pool thread.
 from __future__ import annotations
 
 import asyncio
-import inspect
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
@@ -215,22 +214,10 @@ def start_run(request: Request, body: RunBody):
 
 
 def _check_run_params(method: str | None, params: dict[str, Any]) -> None:
-    """Refuse a bad method or parameters before queueing, with the service layer's own check
-    (the method registry where there is one, else the runs module's defaults)."""
-    import importlib
+    """Refuse a bad method or parameters before queueing, with the method registry's own check."""
+    from clusterer.service import methods
 
-    try:
-        registry = importlib.import_module("clusterer.service.methods")
-    except ImportError:
-        registry = None
-    if registry is not None and hasattr(registry, "resolve"):
-        registry.resolve(method, **params)
-        return
-    from clusterer.service import runs as run_service
-
-    check = getattr(run_service, "default_params", None)
-    if method is not None and check is not None:
-        check(method, **params)
+    methods.resolve(method, **params)
 
 
 @router.get("/jobs/{job_id}", tags=["runs"])
@@ -252,20 +239,12 @@ def clusters(
     limit: Annotated[int | None, Query(ge=1)] = None,
     level: Annotated[str | None, Query(max_length=32)] = None,
 ):
-    """As `clusterer clusters --json` (`level` where the store's runs have levels)."""
+    """As `clusterer clusters --json`."""
     store = _store(request)
     run = store.run(run_id)
-    body: dict[str, Any] = {"run": run.to_dict()}
-    kwargs: dict[str, Any] = {}
-    accepted = inspect.signature(store.clusters).parameters
-    if "level" in accepted:
-        default = accepted["level"].default
-        kwargs["level"] = body["level"] = (
-            level if level is not None else (None if default is inspect.Parameter.empty else default)
-        )
-    elif level is not None:
-        raise ApiError(422, "level: this version has no cluster levels", "level")
-    items = store.clusters(run.id, **kwargs)
+    level = "fine" if level is None else level
+    body: dict[str, Any] = {"run": run.to_dict(), "level": level}
+    items = store.clusters(run.id, level=level)
     if limit:
         items = items[:limit]
     body["clusters"] = [c.to_dict() for c in items]
