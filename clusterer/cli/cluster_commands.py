@@ -172,16 +172,12 @@ def clusters(run_id, limit, level, as_json, **kwargs):
 def show(cluster_id, limit, offset, run_id, as_json, **kwargs):
     """One cluster: keywords, representatives, members with similarity to the centre; a coarse
     topic's clusters, or a cluster's topic."""
+    from clusterer.service.views import cluster_detail
+
     settings = settings_from(kwargs)
     with open_store(settings, recover=False) as store:
         info = store.cluster_info(cluster_id, run_id=run_id, limit=limit, offset=offset)
-        children = [store.cluster_info(c, run_id=info.run_id, limit=0) for c in info.children]
-        parent = store.cluster_info(info.parent, run_id=info.run_id, limit=0) if info.parent is not None else None
-    data = info.to_dict()
-    data["child_clusters"] = [{"id": c.id, "size": c.size, "keywords": c.keywords} for c in children]
-    data["parent_cluster"] = (
-        None if parent is None else {"id": parent.id, "size": parent.size, "keywords": parent.keywords}
-    )
+        data, children, parent = cluster_detail(store, info)
 
     def human(d):
         kind = "coarse topic" if info.level == "coarse" else "cluster"

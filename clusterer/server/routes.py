@@ -9,7 +9,6 @@ pool thread.
 from __future__ import annotations
 
 import asyncio
-import inspect
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
@@ -17,6 +16,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from clusterer.server.errors import ApiError
+from clusterer.service.views import cluster_detail
 
 router = APIRouter()
 
@@ -214,22 +214,10 @@ def start_run(request: Request, body: RunBody):
 
 
 def _check_run_params(method: str | None, params: dict[str, Any]) -> None:
-    """Refuse a bad method or parameters before queueing, with the service layer's own check
-    (the method registry where there is one, else the runs module's defaults)."""
-    import importlib
+    """Refuse a bad method or parameters before queueing, with the method registry's own check."""
+    from clusterer.service import methods
 
-    try:
-        registry = importlib.import_module("clusterer.service.methods")
-    except ImportError:
-        registry = None
-    if registry is not None and hasattr(registry, "resolve"):
-        registry.resolve(method, **params)
-        return
-    from clusterer.service import runs as run_service
-
-    check = getattr(run_service, "default_params", None)
-    if method is not None and check is not None:
-        check(method, **params)
+    methods.resolve(method, **params)
 
 
 @router.get("/jobs/{job_id}", tags=["runs"])
@@ -251,20 +239,12 @@ def clusters(
     limit: Annotated[int | None, Query(ge=1)] = None,
     level: Annotated[str | None, Query(max_length=32)] = None,
 ):
-    """As `clusterer clusters --json` (`level` where the store's runs have levels)."""
+    """As `clusterer clusters --json`."""
     store = _store(request)
     run = store.run(run_id)
-    body: dict[str, Any] = {"run": run.to_dict()}
-    kwargs: dict[str, Any] = {}
-    accepted = inspect.signature(store.clusters).parameters
-    if "level" in accepted:
-        default = accepted["level"].default
-        kwargs["level"] = body["level"] = (
-            level if level is not None else (None if default is inspect.Parameter.empty else default)
-        )
-    elif level is not None:
-        raise ApiError(422, "level: this version has no cluster levels", "level")
-    items = store.clusters(run.id, **kwargs)
+    level = "fine" if level is None else level
+    body: dict[str, Any] = {"run": run.to_dict(), "level": level}
+    items = store.clusters(run.id, level=level)
     if limit:
         items = items[:limit]
     body["clusters"] = [c.to_dict() for c in items]
@@ -283,17 +263,7 @@ def cluster(
     has a hierarchy, its child clusters or its parent topic)."""
     store = _store(request)
     info = store.cluster_info(cluster_id, run_id=run_id, limit=limit, offset=offset)
-    body = info.to_dict()
-    if hasattr(info, "children") and hasattr(info, "parent"):
-
-        def brief(c):
-            return {"id": c.id, "size": c.size, "keywords": c.keywords}
-
-        body["child_clusters"] = [brief(store.cluster_info(c, run_id=info.run_id, limit=0)) for c in info.children]
-        body["parent_cluster"] = (
-            None if info.parent is None else brief(store.cluster_info(info.parent, run_id=info.run_id, limit=0))
-        )
-    return body
+    return cluster_detail(store, info)[0]
 
 
 @router.get("/clusters/{cluster_id}/members", tags=["clusters"])

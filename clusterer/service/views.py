@@ -87,6 +87,21 @@ class ClusterInfo:
         return asdict(self)
 
 
+def cluster_detail(store, info: ClusterInfo) -> tuple[dict[str, Any], list[ClusterInfo], ClusterInfo | None]:
+    """``info`` as `show --json` and `GET /clusters/{id}` give it: its dict plus ``child_clusters``
+    and ``parent_cluster`` (id, size, keywords), and the child and parent clusters themselves."""
+    children = [store.cluster_info(c, run_id=info.run_id, limit=0) for c in info.children]
+    parent = store.cluster_info(info.parent, run_id=info.run_id, limit=0) if info.parent is not None else None
+
+    def brief(c: ClusterInfo) -> dict[str, Any]:
+        return {"id": c.id, "size": c.size, "keywords": c.keywords}
+
+    data = info.to_dict()
+    data["child_clusters"] = [brief(c) for c in children]
+    data["parent_cluster"] = None if parent is None else brief(parent)
+    return data, children, parent
+
+
 def event_from_row(row) -> Event:
     """A stored event row as the one :class:`Event` type."""
     return Event(
