@@ -7,7 +7,7 @@ default), ``store.clusters(level=...)``, ``store.cluster_info(id)`` and ``store.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -15,8 +15,8 @@ import numpy as np
 from clusterer.errors import ClustererError, InvalidParameterError
 from clusterer.service import duplicates as dup_service
 from clusterer.service import incremental, methods
+from clusterer.service import lookups as lookup_service
 from clusterer.service import runs as run_service
-from clusterer.service import upkeep as upkeep_service
 from clusterer.service.batches import sentence_record
 from clusterer.service.runs import NoRunError
 from clusterer.service.upkeep import Upkeep
@@ -117,12 +117,19 @@ class Store(SentenceStore):
         return [Member(s.id, s.text, None if sim is None else round(float(sim), 6), s.meta) for s, sim in rows]
 
     def _info(
-        self, session, cluster, members: list[Member] | None = None, children: list[int] | None = None
+        self,
+        session,
+        cluster,
+        members: list[Member] | None = None,
+        children: list[int] | None = None,
+        texts: dict[int, str] | None = None,
     ) -> ClusterInfo:
-        wanted = list(cluster.representatives or [])
-        if cluster.centre_id is not None:
-            wanted.append(cluster.centre_id)
-        texts = sq.texts_for(session, wanted)
+        """``texts``: the texts of the cluster's centre and representatives, when already read."""
+        if texts is None:
+            wanted = list(cluster.representatives or [])
+            if cluster.centre_id is not None:
+                wanted.append(cluster.centre_id)
+            texts = sq.texts_for(session, wanted)
         kw = cluster.keywords or []
         return ClusterInfo(
             id=cluster.label,
@@ -230,41 +237,54 @@ class Store(SentenceStore):
         return self.lookup_vector(vector, members=members)
 
     def lookup_vector(self, vector: np.ndarray, *, members: int = 5) -> dict[str, Any]:
+        return self.lookup_vectors(np.asarray(vector, dtype=np.float32)[None, :], members=members)[0]
+
+    def lookup_vectors(self, vectors: np.ndarray, *, members: int | Sequence[int] = 5) -> list[dict[str, Any]]:
+        """:meth:`lookup` of each row of ``vectors`` (``members``: one count for all or one per row),
+        answered together: one index search, one read of labels, texts and clusters for the batch;
+        each answer equals that of a lookup of its row alone."""
+        vecs = np.asarray(vectors, dtype=np.float32)
+        counts = [members] * len(vecs) if isinstance(members, int) else [int(m) for m in members]
         self.refresh()
         with self.reading(), self.db.read() as session:
             state = self._run_state(session)
             if state is None or self.dimension is None:
                 raise NoRunError("no clustering run yet: run `clusterer cluster` first")
-            vec = np.asarray(vector, dtype=np.float32)[None, :]
-            decision = upkeep_service.decide_one(
-                session, state, self.index, vec, self.dimension, self.embedding_dtype, LOOKUP_SCAN
+            decisions = lookup_service.decide_batch(
+                session, state, self.index, vecs, self.dimension, self.embedding_dtype, LOOKUP_SCAN
             )
-            label, near = decision["label"], decision["near"]
-            near_ids = [int(i) for i in near[0][:LOOKUP_NEIGHBOURS] if i >= 0]
-            near_known = cq.labels_for(session, state.run_id, near_ids)
-            texts = sq.texts_for(session, near_ids)
-            nearest = [
-                {"id": i, "text": texts.get(i, ""), "similarity": round(float(s), 6), "cluster": near_known.get(i)}
-                for i, s in zip(near_ids, near[1])
-            ]
-            cluster = None
-            if label >= 0:
-                row = cq.get_cluster(session, state.run_id, label)
-                rows = cq.members(session, state.run_id, label, limit=members)
-                cluster = self._info(session, row, self._members(rows)).to_dict() if row else None
-        sim = decision["similarity"]
-        out = {
-            "run_id": state.run_id,
-            "method": state.method,
-            "where": state.params.get("where"),
-            "cluster": cluster,
-            "cluster_id": label if label >= 0 else None,
-            "similarity": None if sim is None or not np.isfinite(sim) else round(float(sim), 6),
-            "votes": decision["votes"],
-            "nearest": nearest,
-        }
-        if "share" in decision:
-            out["share"] = round(float(decision["share"]), 6)
+            near = [[int(i) for i in d["near"][0][:LOOKUP_NEIGHBOURS] if i >= 0] for d in decisions]
+            every = sorted({i for ids in near for i in ids})
+            near_known = cq.labels_for(session, state.run_id, every)
+            rows = cq.clusters_by_label(session, state.run_id, {d["label"] for d in decisions if d["label"] >= 0})
+            shown = [i for r in rows.values() for i in [*(r.representatives or []), r.centre_id] if i is not None]
+            texts = sq.texts_for(session, every + shown)
+            infos: dict[tuple[int, int], ClusterInfo] = {}
+            for d, m in zip(decisions, counts):
+                key = (d["label"], m)
+                if d["label"] in rows and key not in infos:
+                    found = cq.members(session, state.run_id, d["label"], limit=m)
+                    infos[key] = self._info(session, rows[d["label"]], self._members(found), texts=texts)
+        out = []
+        for d, m, ids in zip(decisions, counts, near):
+            label, sim = d["label"], d["similarity"]
+            info = infos.get((label, m))
+            answer = {
+                "run_id": state.run_id,
+                "method": state.method,
+                "where": state.params.get("where"),
+                "cluster": info.to_dict() if info is not None else None,
+                "cluster_id": label if label >= 0 else None,
+                "similarity": None if sim is None or not np.isfinite(sim) else round(float(sim), 6),
+                "votes": d["votes"],
+                "nearest": [
+                    {"id": i, "text": texts.get(i, ""), "similarity": round(float(s), 6), "cluster": near_known.get(i)}
+                    for i, s in zip(ids, d["near"][1])
+                ],
+            }
+            if "share" in d:
+                answer["share"] = round(float(d["share"]), 6)
+            out.append(answer)
         return out
 
     def cluster_of(self, sentence_id: int) -> dict[str, Any]:
