@@ -109,6 +109,20 @@ class Store(SentenceStore):
         with self.db.read() as session:
             return RunInfo.from_row(self._run_row(session, run_id))
 
+    def gauges(self) -> dict[str, Any]:
+        """What a metrics scrape shows of the store: sentences and the latest finished run."""
+        with self.db.read() as session:
+            out: dict[str, Any] = {"sentences": sq.count_sentences(session)}
+            run = cq.latest_run(session)
+            if run is not None:
+                out.update(
+                    last_run_id=run.id,
+                    last_run_clusters=run.n_clusters,
+                    last_run_assigned=run.n_assigned,
+                    last_run_finished=run.finished_at.timestamp() if run.finished_at else None,
+                )
+        return out
+
     def runs(self, limit: int = 50) -> list[RunInfo]:
         with self.db.read() as session:
             return [RunInfo.from_row(r) for r in cq.list_runs(session, limit)]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator, Sized
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -20,8 +20,22 @@ from indexer.index_cache import SAVE_INTERVAL_S
 from indexer.normalize import normalize_text, text_hash
 from storage import sentences as q
 
-if TYPE_CHECKING:
-    from indexer.sentence_store import SentenceStore
+
+class IngestTarget(Protocol):
+    """What the ingest pipeline uses of a store (:class:`indexer.sentence_store.SentenceStore`)."""
+
+    cache: Any
+    lock: Any
+    db: Any
+    batch_size: int
+    embedding_dtype: str
+    listener: Any
+
+    @property
+    def encoder(self) -> Any: ...
+
+    def _ensure_info(self) -> None: ...
+
 
 Progress = Callable[[int], None]
 PYTHON_SOURCE = "<python>"
@@ -110,7 +124,7 @@ _MISSING = object()
 
 
 def ingest_records(
-    store: SentenceStore,
+    store: IngestTarget,
     records: Iterable[readers.Record],
     *,
     source: str,
@@ -158,7 +172,7 @@ def ingest_records(
 
 
 def _ingest_batch(
-    store: SentenceStore,
+    store: IngestTarget,
     batch: list[readers.Record],
     report: IngestReport,
     ingest_id: int,
@@ -208,7 +222,7 @@ def _ingest_batch(
     report.ids.extend(ids)
 
 
-def _drop_near_duplicates(store: SentenceStore, recs, hashes, vectors, threshold: float):
+def _drop_near_duplicates(store: IngestTarget, recs, hashes, vectors, threshold: float):
     """The records, hashes and vectors left after near-duplicates, and how many were dropped."""
     from indexer.near_duplicates import near_duplicate_mask
 
