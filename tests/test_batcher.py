@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -120,10 +121,8 @@ def test_close_fails_waiting_requests_and_refuses_new_ones():
     closer.join(10)
     assert first.result(5) == 2
     for f in waiting:  # taken into the next batch or failed: never left hanging
-        try:
+        with contextlib.suppress(BatcherClosed):
             f.result(5)
-        except BatcherClosed:
-            pass
     with pytest.raises(BatcherClosed):
         batcher.submit(2)
 
