@@ -205,7 +205,11 @@ def _ingest_batch(
             return
     blobs = q.encode_embeddings(vectors, store.embedding_dtype)
     rows = [q.NewSentence(r.text, h, b, r.metadata or None, r.source, r.line) for r, h, b in zip(recs, hashes, blobs)]
-    with store.cache.rw.write():  # readers see the batch in the database, the index and the run at once
+    # Readers see the batch in the database, the index and the run at once, but are held only
+    # while it is committed and applied: the rows and the run's upkeep are written first in a
+    # transaction that readers cannot see yet.
+    gate = EnteredLater(store.cache.rw.write)
+    with gate:
         with store.db.write() as session:
             ids, seqs = q.insert_sentences(session, rows)
             q.update_ingest(session, ingest_id, added=len(ids), duplicates=dups, near_duplicates=near)
@@ -214,12 +218,35 @@ def _ingest_batch(
                 after_commit = store.listener.on_insert(
                     session, np.asarray(ids, dtype=np.int64), vectors, [r.text for r in recs], int(seqs[-1])
                 )
+            gate.enter()
         if after_commit is not None:
             for key, value in (after_commit() or {}).items():
                 report.clustering[key] = report.clustering.get(key, 0) + value
         store.cache.add(np.asarray(ids, dtype=np.int64), vectors, int(seqs[-1]))
     report.added += len(ids)
     report.ids.extend(ids)
+
+
+class EnteredLater:
+    """A context manager entered on demand inside its ``with`` block and left at its end."""
+
+    def __init__(self, factory: Callable[[], Any]):
+        self._factory = factory
+        self._entered: Any = None
+
+    def enter(self) -> None:
+        if self._entered is None:
+            cm = self._factory()
+            cm.__enter__()
+            self._entered = cm
+
+    def __enter__(self) -> EnteredLater:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._entered is not None:
+            cm, self._entered = self._entered, None
+            cm.__exit__(*exc)
 
 
 def _drop_near_duplicates(store: IngestTarget, recs, hashes, vectors, threshold: float):
