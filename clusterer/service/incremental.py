@@ -458,6 +458,8 @@ class BatchPlan:
     labels: np.ndarray
     similarities: np.ndarray
     births: list[Birth] = field(default_factory=list)
+    knn: tuple[np.ndarray, np.ndarray] | None = None
+    """The batch's kNN rows (neighbour sentence ids with -1 padding, similarities), graph runs."""
 
     def apply_births(self, ids: np.ndarray) -> dict[int, tuple[int, float]]:
         """Put the batch's members of born clusters into ``labels``; returns the stored

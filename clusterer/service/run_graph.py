@@ -132,3 +132,100 @@ def load_graph(data_dir: str | Path, run_id: int) -> RunGraph | None:
 
 def remove_graph(data_dir: str | Path, run_id: int) -> None:
     shutil.rmtree(graph_dir(data_dir, run_id), ignore_errors=True)
+
+
+# -- the graph of a run's sentences, from the cache and the index -----------------------------
+
+
+def align(stored: RunGraph | None, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The stored rows of ``ids`` (ascending sentence ids) as positions in ``ids``: neighbours
+    (n, k), -1 where padding or outside ``ids``; their similarities; and which rows are missing."""
+    ids = np.asarray(ids, dtype=np.int64)
+    n = len(ids)
+    nbrs = np.full((n, k), -1, np.int64)
+    sims = np.zeros((n, k), np.float32)
+    missing = np.ones(n, bool)
+    if stored is None or n == 0 or len(stored) == 0:
+        return nbrs, sims, missing
+    pos = np.minimum(np.searchsorted(stored.ids, ids), len(stored) - 1)
+    have = stored.ids[pos] == ids
+    rows = pos[have]
+    width = min(k, stored.k)
+    got = stored.neighbors[rows, :width]
+    where = np.minimum(np.searchsorted(ids, np.maximum(got, 0)), n - 1)
+    inside = (got >= 0) & (ids[where] == got)
+    nbrs[have, :width] = np.where(inside, where, -1)
+    sims[have, :width] = np.where(inside, stored.sims[rows, :width], 0.0)
+    missing[have] = False
+    return nbrs, sims, missing
+
+
+def refine(nbrs: np.ndarray, sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each node's ``k`` most similar among its own row and the rows that name it.
+
+    A row stored when the store was smaller holds neighbours found at that density; sentences
+    that arrived later and are closer name it in their own rows. Taking the best ``k`` of both
+    lists replaces such stale neighbours with the closer newcomers, without a search. On a
+    graph whose rows are all current, the result is the graph itself (a sentence that names
+    ``i`` is no closer to ``i`` than ``i``'s own k-th neighbour)."""
+    n, width = nbrs.shape
+    out_n = np.full((n, k), -1, np.int64)
+    out_s = np.zeros((n, k), np.float32)
+    if n == 0:
+        return out_n, out_s
+    rows = np.repeat(np.arange(n, dtype=np.int64), width)
+    cols = nbrs.reshape(-1)
+    w = sims.reshape(-1)
+    keep = (cols >= 0) & (cols != rows)
+    rows, cols, w = rows[keep], cols[keep], w[keep]
+    src = np.concatenate([rows, cols])
+    dst = np.concatenate([cols, rows])
+    w = np.concatenate([w, w])
+    del rows, cols
+    _, first = np.unique(src * n + dst, return_index=True)
+    src, dst, w = src[first], dst[first], w[first]
+    order = np.lexsort((dst, -w, src))
+    src, dst, w = src[order], dst[order], w[order]
+    start = np.searchsorted(src, np.arange(n))
+    rank = np.arange(len(src)) - start[src]
+    top = rank < k
+    out_n[src[top], rank[top]] = dst[top]
+    out_s[src[top], rank[top]] = w[top]
+    return out_n, out_s
+
+
+def search_rows(index, x: np.ndarray, ids: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """kNN rows of ``ids[rows]`` from the FAISS index, as positions in ``ids`` (sentences the
+    index holds outside ``ids``, e.g. beyond a run's filter, are dropped)."""
+    nbrs = np.full((len(rows), k), -1, np.int64)
+    sims = np.zeros((len(rows), k), np.float32)
+    if len(rows) == 0 or index.ntotal == 0:
+        return nbrs, sims
+    found = index.search(np.ascontiguousarray(x[rows], dtype=np.float32), k + 1)
+    got, got_s = np.asarray(found.ids, np.int64), np.asarray(found.similarities, np.float32)
+    where = np.minimum(np.searchsorted(ids, np.maximum(got, 0)), len(ids) - 1)
+    ok = (got >= 0) & (ids[where] == got) & (where != rows[:, None])
+    order = np.argsort(~ok, axis=1, kind="stable")[:, :k]  # the kept ones first, in order
+    kept = np.take_along_axis(ok, order, axis=1)
+    width = order.shape[1]
+    nbrs[:, :width] = np.where(kept, np.take_along_axis(where, order, axis=1), -1)
+    sims[:, :width] = np.where(kept, np.take_along_axis(got_s, order, axis=1), 0.0)
+    return nbrs, sims
+
+
+def graph_for_run(
+    data_dir: str | Path, run_id: int, index, ids: np.ndarray, x: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray, dict[str, int]] | None:
+    """The kNN graph over ``ids`` (ascending; ``x`` their vectors) from run ``run_id``'s stored
+    rows, the missing ones searched in ``index``, refined (:func:`refine`): (neighbour
+    positions, similarities, counts of stored and searched rows). None when the stored graph
+    is absent or narrower than ``k`` (a full search is then the honest answer)."""
+    stored = load_graph(data_dir, run_id)
+    if stored is None or stored.k < k:
+        return None
+    nbrs, sims, missing = align(stored, ids, k)
+    rows = np.flatnonzero(missing)
+    if len(rows):
+        nbrs[rows], sims[rows] = search_rows(index, x, ids, rows, k)
+    nbrs, sims = refine(nbrs, sims, k)
+    return nbrs, sims, {"stored_rows": int(len(ids) - len(rows)), "searched_rows": int(len(rows))}

@@ -20,6 +20,7 @@ import numpy as np
 
 from clusterer.algorithms import topics
 from clusterer.service import incremental as inc
+from clusterer.service import run_graph
 from storage import clusters as cq
 from storage import filters
 from storage import sentences as sq
@@ -62,7 +63,17 @@ class Upkeep:
         gather = Gather(session, state, self.store.index, self.store.dimension, self.store.embedding_dtype)
         plan = plan_batch(gather, ids, vectors)
         change = write_batch(gather, ids, vectors, list(texts), plan, max_seq)
-        return lambda: change.apply(state)
+        data_dir, run_id = self.store.data_dir, state.run_id
+
+        def committed():
+            if plan.knn is not None:  # the batch's kNN rows join the run's stored graph
+                try:
+                    run_graph.append_rows(data_dir, run_id, ids, *plan.knn)
+                except OSError:
+                    pass  # a cache: the next re-optimisation searches what is missing
+            return change.apply(state)
+
+        return committed
 
     def on_delete(self, session, ids):
         from clusterer.service import deletions
@@ -235,6 +246,8 @@ def _plan_graph(gather: Gather, ids: np.ndarray, vectors: np.ndarray) -> inc.Bat
     known = gather.labels(keys[keys >= 0])
     labels, _ = inc.graph_assign(keys, sims, gather.label_fn(known), p["min_similarity"])
     plan = inc.BatchPlan(labels, inc.similarities_to(gather.centroids(set(labels.tolist())), labels, vectors))
+    in_batch = keys <= inc.BATCH_KEY
+    plan.knn = (np.where(in_batch, ids[np.where(in_batch, inc.BATCH_KEY - keys, 0)], keys), sims)
     fresh = np.flatnonzero(labels < 0)
     pool = {int(ids[q]) for q in fresh}
     for q in fresh:
