@@ -45,9 +45,6 @@ class Labels:
     positions), for methods that build one; the run stores it (:mod:`clusterer.service.run_graph`)."""
 
 
-
-
-
 def _cuda_available() -> bool:
     from indexer.hardware import cuda_available
 
@@ -183,7 +180,9 @@ def agglomerative_labels(x: np.ndarray, distance_threshold: float, linkage: str 
     return Labels(np.asarray(res.labels, dtype=np.int64), np.asarray(res.similarities, dtype=np.float32))
 
 
-def run_agglomerative(x, params, *, device="auto", force=False, show_progress=False, initial=None, graph=None) -> Labels:
+def run_agglomerative(
+    x, params, *, device="auto", force=False, show_progress=False, initial=None, graph=None
+) -> Labels:
     return agglomerative_labels(x, float(params["distance_threshold"]), params.get("linkage", "ward"))
 
 
@@ -245,5 +244,3 @@ def run_leiden(x, params, *, device="auto", force=False, show_progress=False, in
         warm_start=initial is not None,
     )
     return Labels(labels, np.full(n, np.nan, dtype=np.float32), info=info, parents=parents, graph=res.knn)
-
-

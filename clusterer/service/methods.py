@@ -147,7 +147,6 @@ class Method:
         return out
 
 
-
 # -- the table -------------------------------------------------------------------------------
 
 _MIN_SIZE_HELP = "smallest cluster kept; smaller groups are left unassigned"

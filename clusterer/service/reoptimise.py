@@ -24,6 +24,7 @@ re-optimised automatically: their upkeep stays as it was.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
@@ -107,7 +108,8 @@ def reoptimise_if_due(store, *, progress=None) -> dict[str, Any] | None:
         before = run.n_clusters
     if trigger is None:
         return None
+    started = time.perf_counter()
     info = store.recluster(progress=progress, trigger=trigger)
     done = summary(trigger, before, info.clusters, store.events(info.id))
-    done["run"] = info.id
+    done.update(run=info.id, seconds=round(time.perf_counter() - started, 3))
     return done

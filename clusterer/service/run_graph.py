@@ -15,12 +15,14 @@ Where parts give one id several rows, the latest part wins.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -228,4 +230,27 @@ def graph_for_run(
     if len(rows):
         nbrs[rows], sims[rows] = search_rows(index, x, ids, rows, k)
     nbrs, sims = refine(nbrs, sims, k)
-    return nbrs, sims, {"stored_rows": int(len(ids) - len(rows)), "searched_rows": int(len(rows))}
+    return nbrs, sims, {"stored_rows": int(len(ids) - len(rows)), "searched_rows": len(rows)}
+
+
+def stored_knn(store, run_id: int, ids: np.ndarray, x: np.ndarray, params: dict[str, Any]):
+    """(:class:`clusterer.algorithms.graph.KnnGraph` over the positions of ``ids``, facts) from
+    run ``run_id``'s stored graph for a run with ``params``, or (None, None) when it cannot serve."""
+    from clusterer.algorithms.graph import KnnGraph, default_k
+
+    k = int(params["k"]) if params.get("k") is not None else default_k(len(ids))
+    if len(ids) and np.any(np.diff(ids) <= 0):
+        return None, None  # positions need ascending ids
+    found = graph_for_run(store.data_dir, run_id, store.index, ids, x, k)
+    if found is None:
+        return None, None
+    nbrs, sims, facts = found
+    return KnnGraph(nbrs, sims), facts
+
+
+def save_run_graph(store, run_id: int, ids: np.ndarray, graph) -> None:
+    """Keep a run's kNN graph (positions of ``ids``) as sentence ids; a cache, so a failure to
+    write it only costs the next re-optimisation a search."""
+    nbrs = np.asarray(graph.neighbours, dtype=np.int64)
+    with contextlib.suppress(OSError):
+        save_graph(store.data_dir, run_id, ids, np.where(nbrs >= 0, ids[np.maximum(nbrs, 0)], -1), graph.similarities)

@@ -377,7 +377,7 @@ def run_clustering(
         tick = time.perf_counter()
         graph, graph_facts = None, None
         if graph_from is not None and spec.stores_graph:
-            graph, graph_facts = _stored_graph(store, graph_from, ids, x, params)
+            graph, graph_facts = rg.stored_knn(store, graph_from, ids, x, params)
             if graph_facts is not None:
                 seconds["graph"] = time.perf_counter() - tick
                 tick = time.perf_counter()
@@ -427,30 +427,5 @@ def run_clustering(
             cq.fail_run(session, run_id, f"{type(exc).__name__}: {exc}")
         raise
     if result.graph is not None:
-        _save_graph(store, run_id, ids, result.graph)
+        rg.save_run_graph(store, run_id, ids, result.graph)
     return run_id, time.perf_counter() - started
-
-
-def _stored_graph(store, run_id: int, ids: np.ndarray, x: np.ndarray, params: dict[str, Any]):
-    """(KnnGraph over the positions of ``ids``, facts) from run ``run_id``'s stored graph, or
-    (None, None) when it cannot serve (absent, or narrower than the run's k)."""
-    from clusterer.algorithms.graph import KnnGraph, default_k
-
-    k = int(params["k"]) if params.get("k") is not None else default_k(len(ids))
-    if len(ids) and np.any(np.diff(ids) <= 0):
-        return None, None  # positions need ascending ids; embeddings come in insertion order
-    found = rg.graph_for_run(store.data_dir, run_id, store.index, ids, x, k)
-    if found is None:
-        return None, None
-    nbrs, sims, facts = found
-    return KnnGraph(nbrs, sims), facts
-
-
-def _save_graph(store, run_id: int, ids: np.ndarray, graph) -> None:
-    """Keep the run's kNN graph as sentence ids; a cache, so a failure to write it only costs
-    the next re-optimisation a search."""
-    nbrs = np.asarray(graph.neighbours, dtype=np.int64)
-    try:
-        rg.save_graph(store.data_dir, run_id, ids, np.where(nbrs >= 0, ids[np.maximum(nbrs, 0)], -1), graph.similarities)
-    except OSError:
-        pass
