@@ -227,3 +227,36 @@ def test_cli_recluster_takes_a_resolution(tmp_path):
     assert run["params"]["resolution"] == 6.0 and run["params"]["stats"]["graph"]["searched_rows"] == 0
     bad = runner.invoke(cli, ["recluster", "--resolution", "0", "--data-dir", str(data)])
     assert bad.exit_code == 2
+
+
+def test_readers_keep_the_previous_run_until_the_reoptimisation_commits(tmp_path, monkeypatch):
+    import threading
+
+    from clusterer.service import runs
+
+    texts, _ = hierarchical("random")
+    store = Store.open(tmp_path / "data", encoder=FakeEncoder(dimension=128), device="cpu")
+    try:
+        store.ingest(texts[:100])
+        first = store.cluster()
+        inside, release = threading.Event(), threading.Event()
+        compute = runs.compute_labels
+
+        def slow(*args, **kwargs):
+            inside.set()
+            assert release.wait(30)
+            return compute(*args, **kwargs)
+
+        monkeypatch.setattr(runs, "compute_labels", slow)
+        writer = threading.Thread(target=lambda: store.ingest(texts[100:200]))
+        writer.start()
+        assert inside.wait(30), "the re-optimisation did not start"
+        # the batch is stored and assigned to the previous run, which readers still see
+        assert store.run().id == first.id and store.run().sentences == 200
+        assert store.lookup(texts[150])["run_id"] == first.id
+        release.set()
+        writer.join(30)
+        assert store.run().id != first.id and store.run().params["stats"]["trigger"]["previous_run"] == first.id
+    finally:
+        release.set()
+        store.close()

@@ -100,16 +100,17 @@ def reoptimise_if_due(store, *, progress=None) -> dict[str, Any] | None:
     """
     from storage import clusters as cq
 
-    with store.db.read() as session:
-        run = cq.latest_run(session)
-        if run is None:
+    with store.lock:  # decided and done under the writer lock: two writers never both re-optimise
+        with store.db.read() as session:
+            run = cq.latest_run(session)
+            if run is None:
+                return None
+            trigger = due(run.method, dict(run.params or {}), run.n_sentences, run.id)
+            before = run.n_clusters
+        if trigger is None:
             return None
-        trigger = due(run.method, dict(run.params or {}), run.n_sentences, run.id)
-        before = run.n_clusters
-    if trigger is None:
-        return None
-    started = time.perf_counter()
-    info = store.recluster(progress=progress, trigger=trigger)
+        started = time.perf_counter()
+        info = store.recluster(progress=progress, trigger=trigger)
     done = summary(trigger, before, info.clusters, store.events(info.id))
     done.update(run=info.id, seconds=round(time.perf_counter() - started, 3))
     return done
