@@ -259,12 +259,9 @@ def graph_clustering(
         timings["granularity"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         if init is not None or not large:
-            start = membership if init is None else refine_by(init, membership)
-            membership = leiden(wg, chosen, seed, initial=start, iterations=2)
+            membership = leiden(wg, chosen, seed, initial=membership if init is None else init, iterations=2)
     else:
         chosen = float(resolution)
-        if init is not None:
-            init = refine_by(init, leiden(wg, chosen, seed))
         membership = leiden(wg, chosen, seed, initial=init)
     timings["leiden"] = time.perf_counter() - t0
     floor = outlier_floor(best[has]) if min_similarity is None else float(min_similarity)
@@ -296,19 +293,6 @@ def graph_clustering(
         "seconds": {key: round(v, 3) for key, v in timings.items()},
     }
     return GraphClustering(fine, parents, chosen, coarse_resolution, scores=scores, info=info, knn=kept)
-
-
-def refine_by(initial: np.ndarray, fresh: np.ndarray) -> np.ndarray:
-    """The common refinement of two memberships (a group per pair of labels), as 0..m-1.
-
-    A warm start begins from it rather than from ``initial`` alone: Leiden merges groups far
-    better than it splits them, so starting from the old membership alone keeps an old cluster
-    whole even where the grown graph, at the chosen resolution, holds several; starting from
-    the refinement lets it keep every old boundary the data still supports and add the new ones.
-    """
-    pairs = np.stack([np.asarray(initial, np.int64), np.asarray(fresh, np.int64)], axis=1)
-    _, inverse = np.unique(pairs, axis=0, return_inverse=True)
-    return inverse.reshape(-1).astype(np.int64)
 
 
 def distinct_graph(graph: KnnGraph, first: np.ndarray, inverse: np.ndarray) -> KnnGraph:
