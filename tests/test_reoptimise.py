@@ -260,3 +260,25 @@ def test_readers_keep_the_previous_run_until_the_reoptimisation_commits(tmp_path
     finally:
         release.set()
         store.close()
+
+
+def test_post_sentences_reoptimises_in_the_writer(tmp_path):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from clusterer.server import create_app
+    from clusterer.settings import ServerSettings
+
+    texts, _ = hierarchical("random")
+    store = Store.open(tmp_path / "data", encoder=FakeEncoder(dimension=128), device="cpu")
+    store.ingest(texts[:100])
+    first = store.cluster()
+    with TestClient(create_app(store, ServerSettings())) as client:
+        answer = client.post("/sentences", json={"texts": texts[100:210]})
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        upkeep = body["inputs"][0]["upkeep"]
+        assert upkeep["action"] == "re-optimised" and upkeep["previous_run"] == first.id
+        assert body["run_id"] == upkeep["run"]  # the answer's clusters are the new run's
+        runs = client.get("/runs").json()["runs"]
+        assert runs[0]["params"]["stats"]["trigger"]["reason"] == "store grew 2.1x since the last optimisation"
