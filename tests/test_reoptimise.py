@@ -63,9 +63,9 @@ def _ari(store, truth, run_id=None) -> float:
     return adjusted_rand_score([truth[r["text"]] for r in rows], labels)
 
 
-def _stream(tmp_path, order: str, first: float = 0.1, batches: int = 9):
+def _stream(tmp_path, order: str, first: float = 0.1, batches: int = 9, db_url: str | None = None):
     texts, truth = hierarchical(order)
-    store = Store.open(tmp_path / "data", encoder=FakeEncoder(dimension=128), device="cpu")
+    store = Store.open(tmp_path / "data", db_url=db_url, encoder=FakeEncoder(dimension=128), device="cpu")
     n0 = int(first * len(texts))
     store.ingest(texts[:n0])
     store.cluster()
@@ -88,8 +88,8 @@ def test_a_stream_stays_as_right_as_a_full_run(tmp_path, order):
         store.close()
 
 
-def test_reoptimisation_is_a_recorded_run_with_its_reason_and_events(tmp_path):
-    store, _truth, reports = _stream(tmp_path, "random")
+def test_reoptimisation_is_a_recorded_run_with_its_reason_and_events(tmp_path, db_url):
+    store, _truth, reports = _stream(tmp_path, "random", db_url=db_url)
     try:
         runs = store.runs()
         made = [r for r in runs if r.params["stats"].get("trigger")]
