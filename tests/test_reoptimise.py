@@ -24,6 +24,15 @@ from tests.fakes import FakeEncoder
 # -- the rule (pure) ----------------------------------------------------------------------
 
 
+def test_due_when_a_quarter_of_the_run_is_in_clusters_founded_since():
+    params = {"stats": {"optimised_sentences": 100}}
+    assert reoptimise.due("leiden", params, 150, 3, born=37) is None
+    trigger = reoptimise.due("leiden", params, 150, 3, born=38)
+    assert trigger["rule"] == "births" and trigger["born_sentences"] == 38
+    assert trigger["reason"] == "25% of the sentences are in clusters founded since the last optimisation"
+    assert reoptimise.due("community", params, 150, 3, born=100) is None
+
+
 def test_due_at_twice_the_optimised_size_for_leiden_only():
     params = {"stats": {"optimised_sentences": 100}}
     assert reoptimise.due("leiden", params, 199, 3) is None
@@ -79,7 +88,10 @@ def test_a_stream_stays_as_right_as_a_full_run(tmp_path, order):
     try:
         streamed = _ari(store, truth)
         done = [r.upkeep for r in reports if r.upkeep]
-        assert [d["reason"] for d in done] == ["store grew 2.0x since the last optimisation"] * 3
+        if order == "random":  # no new topics: the doubling schedule only
+            assert [d["reason"] for d in done] == ["store grew 2.0x since the last optimisation"] * 3
+        else:  # whole topics arrive late: clusters founded by upkeep also trigger it
+            assert any("in clusters founded since the last optimisation" in d["reason"] for d in done)
         full = store.cluster()
         full_ari = _ari(store, truth, full.id)
         assert full_ari > 0.9  # the subtopics

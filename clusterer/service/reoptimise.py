@@ -33,6 +33,8 @@ from clusterer.service import methods
 
 GROWTH = 2.0
 """Re-optimise once the run covers this many times the sentences it was last optimised on."""
+BORN_SHARE = 0.25
+"""... or once this share of its sentences lies in clusters upkeep founded since then."""
 
 
 def optimised_size(stats: Mapping[str, Any]) -> int | None:
@@ -44,23 +46,35 @@ def optimised_size(stats: Mapping[str, Any]) -> int | None:
     return None
 
 
-def due(method: str, params: Mapping[str, Any], n_sentences: int, run_id: int) -> dict[str, Any] | None:
-    """The trigger of a re-optimisation of a run covering ``n_sentences`` now, or None."""
+def due(
+    method: str, params: Mapping[str, Any], n_sentences: int, run_id: int, born: int = 0
+) -> dict[str, Any] | None:
+    """The trigger of a re-optimisation of a run covering ``n_sentences`` now, ``born`` of them
+    in clusters upkeep founded since the run was made; None when nothing is due."""
     if methods.upkeep_rule(method) != "graph":
         return None
     base = optimised_size(params.get("stats") or {})
-    if not base or n_sentences < GROWTH * base:
+    if not base:
         return None
     growth = n_sentences / base
-    return {
+    trigger = {
         "by": "upkeep",
-        "rule": "growth",
-        "reason": f"store grew {growth:.1f}x since the last optimisation",
         "growth": round(growth, 3),
         "sentences": int(n_sentences),
         "optimised_sentences": int(base),
+        "born_sentences": int(born),
         "previous_run": int(run_id),
     }
+    if n_sentences >= GROWTH * base:
+        return {**trigger, "rule": "growth", "reason": f"store grew {growth:.1f}x since the last optimisation"}
+    if born >= BORN_SHARE * n_sentences and born > 0:
+        share = born / n_sentences
+        return {
+            **trigger,
+            "rule": "births",
+            "reason": f"{share:.0%} of the sentences are in clusters founded since the last optimisation",
+        }
+    return None
 
 
 def summary(trigger: dict[str, Any], before: int, after: int, events: list) -> dict[str, Any]:
@@ -105,7 +119,10 @@ def reoptimise_if_due(store, *, progress=None) -> dict[str, Any] | None:
             run = cq.latest_run(session)
             if run is None:
                 return None
-            trigger = due(run.method, dict(run.params or {}), run.n_sentences, run.id)
+            params = dict(run.params or {})
+            first = (params.get("stats") or {}).get("born_from_label")
+            born = cq.sentences_in_clusters_from(session, run.id, int(first)) if first is not None else 0
+            trigger = due(run.method, params, run.n_sentences, run.id, born)
             before = run.n_clusters
         if trigger is None:
             return None

@@ -407,6 +407,7 @@ def run_clustering(
                 **plan.stats,
                 "coarse_clusters": len(plan.coarse),
                 "optimised_sentences": len(ids),
+                "born_from_label": cq.max_label(session) + 1,
                 "seconds": {k: round(v, 4) for k, v in seconds.items()},
             }
             if graph_facts is not None:
