@@ -46,9 +46,7 @@ def optimised_size(stats: Mapping[str, Any]) -> int | None:
     return None
 
 
-def due(
-    method: str, params: Mapping[str, Any], n_sentences: int, run_id: int, born: int = 0
-) -> dict[str, Any] | None:
+def due(method: str, params: Mapping[str, Any], n_sentences: int, run_id: int, born: int = 0) -> dict[str, Any] | None:
     """The trigger of a re-optimisation of a run covering ``n_sentences`` now, ``born`` of them
     in clusters upkeep founded since the run was made; None when nothing is due."""
     if methods.upkeep_rule(method) != "graph":
