@@ -14,13 +14,14 @@ import numpy as np
 
 from clusterer.errors import ClustererError, InvalidParameterError
 from clusterer.service import duplicates as dup_service
-from clusterer.service import incremental, methods
+from clusterer.service import incremental, methods, reoptimise
 from clusterer.service import lookups as lookup_service
 from clusterer.service import runs as run_service
 from clusterer.service.batches import sentence_record
 from clusterer.service.runs import NoRunError
 from clusterer.service.upkeep import Upkeep
 from clusterer.service.views import ClusterInfo, Event, Member, RunInfo, event_from_row
+from indexer.ingest import IngestReport
 from indexer.sentence_store import SentenceStore
 from storage import clusters as cq
 from storage import filters
@@ -67,6 +68,8 @@ class Store(SentenceStore):
         show_progress: bool = False,
         warm_start: bool = False,
         where: Any = None,
+        graph_from: int | None = None,
+        trigger: dict[str, Any] | None = None,
         **params: Any,
     ) -> RunInfo:
         """Cluster every stored sentence and store the run; returns the run's summary.
@@ -77,7 +80,8 @@ class Store(SentenceStore):
         ``warm_start`` starts leiden from the latest run's membership (what :meth:`recluster` does).
         ``where`` (a ``--where`` string, list of strings or dict; see :mod:`storage.filters`)
         clusters only the matching sentences; the run records it, and sentences ingested later
-        join the run only when they match it.
+        join the run only when they match it. ``graph_from`` reuses that run's stored kNN graph
+        (leiden; :mod:`clusterer.service.run_graph`) and ``trigger`` records why upkeep made the run.
         """
         spec = methods.get(method)
         spec.resolve(params)
@@ -92,9 +96,21 @@ class Store(SentenceStore):
                 show_progress=show_progress,
                 warm_start=warm_start,
                 where=where,
+                graph_from=graph_from,
+                trigger=trigger,
                 **params,
             )
         return self.run(run_id)
+
+    def ingest_records(self, records, **kwargs: Any) -> IngestReport:
+        """Store the records (see :meth:`SentenceStore.ingest_records`; ``ingest`` and
+        ``ingest_file`` come here), then re-optimise the latest run when the store has outgrown
+        it (:mod:`clusterer.service.reoptimise`); what that did is ``report.upkeep``."""
+        report = super().ingest_records(records, **kwargs)
+        done = reoptimise.reoptimise_if_due(self)
+        if done is not None:
+            report.upkeep = done
+        return report
 
     def _run_row(self, session, run_id: int | None):
         run = cq.latest_run(session) if run_id is None else cq.get_run(session, run_id)
@@ -352,8 +368,9 @@ class Store(SentenceStore):
 
     def recluster(self, **kwargs: Any) -> RunInfo:
         """A full run with the latest run's method and parameters; ids carry over (leiden starts
-        from the latest run's membership)."""
-        options = ("device", "force", "progress", "show_progress")
+        from the latest run's membership and reuses its stored kNN graph, so a new
+        ``resolution`` costs no neighbour search)."""
+        options = ("device", "force", "progress", "show_progress", "trigger")
         with self.db.read() as session:
             run = self._run_row(session, None)
             spec = methods.get(run.method)
@@ -361,7 +378,7 @@ class Store(SentenceStore):
             where = (run.params or {}).get("where")
         params.update({k: v for k, v in kwargs.items() if v is not None and k not in options})
         extra = {k: kwargs[k] for k in options if k in kwargs}
-        return self.cluster(spec.name, warm_start=True, where=where, **extra, **params)
+        return self.cluster(spec.name, warm_start=True, where=where, graph_from=run.id, **extra, **params)
 
     def events(self, run_id: int) -> list[Event]:
         """Every event a run recorded."""

@@ -54,6 +54,8 @@ class IngestReport:
     seconds: float = 0.0
     ids: list[int] = field(default_factory=list)
     clustering: dict[str, int] = field(default_factory=dict)
+    upkeep: dict[str, Any] = field(default_factory=dict)
+    """What the listener's layer did after the batches beyond assigning them (e.g. a re-optimisation)."""
 
     @property
     def rate(self) -> float:

@@ -60,6 +60,12 @@ def _run_facts(run) -> str:
         parts.append(f"{stats['coarse_clusters']} coarse topics")
     if stats.get("outlier_share") is not None:
         parts.append(f"outliers {stats['outlier_share']:.1%}")
+    if stats.get("trigger"):
+        parts.append(
+            f"made by upkeep: {stats['trigger'].get('reason')} (after run {stats['trigger'].get('previous_run')})"
+        )
+    if stats.get("graph"):
+        parts.append(f"kNN graph of run {stats['graph']['reused_from_run']} reused")
     secs = stats.get("seconds") or {}
     if secs:
         parts.append("seconds " + ", ".join(f"{k} {v:.2f}" for k, v in secs.items()))

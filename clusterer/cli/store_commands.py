@@ -98,6 +98,8 @@ def ingest(inputs, fmt, text_column, text_field, skip_invalid, near_dups, as_jso
             click.echo(line)
             for err in r.errors:
                 click.echo(f"  skipped: {err}", err=True)
+            if r.upkeep.get("message"):
+                click.echo(f"upkeep: {r.upkeep['message']} (run {r.upkeep['run']}, {r.upkeep['seconds']:.1f}s)")
 
     emit(data, as_json, human)
 

@@ -22,6 +22,7 @@ from clusterer.algorithms import topics
 from clusterer.algorithms.matching import Event, groups_from_labels, match_clusters
 from clusterer.errors import ClustererError
 from clusterer.service import methods
+from clusterer.service import run_graph as rg
 from clusterer.service.methods import GuardRailError, Labels  # noqa: F401  (re-exported)
 from storage import clusters as cq
 from storage import filters
@@ -46,10 +47,12 @@ def compute_labels(
     force: bool = False,
     show_progress: bool = False,
     initial: np.ndarray | None = None,
+    graph: Any = None,
 ) -> Labels:
-    """Run one method over the embedding matrix ``x`` (rows L2-normalised) with resolved ``params``."""
+    """Run one method over the embedding matrix ``x`` (rows L2-normalised) with resolved
+    ``params``; ``graph`` (leiden) is a kNN graph over the rows to use instead of a new search."""
     return methods.get(method).compute(
-        x, params, device=device, force=force, show_progress=show_progress, initial=initial
+        x, params, device=device, force=force, show_progress=show_progress, initial=initial, graph=graph
     )
 
 
@@ -329,6 +332,8 @@ def run_clustering(
     show_progress: bool = False,
     warm_start: bool = False,
     where: Any = None,
+    graph_from: int | None = None,
+    trigger: dict[str, Any] | None = None,
     **given: Any,
 ) -> tuple[int, float]:
     """Cluster every stored sentence (or those matching ``where``), store the run, and return its
@@ -336,6 +341,11 @@ def run_clustering(
 
     ``warm_start``: methods that can (leiden) start from the latest run's fine membership, so
     that clusters that persist keep their members and ids.
+
+    ``graph_from``: the run whose stored kNN graph (:mod:`clusterer.service.run_graph`) leiden
+    reuses, rows it lacks searched in the index, instead of a new search over every sentence.
+    ``trigger``: why the run was made when upkeep made it (stored as ``params.stats.trigger``).
+    A leiden run stores the graph it clustered for the next one.
     """
     spec = methods.get(method)
     params = spec.resolve(given)
@@ -365,11 +375,18 @@ def run_clustering(
             ids, x = ids[keep], x[keep]
         seconds["load"] = time.perf_counter() - tick
         tick = time.perf_counter()
+        graph, graph_facts = None, None
+        if graph_from is not None and spec.stores_graph:
+            graph, graph_facts = rg.stored_knn(store, graph_from, ids, x, params)
+            if graph_facts is not None:
+                seconds["graph"] = time.perf_counter() - tick
+                tick = time.perf_counter()
         initial = previous.labels_for(ids) if warm_start and spec.warm_start and previous.run_id else None
         say(f"clustering {len(ids):,} sentences ({spec.name})")
         result = compute_labels(
-            spec.name, x, params, device=device, force=force, show_progress=show_progress, initial=initial
+            spec.name, x, params, device=device, force=force, show_progress=show_progress, initial=initial, graph=graph
         )
+        del graph
         seconds["cluster"] = time.perf_counter() - tick
         tick = time.perf_counter()
         assigned = result.labels >= 0
@@ -389,8 +406,14 @@ def run_clustering(
             stats = {
                 **plan.stats,
                 "coarse_clusters": len(plan.coarse),
+                "optimised_sentences": len(ids),
+                "born_from_label": cq.max_label(session) + 1,
                 "seconds": {k: round(v, 4) for k, v in seconds.items()},
             }
+            if graph_facts is not None:
+                stats["graph"] = {"reused_from_run": graph_from, **graph_facts}
+            if trigger is not None:
+                stats["trigger"] = trigger
             cq.touch_run(session, run_id, params={**params, "stats": stats})
             cq.finish_run(
                 session,
@@ -404,4 +427,6 @@ def run_clustering(
         with store.db.write() as session:
             cq.fail_run(session, run_id, f"{type(exc).__name__}: {exc}")
         raise
+    if result.graph is not None:
+        rg.save_run_graph(store, run_id, ids, result.graph)
     return run_id, time.perf_counter() - started
