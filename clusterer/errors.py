@@ -17,3 +17,12 @@ class InvalidParameterError(ClustererError, ValueError):
 
 class TooLargeError(ClustererError):
     """The input is too large for the requested method; the message names an alternative."""
+
+
+class UnknownClusterError(ClustererError):
+    """No cluster with that id in the run."""
+
+
+class CurationError(InvalidParameterError):
+    """A merge, split, label or unmerge the store cannot make (an id merged with itself, a
+    coarse topic where a fine cluster is needed, a cluster that does not split, nothing to undo)."""
