@@ -13,10 +13,9 @@ from typing import Any
 import numpy as np
 
 from clusterer.errors import ClustererError, InvalidParameterError, UnknownClusterError
+from clusterer.service import curation_writer, incremental, methods
 from clusterer.service import duplicates as dup_service
-from clusterer.service import incremental, methods
 from clusterer.service import runs as run_service
-from clusterer.service import curation_writer
 from clusterer.service import upkeep as upkeep_service
 from clusterer.service.batches import sentence_record
 from clusterer.service.curation import Edit

@@ -99,5 +99,7 @@ def names(session: Session, labels: Iterable[int] | None = None) -> dict[int, st
         return dict(session.execute(select(ClusterName.label, ClusterName.name)).all())
     out: dict[int, str] = {}
     for chunk in chunks(sorted({int(label) for label in labels})):
-        out.update(session.execute(select(ClusterName.label, ClusterName.name).where(ClusterName.label.in_(chunk))).all())
+        out.update(
+            session.execute(select(ClusterName.label, ClusterName.name).where(ClusterName.label.in_(chunk))).all()
+        )
     return out

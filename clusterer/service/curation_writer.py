@@ -121,7 +121,10 @@ def merge(store, ids: Sequence[int]) -> Edit:
         _assign(session, run.id, part)
         cq.delete_clusters(session, run.id, sources)
         cq.add_terms(
-            session, run.id, {target: curation.sum_counts([counts.get(s, {}) for s in sources])}, {target: counts.get(target, {})}
+            session,
+            run.id,
+            {target: curation.sum_counts([counts.get(s, {}) for s in sources])},
+            {target: counts.get(target, {})},
         )
         cq.update_clusters(session, run.id, {target: _row_values(part)})
         keywords = _keywords(session, run, [target]).get(target, [])
@@ -174,7 +177,9 @@ def split(store, cluster_id: int, resolution: float | None = None, device: str =
         detail = {"curated": True, "into": children, "resolution": res}
         cq.record_event(session, run.id, cluster_id, "split", 0, children, detail)
         for p in parts:
-            cq.record_event(session, run.id, p.row.label, "split", p.row.size, [cluster_id], {"from": cluster_id, "curated": True})
+            cq.record_event(
+                session, run.id, p.row.label, "split", p.row.size, [cluster_id], {"from": cluster_id, "curated": True}
+            )
         cur.add_split(session, run.id, cluster_id, children, res)
         merged_into = cur.last_active_merge(session, cluster_id)
         while merged_into is not None:  # a split cluster's merges end with its id
@@ -184,7 +189,14 @@ def split(store, cluster_id: int, resolution: float | None = None, device: str =
         _finish(session, run, len(parts) - 1)
         parts_out = [{"id": p.row.label, "size": p.row.size, "keywords": keywords.get(p.row.label, [])} for p in parts]
         return Edit(
-            "split", run.id, cluster_id, children, len(ids), [], _name(session, cluster_id), {"resolution": res, "parts": parts_out}
+            "split",
+            run.id,
+            cluster_id,
+            children,
+            len(ids),
+            [],
+            _name(session, cluster_id),
+            {"resolution": res, "parts": parts_out},
         )
 
 
@@ -218,13 +230,25 @@ def unmerge(store, cluster_id: int) -> Edit:
         labels = [p.row.label for p in parts]
         keywords = _keywords(session, run, labels)
         restored = [p.row.label for p in back]
-        cq.record_event(session, run.id, cluster_id, "unmerge", kept[0].row.size if kept else 0, restored, {"curated": True, "restored": restored})
+        cq.record_event(
+            session,
+            run.id,
+            cluster_id,
+            "unmerge",
+            kept[0].row.size if kept else 0,
+            restored,
+            {"curated": True, "restored": restored},
+        )
         for p in back:
-            cq.record_event(session, run.id, p.row.label, "unmerge", p.row.size, [cluster_id], {"from": cluster_id, "curated": True})
+            cq.record_event(
+                session, run.id, p.row.label, "unmerge", p.row.size, [cluster_id], {"from": cluster_id, "curated": True}
+            )
         cur.undo_merge(session, merge_row.id)
         _finish(session, run, len(back) - (0 if kept else 1))
         size = kept[0].row.size if kept else 0
-        return Edit("unmerge", run.id, cluster_id, restored, size, keywords.get(cluster_id, []), _name(session, cluster_id))
+        return Edit(
+            "unmerge", run.id, cluster_id, restored, size, keywords.get(cluster_id, []), _name(session, cluster_id)
+        )
 
 
 def label(store, cluster_id: int, text: str | None) -> Edit:
