@@ -152,8 +152,8 @@ def plan_merge(
 def split_labels(
     x: np.ndarray, *, resolution: float, min_size: int, seed: int = 0, k: int = SPLIT_K, device: str = "cpu"
 ) -> np.ndarray:
-    """Part of each row of ``x`` (0 = largest): Leiden on the rows' kNN graph at ``resolution``,
-    parts below ``min_size`` moved to the part with the nearest centroid."""
+    """Part of each row of ``x`` (0 = largest): Leiden on the rows' kNN graph at ``resolution``;
+    then, while a part is below ``min_size``, the smallest joins the part with the nearest centroid."""
     from clusterer.algorithms.knn import knn
     from clusterer.algorithms.leiden import build_graph, leiden
 
@@ -162,17 +162,15 @@ def split_labels(
         return np.zeros(n, np.int64)
     nbrs, sims = knn(x, min(k, n - 1), device=device, seed=seed)
     parts = leiden(build_graph(nbrs, sims), resolution, seed)
-    while True:
+    while True:  # the smallest part below min_size joins the part with the nearest centroid
         uniq, counts = np.unique(parts, return_counts=True)
-        small = uniq[counts < min_size]
-        if len(small) == 0 or len(uniq) == 1:
+        if len(uniq) == 1 or counts.min() >= min_size:
             break
-        big = uniq[counts >= min_size]
-        if len(big) == 0:  # every part small: the largest stays
-            big = uniq[[int(np.argmax(counts))]]
-        centroids = np.vstack([topics.normalized_centroid(x[parts == b]) for b in big])
-        move = np.isin(parts, small)
-        parts[move] = big[np.argmax(x[move] @ centroids.T, axis=1)]
+        smallest = uniq[np.lexsort((uniq, counts))[0]]
+        others = uniq[uniq != smallest]
+        centroids = np.vstack([topics.normalized_centroid(x[parts == o]) for o in others])
+        mine = topics.normalized_centroid(x[parts == smallest])
+        parts[parts == smallest] = others[int(np.argmax(centroids @ mine))]
     uniq, inverse, counts = np.unique(parts, return_inverse=True, return_counts=True)
     rank = np.empty(len(uniq), np.int64)
     rank[np.lexsort((uniq, -counts))] = np.arange(len(uniq))
