@@ -329,14 +329,20 @@ class Store(SentenceStore):
         """A full run with the latest run's method and parameters; ids carry over (leiden starts
         from the latest run's membership)."""
         options = ("device", "force", "progress", "show_progress")
+        method, params = self.recluster_args(**{k: v for k, v in kwargs.items() if k not in options})
+        extra = {k: kwargs[k] for k in options if k in kwargs}
+        return self.cluster(method, **extra, **params)
+
+    def recluster_args(self, **overrides: Any) -> tuple[str, dict[str, Any]]:
+        """(method, parameters) of a recluster: the latest run's, ``overrides`` (not None) on top,
+        with its filter and a warm start."""
         with self.db.read() as session:
             run = self._run_row(session, None)
             spec = methods.get(run.method)
             params = {k: v for k, v in (run.params or {}).items() if k in spec.param_names}
             where = (run.params or {}).get("where")
-        params.update({k: v for k, v in kwargs.items() if v is not None and k not in options})
-        extra = {k: kwargs[k] for k in options if k in kwargs}
-        return self.cluster(spec.name, warm_start=True, where=where, **extra, **params)
+        params.update({k: v for k, v in overrides.items() if v is not None})
+        return spec.name, {**params, "warm_start": True, "where": where}
 
     def events(self, run_id: int) -> list[Event]:
         """Every event a run recorded."""

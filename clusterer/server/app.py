@@ -181,7 +181,7 @@ def create_app(store, settings: ServerSettings | None = None, *, close_store: bo
     from fastapi.staticfiles import StaticFiles
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    from clusterer.server import routes
+    from clusterer.server import curation_routes, routes
 
     settings = settings or ServerSettings()
     service = Service(store, settings, close_store=close_store)
@@ -205,6 +205,7 @@ def create_app(store, settings: ServerSettings | None = None, *, close_store: bo
     )
     app.state.service = service
     app.include_router(routes.router)
+    app.include_router(curation_routes.router)
     app.mount("/static", StaticFiles(directory=str(static_dir())), name="static")
 
     def error_response(exc: BaseException) -> JSONResponse:
