@@ -76,8 +76,8 @@ def compute_layout(store, run_id: int, max_points: int = MAX_POINTS) -> Layout:
     """Lay out (a sample of at most ``max_points`` of) the sentences of run ``run_id``."""
     started = time.perf_counter()
     with store.db.read() as session:
-        ids, _, _ = cq.assignments_of_run(session, run_id)
-    ids = np.asarray(ids, dtype=np.int64)
+        listed, _, _ = cq.assignments_of_run(session, run_id)
+    ids = np.asarray(listed, dtype=np.int64)
     ids = ids[sample_positions(len(ids), max_points)]
     if len(ids) == 0 or store.dimension is None:
         return Layout(run_id, ids, np.zeros((len(ids), 2), np.float32), "umap")
@@ -115,18 +115,21 @@ def map_points(store, layout: Layout, limit: int = 5000) -> dict[str, Any]:
         texts = sq.texts_for(session, ids)
         names = cur.names(session, {l for l in labels.values() if l is not None})
         total = sum(cq.label_sizes(session, layout.run_id).values())
-    points = [
-        {
-            "id": i,
-            "x": round(float(x), 4),
-            "y": round(float(y), 4),
-            "cluster": labels.get(i),
-            "label": names.get(labels.get(i)) if labels.get(i) is not None else None,
-            "text": texts.get(i, "")[:TEXT_CHARS],
-        }
-        for i, (x, y) in zip(ids, layout.xy[keep].tolist())
-        if i in texts  # deleted since the layout was made
-    ]
+    points = []
+    for i, (x, y) in zip(ids, layout.xy[keep].tolist()):
+        if i not in texts:  # deleted since the layout was made
+            continue
+        label = labels.get(i)
+        points.append(
+            {
+                "id": i,
+                "x": round(float(x), 4),
+                "y": round(float(y), 4),
+                "cluster": label,
+                "label": None if label is None else names.get(label),
+                "text": texts.get(i, "")[:TEXT_CHARS],
+            }
+        )
     return {
         "run_id": layout.run_id,
         "state": "done",
