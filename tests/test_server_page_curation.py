@@ -10,6 +10,7 @@ from tests.test_server_page import CHROMEDRIVER, CHROMIUM, browser  # noqa: F401
 
 pytestmark = pytest.mark.slow  # drives headless chromium
 
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402 (skipped first)
 from selenium.webdriver.common.by import By  # noqa: E402 (test_server_page skips without chromium first)
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
@@ -42,7 +43,7 @@ def row_ids(driver):
 
 
 def test_page_merges_labels_splits_unmerges_and_reclusters(live, browser):
-    wait = WebDriverWait(browser, 90)
+    wait = WebDriverWait(browser, 90, ignored_exceptions=(StaleElementReferenceException,))
     ids = live.ids
     browser.get(live.url + "/")
     wait.until(lambda d: len(rows(d)) == 4 or None)
@@ -59,7 +60,7 @@ def test_page_merges_labels_splits_unmerges_and_reclusters(live, browser):
     assert "merged" in browser.find_element(By.ID, "status").text
 
     # label the merged cluster from its detail pane
-    wait.until(lambda d: d.find_elements(By.ID, "label-input") or None)
+    wait.until(lambda d: f"cluster {ids['card']} · 24" in d.find_element(By.CSS_SELECTOR, "#detail h2").text or None)
     box = browser.find_element(By.ID, "label-input")
     box.clear()
     box.send_keys("cards and flights")
@@ -69,14 +70,14 @@ def test_page_merges_labels_splits_unmerges_and_reclusters(live, browser):
     assert httpx.get(live.url + f"/clusters/{ids['card']}").json()["label"] == "cards and flights"
 
     # undo the merge
-    wait.until(lambda d: d.find_elements(By.ID, "unmerge-button") or None)
+    wait.until(lambda d: "cards and flights" in d.find_element(By.CSS_SELECTOR, "#detail h2").text or None)
     browser.find_element(By.ID, "unmerge-button").click()
     wait.until(lambda d: len(rows(d)) == 4 or None)
     assert ids["flight"] in row_ids(browser)
 
     # split the bank cluster at resolution 1
     browser.find_element(By.CSS_SELECTOR, f'#clusters tr[data-id="{ids["bank"]}"] td:nth-child(3)').click()
-    wait.until(lambda d: d.find_elements(By.ID, "split-resolution") or None)
+    wait.until(lambda d: f"cluster {ids['bank']} ·" in d.find_element(By.CSS_SELECTOR, "#detail h2").text or None)
     browser.find_element(By.ID, "split-resolution").send_keys("1")
     browser.find_element(By.ID, "split-button").click()
     wait.until(lambda d: len(rows(d)) == 5 or None)
