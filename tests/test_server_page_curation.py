@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_server_page import CHROMEDRIVER, CHROMIUM, browser  # noqa: F401 (the fixture)
+from tests.test_server_page import browser  # noqa: F401 (the fixture)
 
 pytestmark = pytest.mark.slow  # drives headless chromium
 
@@ -42,7 +42,7 @@ def row_ids(driver):
     return [int(r.get_attribute("data-id")) for r in rows(driver)]
 
 
-def test_page_merges_labels_splits_unmerges_and_reclusters(live, browser):
+def test_page_merges_labels_splits_unmerges_and_reclusters(live, browser):  # noqa: F811 (the fixture)
     wait = WebDriverWait(browser, 90, ignored_exceptions=(StaleElementReferenceException,))
     ids = live.ids
     browser.get(live.url + "/")
