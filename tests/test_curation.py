@@ -11,6 +11,7 @@ from clusterer.algorithms import topics
 from clusterer.api import Store
 from clusterer.errors import CurationError, UnknownClusterError
 from clusterer.service.runs import NoRunError
+from storage import clusters as cq
 from tests.test_upkeep import TOPICS, consistent, topic_of, topic_texts
 
 
@@ -203,3 +204,38 @@ def test_edits_need_a_run(tmp_path):
             s.merge([1, 2])
         with pytest.raises(NoRunError):
             s.label(1, "x")
+
+
+def test_another_store_sees_an_edit_made_elsewhere(tmp_path):
+    """Upkeep's cached centroids (k-means: the centroid rule) are dropped when another process
+    edits the run: new sentences join the merged cluster, never the id that is gone."""
+    path = tmp_path / "shared"
+    with Store.open(path, device="cpu") as first:
+        first.ingest(topic_texts())
+        first.cluster("kmeans", k=3)
+        first.ingest(topic_texts(per_topic=1, start=500))  # fills first's centroid cache
+        ids = topic_of(first)
+        with Store.open(path, device="cpu") as second:
+            target = second.merge([ids["card"], ids["flight"]]).cluster_id
+        gone = ids["flight"] if target == ids["card"] else ids["card"]
+        first.ingest(topic_texts(per_topic=2, start=600, topics={"flight": TOPICS["flight"], "card": TOPICS["card"]}))
+        assert {c.id for c in first.clusters()} == {target, ids["pin"]}
+        assert first.cluster_info(target).size == 30
+        with pytest.raises(UnknownClusterError):
+            first.cluster_info(gone)
+        consistent(first, keywords=False)
+
+
+def test_apply_constraints_composes_with_a_relabelling(store):
+    """The hook a re-optimisation calls: current labels in, constrained labels out."""
+    from clusterer.service.curation import apply_constraints, load_constraints
+
+    ids = topic_of(store)
+    target = store.merge([ids["card"], ids["flight"]]).cluster_id
+    with store.db.read() as session:
+        sids, labels, _ = cq.assignments_of_run(session, cq.latest_run(session).id)
+        now = np.array([-1 if l is None else l for l in labels])
+        constraints = load_constraints(session, np.array(sids), now)
+    relabelled = np.where(now == target, np.arange(len(now)) % 2 + 1000, now)  # a method that parts them
+    out = apply_constraints(relabelled, np.array(sids), constraints)
+    assert np.array_equal(out, now)

@@ -3,7 +3,9 @@
 Each edit is a pure plan here (ids, vectors and term counts in, new cluster rows and
 assignments out, no database) and a small writer in :mod:`clusterer.service.curation_writer`.
 The edits are recorded, and every later labelling keeps them
-(:func:`clusterer.service.constraints.apply_constraints`) until they are undone.
+(:func:`apply_constraints`, from :mod:`clusterer.service.constraints`: labels in, labels out,
+for any re-optimisation: ``apply_constraints(new, ids, load_constraints(session, ids, current))``)
+until they are undone.
 
 - **merge**: the clusters become one, with the id of the largest (ties: the lowest id); its
   term counts are the sum of theirs (so its c-TF-IDF keywords are those of the union), its
@@ -27,6 +29,7 @@ import numpy as np
 
 from clusterer.algorithms import topics
 from clusterer.errors import CurationError
+from clusterer.service.constraints import Constraints, apply_constraints, load_constraints  # noqa: F401 (re-exported)
 from storage.clusters import ClusterRow
 
 REPRESENTATIVES = 3
