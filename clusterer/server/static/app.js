@@ -281,7 +281,7 @@ function init() {
   });
   $("map").addEventListener("mousemove", (e) => {
     const p = nearestPoint(e);
-    $("map-tip").textContent = p ? `[${p.id}] ${p.text} (${p.cluster === null ? "unassigned" : "cluster " + p.cluster})` : "";
+    $("map-tip").textContent = p ? `[${p.id}] ${p.text} (${p.cluster === null ? "unassigned" : "cluster " + p.cluster + (p.label ? ` “${p.label}”` : "")})` : "";
   });
   $("map").addEventListener("click", (e) => { const p = nearestPoint(e); if (p && p.cluster !== null) showCluster(p.cluster, 0); });
   loadRuns().catch((err) => say(err.message));
