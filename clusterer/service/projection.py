@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,8 @@ class Layout:
     projection: str
     seconds: float = 0.0
     neighbours: str = "search"
+    texts: dict[int, str] = field(default_factory=dict)
+    """Texts of the sentences shown so far (sentences never change their text)."""
 
 
 def _cache_path(data_dir: Path, run_id: int) -> Path:
@@ -112,12 +114,16 @@ def map_points(store, layout: Layout, limit: int = 5000) -> dict[str, Any]:
     ids = [int(i) for i in layout.ids[keep]]
     with store.db.read() as session:
         labels = cq.labels_for(session, layout.run_id, ids)
-        texts = sq.texts_for(session, ids)
+        missing = [i for i in ids if i not in layout.texts]
+        if missing:
+            layout.texts.update({i: t[:TEXT_CHARS] for i, t in sq.texts_for(session, missing).items()})
         names = cur.names(session, {l for l in labels.values() if l is not None})
-        total = sum(cq.label_sizes(session, layout.run_id).values())
+        run = cq.get_run(session, layout.run_id)
+        total = run.n_sentences if run is not None else len(layout.ids)
+    texts = layout.texts
     points = []
     for i, (x, y) in zip(ids, layout.xy[keep].tolist()):
-        if i not in texts:  # deleted since the layout was made
+        if i not in labels:  # deleted since the layout was made
             continue
         label = labels.get(i)
         points.append(
@@ -127,7 +133,7 @@ def map_points(store, layout: Layout, limit: int = 5000) -> dict[str, Any]:
                 "y": round(float(y), 4),
                 "cluster": label,
                 "label": None if label is None else names.get(label),
-                "text": texts.get(i, "")[:TEXT_CHARS],
+                "text": texts.get(i, ""),
             }
         )
     return {
