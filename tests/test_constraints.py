@@ -65,3 +65,25 @@ def test_new_sentences_are_left_to_the_method():
     new = np.array([5, 5, 5, 5, 5, 8, 8, 8, 8, 8, 8, -1])
     out = apply_constraints(new, ids, make(before, merged={5: [6]}))
     assert out.tolist() == new.tolist()
+
+
+def test_constrain_result_relabels_a_method_result_for_the_run_plan():
+    from clusterer.service.constraints import constrain_result
+    from clusterer.service.methods import Labels
+
+    raw = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, -1])
+    result = Labels(
+        labels=raw,
+        similarities=np.full(10, 0.9, np.float32),
+        centroids={0: np.ones(2), 1: np.ones(2), 2: np.ones(2)},
+        parents={0: 0, 1: 0, 2: 1},
+    )
+    label_of = {0: 5, 1: 30, 2: 7}  # 30: a fresh id for what was half of merged cluster 5
+    before = np.array([5, 5, 5, 5, 5, 5, 7, 7, 7, -1])
+    assert constrain_result(result, IDS, label_of, make(before)) is None
+    new, identity, events = constrain_result(result, IDS, label_of, make(before, merged={5: [6]}))
+    assert new.labels.tolist() == [5, 5, 5, 5, 5, 5, 7, 7, 7, -1]
+    assert identity == {5: 5, 7: 7}
+    assert set(new.centroids) == {7} and np.isnan(new.similarities[:6]).all() and new.similarities[6] == 0.9
+    assert new.parents == {5: 0, 7: 1}
+    assert [(e.label, e.kind, e.size, e.detail["moved"]) for e in events] == [(5, "kept", 6, 3), (30, "kept", 0, 3)]

@@ -155,7 +155,7 @@ def constrain_result(result, ids: np.ndarray, label_of: dict[int, int], constrai
     centres = {label_of[r]: c for r, c in result.centres.items() if r in label_of and label_of[r] not in touched}
     centroids = {label_of[r]: c for r, c in result.centroids.items() if r in label_of and label_of[r] not in touched}
     parents = None
-    if result.parents is not None:
+    if result.parents and label_of:
         parents = {}
         for label in np.unique(after[after >= 0]).tolist():
             if label in inverse and label not in touched:
