@@ -105,6 +105,7 @@ def merge(store, ids: Sequence[int]) -> Edit:
     with store.db.write() as session:
         run = _latest(session)
         rows = {i: _fine_row(session, run, i, "merge") for i in ids}
+        parent_of = {i: rows[i].parent_label for i in ids}
         found = {i: np.asarray(cq.member_ids(session, run.id, i), np.int64) for i in ids}
         target = curation.merge_target({i: len(m) for i, m in found.items()})
         members = {i: found[i] for i in [target, *(i for i in ids if i != target)]}
@@ -115,7 +116,7 @@ def merge(store, ids: Sequence[int]) -> Edit:
         centre_id = rows[target].centre_id
         if methods.upkeep_rule(run.method) == "community" and centre_id in set(members[target].tolist()):
             centre = (int(centre_id), x[int(np.flatnonzero(members[target] == centre_id)[0])])
-        parent = rows[target].parent_label
+        parent = parent_of[target]
         part, moved = curation.plan_merge(members, x, counts, parent=parent, centre=centre)
         sources = [i for i in members if i != target]
         _assign(session, run.id, part)
@@ -130,7 +131,7 @@ def merge(store, ids: Sequence[int]) -> Edit:
         keywords = _keywords(session, run, [target]).get(target, [])
         delta: Counter[int] = Counter()
         for s in sources:
-            p = rows[s].parent_label
+            p = parent_of[s]
             if p is not None and parent is not None and p != parent:
                 delta[p] -= len(members[s])
                 delta[parent] += len(members[s])
