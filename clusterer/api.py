@@ -12,24 +12,22 @@ from typing import Any
 
 import numpy as np
 
-from clusterer.errors import ClustererError, InvalidParameterError
+from clusterer.errors import ClustererError, InvalidParameterError, UnknownClusterError
+from clusterer.service import curation_writer, incremental, methods, reoptimise
 from clusterer.service import duplicates as dup_service
-from clusterer.service import incremental, methods, reoptimise
 from clusterer.service import lookups as lookup_service
 from clusterer.service import runs as run_service
 from clusterer.service.batches import sentence_record
+from clusterer.service.curation import Edit
 from clusterer.service.runs import NoRunError
 from clusterer.service.upkeep import Upkeep
 from clusterer.service.views import ClusterInfo, Event, Member, RunInfo, event_from_row
 from indexer.ingest import IngestReport
 from indexer.sentence_store import SentenceStore
 from storage import clusters as cq
+from storage import curation as cur
 from storage import filters
 from storage import sentences as sq
-
-
-class UnknownClusterError(ClustererError):
-    """No cluster with that id in the run."""
 
 
 class UnknownSentenceError(ClustererError):
@@ -153,8 +151,11 @@ class Store(SentenceStore):
         members: list[Member] | None = None,
         children: list[int] | None = None,
         texts: dict[int, str] | None = None,
+        names: dict[int, str] | None = None,
     ) -> ClusterInfo:
-        """``texts``: the texts of the cluster's centre and representatives, when already read."""
+        """``texts``: the texts of the cluster's centre and representatives, when already read;
+        ``names``: the curated names of clusters, when already read."""
+        names = cur.names(session, [cluster.label]) if names is None else names
         if texts is None:
             wanted = list(cluster.representatives or [])
             if cluster.centre_id is not None:
@@ -175,6 +176,7 @@ class Store(SentenceStore):
             level=cluster.level or "fine",
             parent=cluster.parent_label,
             children=children or [],
+            label=names.get(cluster.label),
         )
 
     @staticmethod
@@ -195,7 +197,8 @@ class Store(SentenceStore):
             run = self._run_row(session, run_id)
             rows = cq.clusters_of_run(session, run.id, level=level)
             children = self._children(session, run.id) if level == "coarse" else {}
-            return [self._info(session, c, children=children.get(c.label)) for c in rows]
+            names = cur.names(session)
+            return [self._info(session, c, children=children.get(c.label), names=names) for c in rows]
 
     def cluster_info(
         self, cluster_id: int, *, run_id: int | None = None, limit: int = 20, offset: int = 0
@@ -224,10 +227,12 @@ class Store(SentenceStore):
 
     def export(self, run_id: int | None = None, batch: int = 5000, where: Any = None) -> Iterator[dict[str, Any]]:
         """Every sentence of a run (matching ``where``) with its cluster id (None when unassigned),
-        its coarse cluster id (None when unassigned or the run has no hierarchy) and similarity."""
+        its coarse cluster id (None when unassigned or the run has no hierarchy), similarity and
+        the cluster's user label (``cluster_label``, None when it has none)."""
         with self.db.read() as session:
             run = self._run_row(session, run_id)
             parent_of = {c.label: c.parent_label for c in cq.clusters_of_run(session, run.id, level="fine")}
+            names = cur.names(session)
             ids, labels, sims = cq.assignments_of_run(session, run.id)
             if where is not None:
                 flt = filters.check_fields(session, where)
@@ -252,6 +257,7 @@ class Store(SentenceStore):
                         "cluster": label,
                         "similarity": None if sim is None else round(float(sim), 6),
                         "coarse_cluster": None if label is None else parent_of.get(label),
+                        "cluster_label": None if label is None else names.get(label),
                     }
 
     # -- lookups -------------------------------------------------------------------
@@ -371,14 +377,20 @@ class Store(SentenceStore):
         from the latest run's membership and reuses its stored kNN graph, so a new
         ``resolution`` costs no neighbour search)."""
         options = ("device", "force", "progress", "show_progress", "trigger")
+        method, params = self.recluster_args(**{k: v for k, v in kwargs.items() if k not in options})
+        extra = {k: kwargs[k] for k in options if k in kwargs}
+        return self.cluster(method, **extra, **params)
+
+    def recluster_args(self, **overrides: Any) -> tuple[str, dict[str, Any]]:
+        """(method, parameters) of a recluster: the latest run's, ``overrides`` (not None) on top,
+        with its filter, a warm start and its stored kNN graph."""
         with self.db.read() as session:
             run = self._run_row(session, None)
             spec = methods.get(run.method)
             params = {k: v for k, v in (run.params or {}).items() if k in spec.param_names}
             where = (run.params or {}).get("where")
-        params.update({k: v for k, v in kwargs.items() if v is not None and k not in options})
-        extra = {k: kwargs[k] for k in options if k in kwargs}
-        return self.cluster(spec.name, warm_start=True, where=where, graph_from=run.id, **extra, **params)
+        params.update({k: v for k, v in overrides.items() if v is not None})
+        return spec.name, {**params, "warm_start": True, "where": where, "graph_from": run.id}
 
     def events(self, run_id: int) -> list[Event]:
         """Every event a run recorded."""
@@ -392,6 +404,34 @@ class Store(SentenceStore):
             if not rows:
                 raise UnknownClusterError(f"cluster {cluster_id} never existed")
             return [event_from_row(r) for r in rows]
+
+    # -- curation -------------------------------------------------------------------
+
+    def _curate(self, edit, *args: Any) -> Edit:
+        with self.lock:
+            self.refresh()
+            done = edit(self, *args)
+        with self.upkeep._lock:  # cached centroids and centres of the edited ids are stale
+            self.upkeep.state = None
+        return done
+
+    def merge(self, cluster_ids: list[int]) -> Edit:
+        """Merge fine clusters of the latest run into one with the largest's id; later runs and
+        upkeep keep them together until :meth:`unmerge`."""
+        return self._curate(curation_writer.merge, [int(i) for i in cluster_ids])
+
+    def split(self, cluster_id: int, resolution: float | None = None) -> Edit:
+        """Split a fine cluster of the latest run (Leiden on its members' kNN graph at
+        ``resolution``, 1 by default); the parts get new ids and are kept apart by later runs."""
+        return self._curate(curation_writer.split, int(cluster_id), resolution, self._device or "cpu")
+
+    def unmerge(self, cluster_id: int) -> Edit:
+        """Undo the newest merge into ``cluster_id``: its moved sentences go back to their ids."""
+        return self._curate(curation_writer.unmerge, int(cluster_id))
+
+    def label(self, cluster_id: int, text: str | None) -> Edit:
+        """Name a cluster (the name stays on its id across runs); ``text=None`` removes it."""
+        return self._curate(curation_writer.label, int(cluster_id), text)
 
     # -- near-duplicates (dups) ------------------------------------------------------
 

@@ -26,3 +26,12 @@ def library_errors() -> tuple[type[Exception], ...]:
     from storage.errors import StorageError
 
     return (ClustererError, IndexerError, StorageError)
+
+
+class UnknownClusterError(ClustererError):
+    """No cluster with that id in the run."""
+
+
+class CurationError(InvalidParameterError):
+    """A merge, split, label or unmerge the store cannot make (an id merged with itself, a
+    coarse topic where a fine cluster is needed, a cluster that does not split, nothing to undo)."""

@@ -21,6 +21,8 @@ from clusterer.settings import ServerSettings
 log = logging.getLogger("clusterer.server")
 
 READY_WAIT_S = 60.0
+MAP_WAIT_S = 2.0
+"""How long a map request waits for a layout being computed before answering 202."""
 STOP_WAIT_S = 30.0
 
 _reader = threading.local()
@@ -55,8 +57,9 @@ class Service:
         self.writer: Writer | None = None
         self.lookups: LookupPipeline | None = None
         self.metrics = Metrics(self.snapshot)
-        self.maps: dict[int, dict[str, Any]] = {}
-        self._map_lock = threading.Lock()
+        from clusterer.service.projection import MapCache
+
+        self.maps = MapCache(store)
         self.started_at = time.time()
 
     def start(self) -> None:
@@ -122,14 +125,13 @@ class Service:
             self.store.close()
 
     def run_map(self, run_id: int | None):
-        from clusterer.service.projection import run_map
+        """The run's map, or None while its layout is computed in the background."""
+        from clusterer.service.projection import map_points
 
         store = self.require_ready()
         rid = store.run(run_id).id
-        with self._map_lock:
-            if rid not in self.maps:
-                self.maps[rid] = run_map(store, rid, self.settings.map_sample)
-            return self.maps[rid]
+        layout = self.maps.get(rid, MAP_WAIT_S)
+        return None if layout is None else map_points(store, layout, self.settings.map_sample)
 
     def snapshot(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -183,6 +185,8 @@ def create_app(store, settings: ServerSettings | None = None, *, close_store: bo
     from fastapi.staticfiles import StaticFiles
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
+    from clusterer.server import curation_routes
+
     settings = settings or ServerSettings()
     service = Service(store, settings, close_store=close_store)
 
@@ -205,6 +209,7 @@ def create_app(store, settings: ServerSettings | None = None, *, close_store: bo
     )
     app.state.service = service
     app.include_router(router)
+    app.include_router(curation_routes.router)
     app.mount("/static", StaticFiles(directory=str(static_dir())), name="static")
 
     def error_response(exc: BaseException) -> JSONResponse:

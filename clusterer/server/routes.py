@@ -311,8 +311,12 @@ def unassigned(
 
 @router.get("/map", tags=["clusters"])
 def sentence_map(request: Request, run_id: RunParam = None):
-    """A sample of a run's sentences in 2D (PCA), computed once per run and cached."""
-    return _service(request).run_map(run_id)
+    """A sample of a run's sentences in 2D (UMAP on the run's kNN graph), laid out once per run
+    in the background and cached; 202 with ``{"state": "computing"}`` until then."""
+    found = _service(request).run_map(run_id)
+    if found is None:
+        return JSONResponse({"state": "computing", "run": run_id}, status_code=202, headers={"Retry-After": "1"})
+    return found
 
 
 # -- the page -------------------------------------------------------------------------

@@ -84,7 +84,13 @@ class RunState:
     def is_current(self, run) -> bool:
         """Whether this state still describes ``run`` (no other process or Store object has
         changed it since)."""
-        return run is not None and run.id == self.run_id and run.n_sentences == self.n_sentences
+        edits = (run.params or {}).get("edits") if run is not None else None  # curation edits made
+        return (
+            run is not None
+            and run.id == self.run_id
+            and run.n_sentences == self.n_sentences
+            and edits == self.params.get("edits")
+        )
 
     def forget(self, labels) -> None:
         for label in labels:

@@ -21,6 +21,7 @@ import numpy as np
 from clusterer.algorithms import topics
 from clusterer.algorithms.matching import Event, groups_from_labels, match_clusters
 from clusterer.errors import ClustererError
+from clusterer.service import constraints as edits
 from clusterer.service import methods
 from clusterer.service import run_graph as rg
 from clusterer.service.methods import GuardRailError, Labels  # noqa: F401  (re-exported)
@@ -257,7 +258,13 @@ def _coarse_level(
 
 
 def plan_run(
-    ids: np.ndarray, x: np.ndarray, texts: list[str], result: Labels, previous: Previous, next_label: int
+    ids: np.ndarray,
+    x: np.ndarray,
+    texts: list[str],
+    result: Labels,
+    previous: Previous,
+    next_label: int,
+    constraints: edits.Constraints | None = None,
 ) -> RunPlan:
     """What a run stores, from the method's ``result`` over ``ids``/``x`` (one row per sentence)
     and ``texts`` (aligned; only assigned sentences' texts are read).
@@ -271,8 +278,13 @@ def plan_run(
     raw_labels = sorted(positions)
     match = match_clusters(previous.fine, [ids[positions[r]] for r in raw_labels], next_label, MIN_JACCARD)
     label_of = dict(zip(raw_labels, match.labels))
-    rows, counts = describe_clusters(x, ids, texts, result, label_of, positions)
     events = list(match.events)
+    constrained = edits.constrain_result(result, ids, label_of, constraints)
+    if constrained is not None:
+        result, label_of, kept = constrained
+        positions = positions_of(result.labels)
+        events += kept
+    rows, counts = describe_clusters(x, ids, texts, result, label_of, positions)
     if result.parents is not None and label_of:
         after_fine = max([next_label - 1, *label_of.values()]) + 1
         coarse_rows, coarse_events, parent_of = _coarse_level(
@@ -367,6 +379,7 @@ def run_clustering(
             max_seq = sq.max_seq(session)
             previous = load_previous(session)
             next_label = cq.max_label(session) + 1
+            constraints = edits.load_constraints(session, previous.ids, previous.labels)
         say("loading embeddings")
         ids, x = store.embeddings(up_to_seq=max_seq)
         if subset is not None:  # only the matching sentences
@@ -389,14 +402,14 @@ def run_clustering(
         del graph
         seconds["cluster"] = time.perf_counter() - tick
         tick = time.perf_counter()
-        assigned = result.labels >= 0
+        assigned = (result.labels >= 0) | np.isin(previous.labels_for(ids), list(constraints.merged))
         with store.db.read() as session:
             text_map = sq.texts_for(session, ids[assigned].tolist())
         seconds["load"] += time.perf_counter() - tick
         tick = time.perf_counter()
         say("keywords and representatives")
         texts_all = [text_map.get(int(i), "") if a else "" for i, a in zip(ids, assigned)]
-        plan = plan_run(ids, x, texts_all, result, previous, next_label)
+        plan = plan_run(ids, x, texts_all, result, previous, next_label, constraints)
         seconds["keywords"] = time.perf_counter() - tick
         tick = time.perf_counter()
         say("saving")

@@ -281,5 +281,3 @@ def _plan_graph(gather: Gather, ids: np.ndarray, vectors: np.ndarray) -> inc.Bat
         stored=set(pool_ids[~in_batch].tolist()),
     )
     return plan
-
-
