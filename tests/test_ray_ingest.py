@@ -9,15 +9,14 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from tests.ray_support import FAKE_FACTORY, KillOnceEncoder, sentences, time_guard, two_node_cluster
-
-from clusterer.cli import cli  # noqa: E402  (after ray_support set Ray's environment)
-from clusterer.distributed.ray_embed import EncoderSpec  # noqa: E402
-from clusterer.distributed.ray_ingest import ingest_on_ray  # noqa: E402
-from clusterer.distributed.ray_read import ReadOptions  # noqa: E402
-from clusterer.settings import Settings  # noqa: E402
-from indexer.sentence_store import SentenceStore  # noqa: E402
-from tests.fakes import FakeEncoder  # noqa: E402
+from clusterer.cli import cli
+from clusterer.distributed.ray_embed import EncoderSpec
+from clusterer.distributed.ray_ingest import ingest_on_ray
+from clusterer.distributed.ray_read import ReadOptions
+from clusterer.settings import Settings
+from indexer.sentence_store import SentenceStore
+from tests.fakes import FakeEncoder
+from tests.ray_support import FAKE_FACTORY, sentences, time_guard, two_node_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -133,4 +132,3 @@ def test_parquet_input(cluster, tmp_path):
         assert done.reports[0].added == 50
         rows, _ = rows_of(tmp_path / "ray")
         assert rows[3] == (texts[3], {"stars": 3}, str(path), 4)
-

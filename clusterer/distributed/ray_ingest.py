@@ -243,7 +243,7 @@ def ingest_on_ray(
         probe = ray.remote(describe_encoder).options(num_cpus=EMBED_CPUS, max_retries=RETRIES)
         try:
             model_name, dimension = ray.get(probe.remote(spec))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 (a Ray error: re-raised as the library error inside, if any)
             cause = library_cause(exc)
             raise (cause or exc) from None
         stages["encoder_probe"] = time.perf_counter() - tick

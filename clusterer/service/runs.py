@@ -329,13 +329,15 @@ def run_clustering(
     show_progress: bool = False,
     warm_start: bool = False,
     where: Any = None,
+    compute: Callable[..., Labels] | None = None,
     **given: Any,
 ) -> tuple[int, float]:
     """Cluster every stored sentence (or those matching ``where``), store the run, and return its
     id and duration. A filtered run records its filter as ``params["where"]``.
 
     ``warm_start``: methods that can (leiden) start from the latest run's fine membership, so
-    that clusters that persist keep their members and ids.
+    that clusters that persist keep their members and ids. ``compute`` replaces
+    :func:`compute_labels` (same arguments), e.g. to run the method on a Ray cluster.
     """
     spec = methods.get(method)
     params = spec.resolve(given)
@@ -367,7 +369,7 @@ def run_clustering(
         tick = time.perf_counter()
         initial = previous.labels_for(ids) if warm_start and spec.warm_start and previous.run_id else None
         say(f"clustering {len(ids):,} sentences ({spec.name})")
-        result = compute_labels(
+        result = (compute or compute_labels)(
             spec.name, x, params, device=device, force=force, show_progress=show_progress, initial=initial
         )
         seconds["cluster"] = time.perf_counter() - tick
