@@ -99,6 +99,7 @@ def ray_session(address: str, *, num_cpus: int | None = None) -> Iterator[RayClu
             os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     ray = import_ray()
     if ray.is_initialized():
+        _quiet_data(ray)
         yield describe_cluster(address)
         return
     if address == LOCAL:
