@@ -118,6 +118,12 @@ def ingest(inputs, fmt, text_column, text_field, skip_invalid, near_dups, as_jso
             click.echo(line)
             for err in r.errors:
                 click.echo(f"  skipped: {err}", err=True)
+        if on_ray is not None:
+            c = on_ray.cluster
+            click.echo(
+                f"ray {c.address}: {c.nodes} nodes, {on_ray.workers} embedding workers, {on_ray.seconds:.1f} s",
+                err=True,
+            )
 
     emit(data, as_json, human)
 
