@@ -17,7 +17,7 @@ from clusterer.cli import cli
 from clusterer.distributed.ray_shards import merge_top_k, sharded_knn, start_shards, stop_shards
 from storage import clusters as cq
 from tests.fakes import FakeEncoder, LookupEncoder
-from tests.ray_support import time_guard, two_node_cluster
+from tests.ray_support import ray, time_guard, two_node_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -66,6 +66,25 @@ def test_sharded_knn_equals_the_exact_search(cluster):
         assert (nbrs == ref_n).mean() > 0.999
         assert np.allclose(sims, ref_s, atol=1e-5)
         assert not (nbrs == np.arange(700)[:, None]).any()  # a row is never its own neighbour
+
+
+def test_sharded_approximate_knn_keeps_most_neighbours(cluster):
+    with time_guard():
+        rng = np.random.default_rng(2)
+        centres = rng.standard_normal((30, 16)).astype(np.float32)
+        x = centres[rng.integers(30, size=3000)] + 0.3 * rng.standard_normal((3000, 16)).astype(np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        actors = start_shards(x, 2, approximate=True, nprobe=8)
+        try:
+            sizes = ray.get([a.size.remote() for a in actors])
+            nbrs, _ = sharded_knn(actors, x, 10)
+        finally:
+            stop_shards(actors)
+        assert sum(sizes) == 3000 and min(sizes) > 500  # whole cells, balanced, every row once
+        ref, _ = exact_knn(x, 10)
+        recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(nbrs, ref)])
+        assert recall >= 0.9, recall
+        assert not (nbrs == np.arange(3000)[:, None]).any()
 
 
 def test_merge_top_k_drops_self_and_pads():

@@ -6,8 +6,9 @@ stable ids, save) with its compute step replaced:
 - ``leiden``: the method's own code (:mod:`clusterer.service.methods` calling
   :func:`clusterer.algorithms.graph.graph_clustering`), so the granularity rule, the outlier
   floor and the coarse level are the same; only its kNN search is fanned over shard actors
-  (:func:`clusterer.distributed.ray_shards.sharded_knn`). The edges are gathered here and Leiden
-  runs in this process.
+  (:func:`clusterer.distributed.ray_shards.sharded_knn`; exact below 5,000 rows, above them an
+  inverted file over one shared cell partition whose cells the shards own). The edges are
+  gathered here and Leiden runs in this process.
 - ``kmeans``: Lloyd's iterations over the shards (:func:`~clusterer.distributed.ray_shards.sharded_kmeans`).
 
 The run's ``params.stats.ray`` records the cluster (nodes, CPUs, GPUs), the shards and each
@@ -30,6 +31,13 @@ from clusterer.service import methods
 from clusterer.service.methods import Labels
 
 RAY_METHODS = ("leiden", "kmeans")
+
+
+def _refusal(method: str) -> str:
+    return (
+        f"--ray runs {' and '.join(RAY_METHODS)}; run --method {method} on one machine "
+        "(without --ray and CLUSTERER_RAY_ADDRESS)"
+    )
 
 
 class FanOutError(ClustererError):
@@ -79,21 +87,20 @@ class RayCompute:
 
     def __call__(self, method: str, x: np.ndarray, params: dict[str, Any], **kwargs: Any) -> Labels:
         if method not in RAY_METHODS:
-            raise InvalidParameterError(
-                f"--ray runs {' and '.join(RAY_METHODS)}; run --method {method} without --ray (on one machine)"
-            )
+            raise InvalidParameterError(_refusal(method))
         result = self._leiden(x, params, **kwargs) if method == "leiden" else self._kmeans(x, params)
         result.info["ray"] = self._facts()
         return result
 
     def _search(self, x: np.ndarray, k: int, search: str, nprobe: int | None) -> tuple[np.ndarray, np.ndarray]:
-        from clusterer.algorithms.knn import DEFAULT_KNN_NPROBE, EXACT_BELOW
+        from clusterer.algorithms.knn import DEFAULT_KNN_NPROBE, EXACT_BELOW, LARGE_ABOVE, LARGE_KNN_NPROBE
 
         if search not in methods.SEARCHES:
             raise InvalidParameterError(f"search must be one of {', '.join(methods.SEARCHES)}, not {search!r}")
         approximate = search == "approximate" or (search == "auto" and len(x) >= EXACT_BELOW)
         tick = time.perf_counter()
-        actors = start_shards(x, self.shards, approximate=approximate, nprobe=nprobe or DEFAULT_KNN_NPROBE)
+        default_nprobe = DEFAULT_KNN_NPROBE if len(x) <= LARGE_ABOVE else LARGE_KNN_NPROBE
+        actors = start_shards(x, self.shards, approximate=approximate, nprobe=nprobe or default_nprobe)
         self.seconds["shards_start"] = time.perf_counter() - tick
         try:
             tick = time.perf_counter()
@@ -160,9 +167,7 @@ def cluster_on_ray(
 
     spec = methods.get(method)
     if spec.name not in RAY_METHODS:
-        raise InvalidParameterError(
-            f"--ray runs {' and '.join(RAY_METHODS)}; run --method {spec.name} without --ray (on one machine)"
-        )
+        raise InvalidParameterError(_refusal(spec.name))
     spec.resolve(params)
     with ray_session(address) as cluster:
         compute = RayCompute(cluster, shards)

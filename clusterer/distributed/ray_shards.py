@@ -1,12 +1,14 @@
 """Vectors in shards on Ray actors: the kNN graph fanned out by query block, k-means by shard.
 
-The matrix is cut into contiguous row shards, one per :class:`ShardActor` (spread over the
-nodes). The kNN graph: every block of query rows goes to every shard, each shard returns its
-``k + 1`` best (global positions, similarities) for the block, and the driver merges them,
-drops each row's own position and keeps the ``k`` best, so the exact search over shards gives
-exactly the single-machine exact neighbours. Above ``EXACT_BELOW`` rows (or with
-``search="approximate"``) each shard searches an inverted-file index of its rows (``nprobe``
-cells) instead of all of them.
+The matrix is cut into shards, one per :class:`ShardActor` (spread over the nodes). The kNN
+graph: every block of query rows goes to every shard, each shard returns its ``k + 1`` best
+(global positions, similarities) for the block, and the driver merges them, drops each row's own
+position and keeps the ``k`` best. Exact search (contiguous row shards, every row compared) gives
+exactly the single-machine exact neighbours. Approximate search (above ``EXACT_BELOW`` rows, or
+``search="approximate"``) cuts the rows into cells of about 128 around spherical k-means
+centroids, the same partition for every shard, and gives each shard whole cells: a query probes
+its ``nprobe`` nearest cells and each shard scans only those it owns, so adding shards divides
+the scanning instead of repeating it.
 
 k-means: Lloyd's iterations of spherical k-means, each shard returning per iteration the sum of
 its vectors and their count per nearest centroid; the driver divides and normalises.
@@ -28,30 +30,39 @@ from clusterer.distributed.ray_env import import_ray
 QUERY_BLOCK = 2048
 SHARD_CPUS = 0.5
 RETRIES = 3
-IVF_POINTS_PER_LIST = 256
+PARTITION_ITERATIONS = 10
+POINTS_PER_CELL = 128
 IN_FLIGHT_PER_SHARD = 4
 
 
 class ShardActor:
-    """One shard of the vectors (rows ``offset..offset+len``), searched and summed in place."""
+    """One shard of the vectors (the rows at global ``positions``), searched and summed in place.
 
-    def __init__(self, vectors: np.ndarray, offset: int, approximate: bool = False, nprobe: int = 16):
+    With ``centroids`` the shard is an inverted file over the cells of one shared partition
+    (``centroids``, the same on every shard), holding only the rows of the cells it owns: a
+    search probes the query's ``nprobe`` nearest cells and finds rows in those this shard owns,
+    so the shards together scan each probed cell once."""
+
+    def __init__(
+        self, vectors: np.ndarray, positions: np.ndarray, centroids: np.ndarray | None = None, nprobe: int = 16
+    ):
         import faiss
 
         self.x = np.ascontiguousarray(vectors, dtype=np.float32)
-        self.offset = int(offset)
+        self.positions = np.asarray(positions, dtype=np.int64)
         d = self.x.shape[1]
-        nlist = max(1, len(self.x) // IVF_POINTS_PER_LIST)
         index: Any
-        if approximate and nlist > 1:
+        if centroids is not None and len(centroids) > 1:
             quantizer = faiss.IndexFlatIP(d)
-            index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-            index.train(self.x)
+            quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
+            index = faiss.IndexIVFFlat(quantizer, d, len(centroids), faiss.METRIC_INNER_PRODUCT)
+            index.is_trained = True  # the shared partition: nothing to train
             index.nprobe = int(nprobe)
             self._quantizer = quantizer
         else:
             index = faiss.IndexFlatIP(d)
-        index.add(self.x)
+        if len(self.x):
+            index.add(self.x)
         self.index = index
 
     def size(self) -> int:
@@ -59,10 +70,12 @@ class ShardActor:
 
     def search(self, queries: np.ndarray, take: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``take`` best rows of this shard for each query: (global positions, similarities)."""
+        if not len(self.x):
+            return np.full((len(queries), 0), -1, np.int64), np.zeros((len(queries), 0), np.float32)
         take = min(take, len(self.x))
         sims, pos = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), take)
         pos = pos.astype(np.int64)
-        return np.where(pos >= 0, pos + self.offset, -1), sims.astype(np.float32)
+        return np.where(pos >= 0, self.positions[np.maximum(pos, 0)], -1), sims.astype(np.float32)
 
     def kmeans_step(self, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         """Per centroid: the sum (float64) and count of this shard's rows nearest to it, and the
@@ -87,17 +100,41 @@ class ShardActor:
         return labels, sims
 
 
+def partition(x: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(unit centroids of about ``len(x) / POINTS_PER_CELL`` cells by spherical k-means on a
+    sample, the cell of every row)."""
+    import faiss
+
+    from clusterer.algorithms.knn import default_knn_nlist
+
+    nlist = default_knn_nlist(len(x))
+    km = faiss.Kmeans(
+        x.shape[1], nlist, niter=PARTITION_ITERATIONS, seed=seed, spherical=True, max_points_per_centroid=64
+    )
+    km.train(x)
+    _, cell = km.index.search(x, 1)
+    return np.asarray(km.centroids, dtype=np.float32), cell.reshape(-1).astype(np.int64)
+
+
 def start_shards(x: np.ndarray, n_shards: int, *, approximate: bool = False, nprobe: int = 16) -> list[Any]:
-    """``n_shards`` actors holding contiguous row shards of ``x`` (spread over the nodes)."""
+    """``n_shards`` actors holding the rows of ``x`` (spread over the nodes): contiguous row
+    ranges, or with ``approximate`` whole cells of one shared partition (balanced by rows)."""
     ray = import_ray()
     remote = ray.remote(ShardActor).options(
         num_cpus=SHARD_CPUS, max_restarts=RETRIES, max_task_retries=RETRIES, scheduling_strategy="SPREAD"
     )
-    bounds = np.linspace(0, len(x), max(1, min(n_shards, len(x))) + 1).astype(int)
-    actors = [
-        remote.remote(ray.put(np.ascontiguousarray(x[a:b])), int(a), approximate, nprobe)
-        for a, b in itertools.pairwise(bounds)
-    ]
+    n_shards = max(1, min(n_shards, len(x)))
+    centroids = None
+    if approximate and len(x) > 2 * POINTS_PER_CELL:
+        centroids, cell = partition(x)
+        counts = np.bincount(cell, minlength=len(centroids))
+        owner = np.minimum(n_shards - 1, (np.cumsum(counts) - counts) * n_shards // len(x))  # cells in order
+        groups = [np.flatnonzero(owner[cell] == s) for s in range(n_shards)]
+    else:
+        bounds = np.linspace(0, len(x), n_shards + 1).astype(int)
+        groups = [np.arange(a, b) for a, b in itertools.pairwise(bounds)]
+    shared = None if centroids is None else ray.put(centroids)
+    actors = [remote.remote(ray.put(np.ascontiguousarray(x[g])), g, shared, nprobe) for g in groups]
     ray.get([a.size.remote() for a in actors])  # built (and failed loudly) before the work starts
     return actors
 
