@@ -22,10 +22,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install '.[ray]')")
 
-from clusterer.distributed.ray_embed import EncoderSpec  # noqa: E402
 from tests.fakes import FakeEncoder  # noqa: E402
 
-FAKE_SPEC = EncoderSpec("tests.fakes:FakeEncoder")
 FAKE_FACTORY = "tests.fakes:FakeEncoder"
 NODE_OBJECT_STORE = 80 << 20
 TEST_SECONDS = 240
