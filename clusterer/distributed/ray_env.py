@@ -11,6 +11,7 @@ ray is imported here and only here, when a command asks for it.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import socket
 import sys
@@ -109,11 +110,11 @@ def ray_session(address: str, *, num_cpus: int | None = None) -> Iterator[RayClu
             log_to_driver=False,
             object_store_memory=LOCAL_OBJECT_STORE,
             _node_ip_address="127.0.0.1",
-            configure_logging=False,
+            logging_level=logging.WARNING,
         )
     else:
         check_reachable(address)
-        ray.init(address=address.removeprefix("ray://"), log_to_driver=False, configure_logging=False)
+        ray.init(address=address.removeprefix("ray://"), log_to_driver=False, logging_level=logging.WARNING)
     try:
         _quiet_data(ray)
         yield describe_cluster(address)
@@ -125,6 +126,7 @@ def _quiet_data(ray: Any) -> None:
     """Our progress bar, not Ray Data's (which would interleave with it on stderr)."""
     from ray.data import DataContext
 
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # its per-dataset notices, too
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -196,21 +197,26 @@ def build_dataset(
     files = ray.data.from_items(
         [{"path": os.path.abspath(p), "source": p} for p in paths], override_num_blocks=max(1, len(paths))
     )
-    texts = files.map_batches(
-        read_file, batch_size=1, fn_kwargs={"options": read}, num_cpus=READ_CPUS, max_retries=RETRIES
-    )
-    return texts.map_batches(
-        EmbedWorker,
-        fn_constructor_kwargs={"spec": spec, "db_url": db_url},
-        batch_size=EMBED_BATCH,
-        batch_format="numpy",
-        concurrency=workers,
-        num_cpus=1.0 if gpus else EMBED_CPUS,
-        num_gpus=gpus or None,
-        max_restarts=RETRIES,
-        max_task_retries=RETRIES,
-        scheduling_strategy="SPREAD",
-    )
+    with warnings.catch_warnings():
+        # Ray 2.60 has no named parameter yet for retries, restarts or spreading
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        texts = files.map_batches(
+            read_file, batch_size=1, fn_kwargs={"options": read}, num_cpus=READ_CPUS, max_retries=RETRIES
+        )
+        # blocks of one embedding batch each, so that every worker gets work even from one file
+        texts = texts.repartition(target_num_rows_per_block=EMBED_BATCH)
+        return texts.map_batches(
+            EmbedWorker,
+            fn_constructor_kwargs={"spec": spec, "db_url": db_url},
+            batch_size=EMBED_BATCH,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=workers),
+            num_cpus=1.0 if gpus else EMBED_CPUS,
+            num_gpus=gpus or None,
+            max_restarts=RETRIES,
+            max_task_retries=RETRIES,
+            scheduling_strategy="SPREAD",
+        )
 
 
 def ingest_on_ray(
