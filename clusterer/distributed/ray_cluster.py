@@ -9,7 +9,10 @@ stable ids, save) with its compute step replaced:
   (:func:`clusterer.distributed.ray_shards.sharded_knn`; exact below 5,000 rows, above them an
   inverted file over one shared cell partition whose cells the shards own). The edges are
   gathered here and Leiden runs in this process.
-- ``kmeans``: Lloyd's iterations over the shards (:func:`~clusterer.distributed.ray_shards.sharded_kmeans`).
+- ``kmeans``: centroids trained as the method trains them, on a sample of at most k x 256 rows,
+  then Lloyd's iterations over all rows on the shards
+  (:func:`~clusterer.distributed.ray_shards.sharded_kmeans`: per iteration each shard returns
+  its sums and counts per centroid) and every row assigned on its shard.
 
 The run's ``params.stats.ray`` records the cluster (nodes, CPUs, GPUs), the shards and each
 stage's seconds; ``clusterer runs`` prints them.
@@ -31,6 +34,8 @@ from clusterer.service import methods
 from clusterer.service.methods import Labels
 
 RAY_METHODS = ("leiden", "kmeans")
+TRAIN_POINTS_PER_CENTROID = 256
+"""What the one-machine kmeans trains on per centroid (FAISS's default sample)."""
 
 
 def _refusal(method: str) -> str:
@@ -132,10 +137,13 @@ class RayCompute:
         norms = np.linalg.norm(x, axis=1, keepdims=True)
         unit = np.ascontiguousarray(x / np.where(norms > 0, norms, 1.0), dtype=np.float32)
         tick = time.perf_counter()
+        init = kmeans_init(unit, k, seed)
+        self.seconds["kmeans_init"] = time.perf_counter() - tick
+        tick = time.perf_counter()
         actors = start_shards(unit, self.shards)
         self.seconds["shards_start"] = time.perf_counter() - tick
         try:
-            res = sharded_kmeans(actors, unit, k, seed=seed)
+            res = sharded_kmeans(actors, unit, k, seed=seed, init=init)
         finally:
             stop_shards(actors)
         self.seconds["kmeans_iterations"] = res["seconds"]["iterations"]
@@ -146,6 +154,19 @@ class RayCompute:
             centroids={j: centroids[j] for j in range(k)},
             info={"inertia": res["inertia"], "iterations": len(res["objective"])},
         )
+
+
+def kmeans_init(x: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Starting centroids: the kmeans method's own training (FAISS, the same seed) on what it
+    trains on, a seeded sample of at most ``k * 256`` rows (all of them below that), so that the
+    Lloyd iterations over the shards start where the one-machine run ends."""
+    from clusterer.algorithms.kmeans import kmeans
+
+    limit = k * TRAIN_POINTS_PER_CENTROID
+    sample = x
+    if len(x) > limit:
+        sample = x[np.sort(np.random.default_rng(seed).choice(len(x), size=limit, replace=False))]
+    return kmeans(sample, k, seed=seed, max_points_per_centroid=TRAIN_POINTS_PER_CENTROID).centroids
 
 
 def cluster_on_ray(

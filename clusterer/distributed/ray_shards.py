@@ -216,12 +216,19 @@ def kmeans_plus_plus(x: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
 
 
 def sharded_kmeans(
-    actors: list[Any], x: np.ndarray, k: int, seed: int = 0, niter: int = 20, tol: float = 1e-6
+    actors: list[Any],
+    x: np.ndarray,
+    k: int,
+    seed: int = 0,
+    niter: int = 20,
+    tol: float = 1e-6,
+    init: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Spherical k-means (Lloyd) over the shard ``actors`` holding ``x`` (rows unit-normalised):
-    labels, similarities, unit centroids, inertia and the objective per iteration."""
+    """Spherical k-means (Lloyd) over the shard ``actors`` holding ``x`` (rows unit-normalised),
+    from the centroids ``init`` (default: :func:`kmeans_plus_plus`): labels, similarities, unit
+    centroids, inertia and the objective per iteration."""
     ray = import_ray()
-    centroids = kmeans_plus_plus(x, k, seed)
+    centroids = kmeans_plus_plus(x, k, seed) if init is None else np.ascontiguousarray(init, dtype=np.float32)
     objective: list[float] = []
     timings = {"iterations": 0.0}
     tick = time.perf_counter()
