@@ -98,6 +98,32 @@ def bench_ingest(n: int, root: Path) -> None:
         ray.shutdown()
 
 
+def recall(x: np.ndarray, ray, k: int = 30) -> None:
+    """recall@k against the exact search of the two approximate kNN searches (one machine, 2 shards)."""
+    from clusterer.algorithms.graph import unique_rows
+    from clusterer.algorithms.knn import exact_knn, knn
+    from clusterer.distributed.ray_shards import sharded_knn, start_shards, stop_shards
+
+    x = x[unique_rows(x)[0]]  # what the leiden method searches: distinct rows
+    ref, _ = exact_knn(x, k)
+
+    def score(nbrs: np.ndarray) -> float:
+        return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(nbrs, ref)]))
+
+    tick = time.perf_counter()
+    one, _ = knn(x, k)
+    one_s = time.perf_counter() - tick
+    actors = start_shards(x, 2, approximate=True, nprobe=16)
+    tick = time.perf_counter()
+    many, _ = sharded_knn(actors, x, k)
+    many_s = time.perf_counter() - tick
+    stop_shards(actors)
+    print(
+        f"  kNN recall@{k} vs exact ({len(x):,} distinct rows): one machine cell-blocked {score(one):.3f} "
+        f"({one_s:.1f} s), ray 2 shards {score(many):.3f} ({many_s:.1f} s)"
+    )
+
+
 def bench_cluster(n: int, root: Path, pg_url: str | None = None) -> None:
     from sklearn.metrics import adjusted_rand_score
 
@@ -144,23 +170,32 @@ def bench_cluster(n: int, root: Path, pg_url: str | None = None) -> None:
     ray = import_ray()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
     try:
-        for method, params in (("leiden", {}), ("kmeans", {"k": 100})):
+        runs: dict[str, np.ndarray] = {}
+        for method, params in (("leiden", {}), ("leiden", {"search": "exact"}), ("kmeans", {"k": 100})):
+            name = method + (f" {params['search']}" if "search" in params else "")
             tick = time.perf_counter()
             one = store.cluster(method, **params)
             one_s = time.perf_counter() - tick
-            base = labels(one.id)
+            base = runs[f"{name} one"] = labels(one.id)
             print(
-                f"  {method} one machine: {one_s:.1f} s ({one.clusters} clusters) stages {one.params['stats']['seconds']}"
+                f"  {name} one machine: {one_s:.1f} s ({one.clusters} clusters) stages {one.params['stats']['seconds']}"
             )
             for shards in (1, 2):
                 tick = time.perf_counter()
                 run = cluster_on_ray(store, "local", method, shards=shards, **params)
                 secs = time.perf_counter() - tick
-                score = adjusted_rand_score(base, labels(run.id))
+                got = runs[f"{name} ray{shards}"] = labels(run.id)
                 print(
-                    f"  {method} ray {shards} shard(s): {secs:.1f} s (x{one_s / secs:.2f}), {run.clusters} clusters, "
-                    f"ARI {score:.3f}; ray stages {run.params['stats']['ray']['seconds']}"
+                    f"  {name} ray {shards} shard(s): {secs:.1f} s (x{one_s / secs:.2f}), {run.clusters} clusters, "
+                    f"ARI {adjusted_rand_score(base, got):.3f}; ray stages {run.params['stats']['ray']['seconds']}"
                 )
+        exact = runs["leiden exact one"]
+        for name in ("leiden one", "leiden ray2"):
+            print(
+                f"  ARI of {name} (approximate search) against leiden one machine exact: "
+                f"{adjusted_rand_score(exact, runs[name]):.3f}"
+            )
+        recall(x, ray)
     finally:
         ray.shutdown()
         store.close()

@@ -14,7 +14,7 @@ from sklearn.metrics import adjusted_rand_score
 from clusterer.algorithms.knn import exact_knn
 from clusterer.api import Store
 from clusterer.cli import cli
-from clusterer.distributed.ray_shards import merge_top_k, sharded_knn, start_shards, stop_shards
+from clusterer.distributed.ray_shards import sharded_knn, start_shards, stop_shards
 from storage import clusters as cq
 from tests.fakes import FakeEncoder, LookupEncoder
 from tests.ray_support import ray, time_guard, two_node_cluster
@@ -85,16 +85,6 @@ def test_sharded_approximate_knn_keeps_most_neighbours(cluster):
         recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(nbrs, ref)])
         assert recall >= 0.9, recall
         assert not (nbrs == np.arange(3000)[:, None]).any()
-
-
-def test_merge_top_k_drops_self_and_pads():
-    parts = [
-        (np.array([[0, 3]]), np.array([[1.0, 0.5]], np.float32)),
-        (np.array([[7, -1]]), np.array([[0.9, 0.0]], np.float32)),
-    ]
-    pos, sims = merge_top_k(parts, np.array([0]), 4)
-    assert pos.tolist() == [[7, 3, -1, -1]]
-    assert np.allclose(sims, [[0.9, 0.5, 0.0, 0.0]])
 
 
 def test_leiden_on_ray_matches_one_machine_and_records_the_cluster(cluster, tmp_path, monkeypatch):

@@ -83,8 +83,13 @@ class ShardActor:
         labels, sims = self._nearest(centroids)
         k = len(centroids)
         sums = np.zeros((k, self.x.shape[1]), dtype=np.float64)
-        np.add.at(sums, labels, self.x)
-        return sums, np.bincount(labels, minlength=k), float(sims.sum(dtype=np.float64))
+        counts = np.bincount(labels, minlength=k)
+        if len(labels):
+            order = np.argsort(labels, kind="stable")
+            present = np.flatnonzero(counts)
+            starts = np.concatenate([[0], np.cumsum(counts[present])[:-1]])
+            sums[present] = np.add.reduceat(self.x[order].astype(np.float64), starts, axis=0)
+        return sums, counts, float(sims.sum(dtype=np.float64))
 
     def assign(self, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self._nearest(centroids)
