@@ -21,6 +21,10 @@ class Settings:
     lock_timeout: float = 30.0
     batch_size: int = 4096
     connect_timeout: float = 5.0
+    ray_address: str | None = None
+    """``--ray``: ``local`` or a Ray address; ingest and cluster then run on Ray (None: this process)."""
+    ray_encoder: str | None = None
+    """``module:callable`` that builds the encoder on Ray workers (None: the store's model)."""
 
     @classmethod
     def resolve(cls, options: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Settings:

@@ -9,6 +9,7 @@ import sys
 import click
 
 from clusterer.cli.common import CLUSTER_ID, RUN_ID, emit, open_store, settings_from, store_options
+from clusterer.cli.ray_option import ray_option, with_ray
 from clusterer.cli.where import where_option, where_value
 
 
@@ -69,6 +70,10 @@ def _run_facts(run) -> str:
     secs = stats.get("seconds") or {}
     if secs:
         parts.append("seconds " + ", ".join(f"{k} {v:.2f}" for k, v in secs.items()))
+    ray = stats.get("ray")
+    if ray:
+        stages = ", ".join(f"{k} {v:.2f}" for k, v in (ray.get("seconds") or {}).items())
+        parts.append(f"ray {ray['nodes']} nodes, {ray['shards']} shards" + (f": {stages}" if stages else ""))
     return "; ".join(parts)
 
 
@@ -82,22 +87,38 @@ def _params_text(run) -> str:
     "--force", is_flag=True, help="Run even when the guard rails predict a memory blow-up or one giant cluster."
 )
 @where_option
+@ray_option
 @store_options
-def cluster(method, force, where, as_json, **kwargs):
+def cluster(method, force, where, as_json, ray_address, **kwargs):
     """Cluster every stored sentence and store the run (leiden by default: no k, no threshold)."""
-    settings = settings_from(kwargs)
+    settings = with_ray(settings_from(kwargs), ray_address)
     given = _given(method, kwargs)
     say = (lambda msg: None) if as_json else (lambda msg: click.echo(f"… {msg}", err=True))
     with open_store(settings) as store:
-        run = store.cluster(
-            method,
-            device=settings.device,
-            force=force,
-            progress=say,
-            show_progress=not as_json,
-            where=where_value(where),
-            **given,
-        )
+        if settings.ray_address:
+            from clusterer.distributed.ray_cluster import cluster_on_ray
+
+            run = cluster_on_ray(
+                store,
+                settings.ray_address,
+                method,
+                device=settings.device,
+                force=force,
+                progress=say,
+                show_progress=not as_json,
+                where=where_value(where),
+                **given,
+            )
+        else:
+            run = store.cluster(
+                method,
+                device=settings.device,
+                force=force,
+                progress=say,
+                show_progress=not as_json,
+                where=where_value(where),
+                **given,
+            )
         top = store.clusters(run.id)[:10]
         coarse = store.clusters(run.id, level="coarse")[:10]
     data = {

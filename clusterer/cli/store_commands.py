@@ -8,6 +8,7 @@ import sys
 import click
 
 from clusterer.cli.common import SENTENCE_ID, emit, open_store, settings_from, store_options
+from clusterer.cli.ray_option import ray_option, with_ray
 from clusterer.cli.where import where_option, where_value
 
 LINE_COUNT_LIMIT = 2 << 30
@@ -60,24 +61,41 @@ def _progress_bar(desc: str, total: int | None):
     metavar="T",
     help="Skip a sentence whose nearest stored sentence (or an earlier one of the batch) has cosine >= T.",
 )
+@ray_option
 @store_options
-def ingest(inputs, fmt, text_column, text_field, skip_invalid, near_dups, as_json, **kwargs):
+def ingest(inputs, fmt, text_column, text_field, skip_invalid, near_dups, as_json, ray_address, **kwargs):
     """Embed and store sentences from files (one per line, CSV, JSONL) or - for stdin."""
-    settings = settings_from(kwargs)
+    settings = with_ray(settings_from(kwargs), ray_address)
     reports = []
-    with open_store(settings, create=True) as store:
-        for path in inputs:
-            with _progress_bar(os.path.basename(path) if path != "-" else "<stdin>", _count_lines(path)) as bar:
-                report = store.ingest_file(
-                    path,
-                    format=fmt,
-                    text_column=text_column,
-                    text_field=text_field,
-                    skip_invalid=skip_invalid,
-                    progress=bar.update,
-                    near_duplicates=near_dups,
-                )
-            reports.append(report)
+    on_ray = None
+    if settings.ray_address:
+        from clusterer.distributed.ray_ingest import ingest_on_ray
+        from clusterer.distributed.ray_read import ReadOptions
+
+        total = sum(_count_lines(p) or 0 for p in inputs) or None
+        with _progress_bar(f"ray {settings.ray_address}", total) as bar:
+            on_ray = ingest_on_ray(
+                settings,
+                inputs,
+                read=ReadOptions(fmt, text_column, text_field, skip_invalid),
+                near_duplicates=near_dups,
+                progress=bar.update,
+            )
+        reports = on_ray.reports
+    else:
+        with open_store(settings, create=True) as store:
+            for path in inputs:
+                with _progress_bar(os.path.basename(path) if path != "-" else "<stdin>", _count_lines(path)) as bar:
+                    report = store.ingest_file(
+                        path,
+                        format=fmt,
+                        text_column=text_column,
+                        text_field=text_field,
+                        skip_invalid=skip_invalid,
+                        progress=bar.update,
+                        near_duplicates=near_dups,
+                    )
+                reports.append(report)
     data = {
         "inputs": [r.to_dict() for r in reports],
         "added": sum(r.added for r in reports),
@@ -86,6 +104,8 @@ def ingest(inputs, fmt, text_column, text_field, skip_invalid, near_dups, as_jso
         "empty": sum(r.empty for r in reports),
         "invalid": sum(r.invalid for r in reports),
     }
+    if on_ray is not None:
+        data["ray"] = on_ray.to_dict()
 
     def human(d):
         for r in reports:
@@ -100,6 +120,12 @@ def ingest(inputs, fmt, text_column, text_field, skip_invalid, near_dups, as_jso
                 click.echo(f"  skipped: {err}", err=True)
             if r.upkeep.get("message"):
                 click.echo(f"upkeep: {r.upkeep['message']} (run {r.upkeep['run']}, {r.upkeep['seconds']:.1f}s)")
+        if on_ray is not None:
+            c = on_ray.cluster
+            click.echo(
+                f"ray {c.address}: {c.nodes} nodes, {on_ray.workers} embedding workers, {on_ray.seconds:.1f} s",
+                err=True,
+            )
 
     emit(data, as_json, human)
 

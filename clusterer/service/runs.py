@@ -346,6 +346,7 @@ def run_clustering(
     where: Any = None,
     graph_from: int | None = None,
     trigger: dict[str, Any] | None = None,
+    compute: Callable[..., Labels] | None = None,
     **given: Any,
 ) -> tuple[int, float]:
     """Cluster every stored sentence (or those matching ``where``), store the run, and return its
@@ -357,7 +358,8 @@ def run_clustering(
     ``graph_from``: the run whose stored kNN graph (:mod:`clusterer.service.run_graph`) leiden
     reuses, rows it lacks searched in the index, instead of a new search over every sentence.
     ``trigger``: why the run was made when upkeep made it (stored as ``params.stats.trigger``).
-    A leiden run stores the graph it clustered for the next one.
+    A leiden run stores the graph it clustered for the next one. ``compute`` replaces
+    :func:`compute_labels` (same arguments), e.g. to run the method on a Ray cluster.
     """
     spec = methods.get(method)
     params = spec.resolve(given)
@@ -396,7 +398,7 @@ def run_clustering(
                 tick = time.perf_counter()
         initial = previous.labels_for(ids) if warm_start and spec.warm_start and previous.run_id else None
         say(f"clustering {len(ids):,} sentences ({spec.name})")
-        result = compute_labels(
+        result = (compute or compute_labels)(
             spec.name, x, params, device=device, force=force, show_progress=show_progress, initial=initial, graph=graph
         )
         del graph
