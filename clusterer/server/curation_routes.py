@@ -79,6 +79,6 @@ def recluster(request: Request, body: ReclusterBody | None = None):
     svc = request.app.state.service
     store = svc.require_ready()
     method, params = store.recluster_args(resolution=body.resolution if body else None)
-    methods.resolve(method, **{k: v for k, v in params.items() if k not in ("warm_start", "where")})
+    methods.resolve(method, **{k: v for k, v in params.items() if k not in ("warm_start", "where", "graph_from")})
     job = svc.writer.cluster(method, params)
     return JSONResponse({"job": job.to_dict()}, status_code=202, headers={"Location": f"/jobs/{job.id}"})
