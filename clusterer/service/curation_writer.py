@@ -59,7 +59,7 @@ def _assign(session, run_id: int, part: Part) -> None:
 def _keywords(session, run, labels: Sequence[int]) -> dict[int, list[str]]:
     """Recompute the c-TF-IDF keywords of ``labels`` from the stored term counts (written already)."""
     state = inc.RunState(run.id, run.method, dict(run.params or {}), n_sentences=run.n_sentences)
-    from clusterer.service.upkeep import keywords_for
+    from clusterer.service.upkeep_write import keywords_for
 
     counts = cq.term_counts(session, run.id, labels)
     found = keywords_for(session, state, {int(l): counts.get(int(l), {}) for l in labels}, {}, (0, 0))

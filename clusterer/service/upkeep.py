@@ -20,7 +20,7 @@ import numpy as np
 
 from clusterer.service import incremental as inc
 from clusterer.service import run_graph
-from clusterer.service.upkeep_write import Change, keywords_for, vector, write_batch  # noqa: F401  (Change, keywords_for re-exported)
+from clusterer.service.upkeep_write import vector, write_batch
 from storage import clusters as cq
 from storage import filters
 from storage import sentences as sq
