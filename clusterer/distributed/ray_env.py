@@ -105,6 +105,7 @@ def ray_session(address: str, *, num_cpus: int | None = None) -> Iterator[RayClu
         return
     if address == LOCAL:
         ray.init(
+            address="local",  # a new instance, never one found through RAY_ADDRESS or /tmp/ray
             num_cpus=num_cpus,
             include_dashboard=False,
             log_to_driver=False,
