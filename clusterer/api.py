@@ -7,28 +7,27 @@ default), ``store.clusters(level=...)``, ``store.cluster_info(id)`` and ``store.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
-from clusterer.errors import ClustererError, InvalidParameterError
+from clusterer.errors import ClustererError, InvalidParameterError, UnknownClusterError
+from clusterer.service import curation_writer, incremental, methods, reoptimise
 from clusterer.service import duplicates as dup_service
-from clusterer.service import incremental, methods
+from clusterer.service import lookups as lookup_service
 from clusterer.service import runs as run_service
-from clusterer.service import upkeep as upkeep_service
 from clusterer.service.batches import sentence_record
+from clusterer.service.curation import Edit
 from clusterer.service.runs import NoRunError
 from clusterer.service.upkeep import Upkeep
 from clusterer.service.views import ClusterInfo, Event, Member, RunInfo, event_from_row
+from indexer.ingest import IngestReport
 from indexer.sentence_store import SentenceStore
 from storage import clusters as cq
+from storage import curation as cur
 from storage import filters
 from storage import sentences as sq
-
-
-class UnknownClusterError(ClustererError):
-    """No cluster with that id in the run."""
 
 
 class UnknownSentenceError(ClustererError):
@@ -67,6 +66,8 @@ class Store(SentenceStore):
         show_progress: bool = False,
         warm_start: bool = False,
         where: Any = None,
+        graph_from: int | None = None,
+        trigger: dict[str, Any] | None = None,
         **params: Any,
     ) -> RunInfo:
         """Cluster every stored sentence and store the run; returns the run's summary.
@@ -77,7 +78,8 @@ class Store(SentenceStore):
         ``warm_start`` starts leiden from the latest run's membership (what :meth:`recluster` does).
         ``where`` (a ``--where`` string, list of strings or dict; see :mod:`storage.filters`)
         clusters only the matching sentences; the run records it, and sentences ingested later
-        join the run only when they match it.
+        join the run only when they match it. ``graph_from`` reuses that run's stored kNN graph
+        (leiden; :mod:`clusterer.service.run_graph`) and ``trigger`` records why upkeep made the run.
         """
         spec = methods.get(method)
         spec.resolve(params)
@@ -92,9 +94,21 @@ class Store(SentenceStore):
                 show_progress=show_progress,
                 warm_start=warm_start,
                 where=where,
+                graph_from=graph_from,
+                trigger=trigger,
                 **params,
             )
         return self.run(run_id)
+
+    def ingest_records(self, records, **kwargs: Any) -> IngestReport:
+        """Store the records (see :meth:`SentenceStore.ingest_records`; ``ingest`` and
+        ``ingest_file`` come here), then re-optimise the latest run when the store has outgrown
+        it (:mod:`clusterer.service.reoptimise`); what that did is ``report.upkeep``."""
+        report = super().ingest_records(records, **kwargs)
+        done = reoptimise.reoptimise_if_due(self)
+        if done is not None:
+            report.upkeep = done
+        return report
 
     def _run_row(self, session, run_id: int | None):
         run = cq.latest_run(session) if run_id is None else cq.get_run(session, run_id)
@@ -109,6 +123,20 @@ class Store(SentenceStore):
         with self.db.read() as session:
             return RunInfo.from_row(self._run_row(session, run_id))
 
+    def gauges(self) -> dict[str, Any]:
+        """What a metrics scrape shows of the store: sentences and the latest finished run."""
+        with self.db.read() as session:
+            out: dict[str, Any] = {"sentences": sq.count_sentences(session)}
+            run = cq.latest_run(session)
+            if run is not None:
+                out.update(
+                    last_run_id=run.id,
+                    last_run_clusters=run.n_clusters,
+                    last_run_assigned=run.n_assigned,
+                    last_run_finished=run.finished_at.timestamp() if run.finished_at else None,
+                )
+        return out
+
     def runs(self, limit: int = 50) -> list[RunInfo]:
         with self.db.read() as session:
             return [RunInfo.from_row(r) for r in cq.list_runs(session, limit)]
@@ -117,12 +145,22 @@ class Store(SentenceStore):
         return [Member(s.id, s.text, None if sim is None else round(float(sim), 6), s.meta) for s, sim in rows]
 
     def _info(
-        self, session, cluster, members: list[Member] | None = None, children: list[int] | None = None
+        self,
+        session,
+        cluster,
+        members: list[Member] | None = None,
+        children: list[int] | None = None,
+        texts: dict[int, str] | None = None,
+        names: dict[int, str] | None = None,
     ) -> ClusterInfo:
-        wanted = list(cluster.representatives or [])
-        if cluster.centre_id is not None:
-            wanted.append(cluster.centre_id)
-        texts = sq.texts_for(session, wanted)
+        """``texts``: the texts of the cluster's centre and representatives, when already read;
+        ``names``: the curated names of clusters, when already read."""
+        names = cur.names(session, [cluster.label]) if names is None else names
+        if texts is None:
+            wanted = list(cluster.representatives or [])
+            if cluster.centre_id is not None:
+                wanted.append(cluster.centre_id)
+            texts = sq.texts_for(session, wanted)
         kw = cluster.keywords or []
         return ClusterInfo(
             id=cluster.label,
@@ -138,6 +176,7 @@ class Store(SentenceStore):
             level=cluster.level or "fine",
             parent=cluster.parent_label,
             children=children or [],
+            label=names.get(cluster.label),
         )
 
     @staticmethod
@@ -158,7 +197,8 @@ class Store(SentenceStore):
             run = self._run_row(session, run_id)
             rows = cq.clusters_of_run(session, run.id, level=level)
             children = self._children(session, run.id) if level == "coarse" else {}
-            return [self._info(session, c, children=children.get(c.label)) for c in rows]
+            names = cur.names(session)
+            return [self._info(session, c, children=children.get(c.label), names=names) for c in rows]
 
     def cluster_info(
         self, cluster_id: int, *, run_id: int | None = None, limit: int = 20, offset: int = 0
@@ -187,10 +227,12 @@ class Store(SentenceStore):
 
     def export(self, run_id: int | None = None, batch: int = 5000, where: Any = None) -> Iterator[dict[str, Any]]:
         """Every sentence of a run (matching ``where``) with its cluster id (None when unassigned),
-        its coarse cluster id (None when unassigned or the run has no hierarchy) and similarity."""
+        its coarse cluster id (None when unassigned or the run has no hierarchy), similarity and
+        the cluster's user label (``cluster_label``, None when it has none)."""
         with self.db.read() as session:
             run = self._run_row(session, run_id)
             parent_of = {c.label: c.parent_label for c in cq.clusters_of_run(session, run.id, level="fine")}
+            names = cur.names(session)
             ids, labels, sims = cq.assignments_of_run(session, run.id)
             if where is not None:
                 flt = filters.check_fields(session, where)
@@ -215,6 +257,7 @@ class Store(SentenceStore):
                         "cluster": label,
                         "similarity": None if sim is None else round(float(sim), 6),
                         "coarse_cluster": None if label is None else parent_of.get(label),
+                        "cluster_label": None if label is None else names.get(label),
                     }
 
     # -- lookups -------------------------------------------------------------------
@@ -230,41 +273,54 @@ class Store(SentenceStore):
         return self.lookup_vector(vector, members=members)
 
     def lookup_vector(self, vector: np.ndarray, *, members: int = 5) -> dict[str, Any]:
+        return self.lookup_vectors(np.asarray(vector, dtype=np.float32)[None, :], members=members)[0]
+
+    def lookup_vectors(self, vectors: np.ndarray, *, members: int | Sequence[int] = 5) -> list[dict[str, Any]]:
+        """:meth:`lookup` of each row of ``vectors`` (``members``: one count for all or one per row),
+        answered together: one index search, one read of labels, texts and clusters for the batch;
+        each answer equals that of a lookup of its row alone."""
+        vecs = np.asarray(vectors, dtype=np.float32)
+        counts = [members] * len(vecs) if isinstance(members, int) else [int(m) for m in members]
         self.refresh()
         with self.reading(), self.db.read() as session:
             state = self._run_state(session)
             if state is None or self.dimension is None:
                 raise NoRunError("no clustering run yet: run `clusterer cluster` first")
-            vec = np.asarray(vector, dtype=np.float32)[None, :]
-            decision = upkeep_service.decide_one(
-                session, state, self.index, vec, self.dimension, self.embedding_dtype, LOOKUP_SCAN
+            decisions = lookup_service.decide_batch(
+                session, state, self.index, vecs, self.dimension, self.embedding_dtype, LOOKUP_SCAN
             )
-            label, near = decision["label"], decision["near"]
-            near_ids = [int(i) for i in near[0][:LOOKUP_NEIGHBOURS] if i >= 0]
-            near_known = cq.labels_for(session, state.run_id, near_ids)
-            texts = sq.texts_for(session, near_ids)
-            nearest = [
-                {"id": i, "text": texts.get(i, ""), "similarity": round(float(s), 6), "cluster": near_known.get(i)}
-                for i, s in zip(near_ids, near[1])
-            ]
-            cluster = None
-            if label >= 0:
-                row = cq.get_cluster(session, state.run_id, label)
-                rows = cq.members(session, state.run_id, label, limit=members)
-                cluster = self._info(session, row, self._members(rows)).to_dict() if row else None
-        sim = decision["similarity"]
-        out = {
-            "run_id": state.run_id,
-            "method": state.method,
-            "where": state.params.get("where"),
-            "cluster": cluster,
-            "cluster_id": label if label >= 0 else None,
-            "similarity": None if sim is None or not np.isfinite(sim) else round(float(sim), 6),
-            "votes": decision["votes"],
-            "nearest": nearest,
-        }
-        if "share" in decision:
-            out["share"] = round(float(decision["share"]), 6)
+            near = [[int(i) for i in d["near"][0][:LOOKUP_NEIGHBOURS] if i >= 0] for d in decisions]
+            every = sorted({i for ids in near for i in ids})
+            near_known = cq.labels_for(session, state.run_id, every)
+            rows = cq.clusters_by_label(session, state.run_id, {d["label"] for d in decisions if d["label"] >= 0})
+            shown = [i for r in rows.values() for i in [*(r.representatives or []), r.centre_id] if i is not None]
+            texts = sq.texts_for(session, every + shown)
+            infos: dict[tuple[int, int], ClusterInfo] = {}
+            for d, m in zip(decisions, counts):
+                key = (d["label"], m)
+                if d["label"] in rows and key not in infos:
+                    found = cq.members(session, state.run_id, d["label"], limit=m)
+                    infos[key] = self._info(session, rows[d["label"]], self._members(found), texts=texts)
+        out = []
+        for d, m, ids in zip(decisions, counts, near):
+            label, sim = d["label"], d["similarity"]
+            info = infos.get((label, m))
+            answer = {
+                "run_id": state.run_id,
+                "method": state.method,
+                "where": state.params.get("where"),
+                "cluster": info.to_dict() if info is not None else None,
+                "cluster_id": label if label >= 0 else None,
+                "similarity": None if sim is None or not np.isfinite(sim) else round(float(sim), 6),
+                "votes": d["votes"],
+                "nearest": [
+                    {"id": i, "text": texts.get(i, ""), "similarity": round(float(s), 6), "cluster": near_known.get(i)}
+                    for i, s in zip(ids, d["near"][1])
+                ],
+            }
+            if "share" in d:
+                answer["share"] = round(float(d["share"]), 6)
+            out.append(answer)
         return out
 
     def cluster_of(self, sentence_id: int) -> dict[str, Any]:
@@ -318,16 +374,23 @@ class Store(SentenceStore):
 
     def recluster(self, **kwargs: Any) -> RunInfo:
         """A full run with the latest run's method and parameters; ids carry over (leiden starts
-        from the latest run's membership)."""
-        options = ("device", "force", "progress", "show_progress")
+        from the latest run's membership and reuses its stored kNN graph, so a new
+        ``resolution`` costs no neighbour search)."""
+        options = ("device", "force", "progress", "show_progress", "trigger")
+        method, params = self.recluster_args(**{k: v for k, v in kwargs.items() if k not in options})
+        extra = {k: kwargs[k] for k in options if k in kwargs}
+        return self.cluster(method, **extra, **params)
+
+    def recluster_args(self, **overrides: Any) -> tuple[str, dict[str, Any]]:
+        """(method, parameters) of a recluster: the latest run's, ``overrides`` (not None) on top,
+        with its filter, a warm start and its stored kNN graph."""
         with self.db.read() as session:
             run = self._run_row(session, None)
             spec = methods.get(run.method)
             params = {k: v for k, v in (run.params or {}).items() if k in spec.param_names}
             where = (run.params or {}).get("where")
-        params.update({k: v for k, v in kwargs.items() if v is not None and k not in options})
-        extra = {k: kwargs[k] for k in options if k in kwargs}
-        return self.cluster(spec.name, warm_start=True, where=where, **extra, **params)
+        params.update({k: v for k, v in overrides.items() if v is not None})
+        return spec.name, {**params, "warm_start": True, "where": where, "graph_from": run.id}
 
     def events(self, run_id: int) -> list[Event]:
         """Every event a run recorded."""
@@ -341,6 +404,34 @@ class Store(SentenceStore):
             if not rows:
                 raise UnknownClusterError(f"cluster {cluster_id} never existed")
             return [event_from_row(r) for r in rows]
+
+    # -- curation -------------------------------------------------------------------
+
+    def _curate(self, edit, *args: Any) -> Edit:
+        with self.lock:
+            self.refresh()
+            done = edit(self, *args)
+        with self.upkeep._lock:  # cached centroids and centres of the edited ids are stale
+            self.upkeep.state = None
+        return done
+
+    def merge(self, cluster_ids: list[int]) -> Edit:
+        """Merge fine clusters of the latest run into one with the largest's id; later runs and
+        upkeep keep them together until :meth:`unmerge`."""
+        return self._curate(curation_writer.merge, [int(i) for i in cluster_ids])
+
+    def split(self, cluster_id: int, resolution: float | None = None) -> Edit:
+        """Split a fine cluster of the latest run (Leiden on its members' kNN graph at
+        ``resolution``, 1 by default); the parts get new ids and are kept apart by later runs."""
+        return self._curate(curation_writer.split, int(cluster_id), resolution, self._device or "cpu")
+
+    def unmerge(self, cluster_id: int) -> Edit:
+        """Undo the newest merge into ``cluster_id``: its moved sentences go back to their ids."""
+        return self._curate(curation_writer.unmerge, int(cluster_id))
+
+    def label(self, cluster_id: int, text: str | None) -> Edit:
+        """Name a cluster (the name stays on its id across runs); ``text=None`` removes it."""
+        return self._curate(curation_writer.label, int(cluster_id), text)
 
     # -- near-duplicates (dups) ------------------------------------------------------
 

@@ -17,3 +17,21 @@ class InvalidParameterError(ClustererError, ValueError):
 
 class TooLargeError(ClustererError):
     """The input is too large for the requested method; the message names an alternative."""
+
+
+def library_errors() -> tuple[type[Exception], ...]:
+    """The base classes of every error the library (this package, the indexer and the storage
+    layer) raises on purpose, for faces that turn them into messages."""
+    from indexer.errors import IndexerError
+    from storage.errors import StorageError
+
+    return (ClustererError, IndexerError, StorageError)
+
+
+class UnknownClusterError(ClustererError):
+    """No cluster with that id in the run."""
+
+
+class CurationError(InvalidParameterError):
+    """A merge, split, label or unmerge the store cannot make (an id merged with itself, a
+    coarse topic where a fine cluster is needed, a cluster that does not split, nothing to undo)."""

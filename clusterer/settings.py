@@ -72,6 +72,9 @@ class ServerSettings:
     queue_size: int = 64
     coalesce: int = 4096
     map_sample: int = 5000
+    lookup_batch: int = 32
+    lookup_wait_ms: float = 2.0
+    lookup_cache: int = 4096
     cors_origins: tuple[str, ...] = ()
 
     @classmethod
@@ -91,5 +94,7 @@ class ServerSettings:
                 value = tuple(value.split(",")) if isinstance(value, str) else tuple(value)
             elif f.type == "int":
                 value = int(value)
+            elif f.type == "float":
+                value = float(value)
             values[f.name] = value
         return cls(**values)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator, Sized
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -20,8 +20,22 @@ from indexer.index_cache import SAVE_INTERVAL_S
 from indexer.normalize import normalize_text, text_hash
 from storage import sentences as q
 
-if TYPE_CHECKING:
-    from indexer.sentence_store import SentenceStore
+
+class IngestTarget(Protocol):
+    """What the ingest pipeline uses of a store (:class:`indexer.sentence_store.SentenceStore`)."""
+
+    cache: Any
+    lock: Any
+    db: Any
+    batch_size: int
+    embedding_dtype: str
+    listener: Any
+
+    @property
+    def encoder(self) -> Any: ...
+
+    def _ensure_info(self) -> None: ...
+
 
 Progress = Callable[[int], None]
 PYTHON_SOURCE = "<python>"
@@ -40,6 +54,8 @@ class IngestReport:
     seconds: float = 0.0
     ids: list[int] = field(default_factory=list)
     clustering: dict[str, int] = field(default_factory=dict)
+    upkeep: dict[str, Any] = field(default_factory=dict)
+    """What the listener's layer did after the batches beyond assigning them (e.g. a re-optimisation)."""
 
     @property
     def rate(self) -> float:
@@ -110,7 +126,7 @@ _MISSING = object()
 
 
 def ingest_records(
-    store: SentenceStore,
+    store: IngestTarget,
     records: Iterable[readers.Record],
     *,
     source: str,
@@ -158,7 +174,7 @@ def ingest_records(
 
 
 def _ingest_batch(
-    store: SentenceStore,
+    store: IngestTarget,
     batch: list[readers.Record],
     report: IngestReport,
     ingest_id: int,
@@ -191,7 +207,11 @@ def _ingest_batch(
             return
     blobs = q.encode_embeddings(vectors, store.embedding_dtype)
     rows = [q.NewSentence(r.text, h, b, r.metadata or None, r.source, r.line) for r, h, b in zip(recs, hashes, blobs)]
-    with store.cache.rw.write():  # readers see the batch in the database, the index and the run at once
+    # Readers see the batch in the database, the index and the run at once, but are held only
+    # while it is committed and applied: the rows and the run's upkeep are written first in a
+    # transaction that readers cannot see yet.
+    gate = EnteredLater(store.cache.rw.write)
+    with gate:
         with store.db.write() as session:
             ids, seqs = q.insert_sentences(session, rows)
             q.update_ingest(session, ingest_id, added=len(ids), duplicates=dups, near_duplicates=near)
@@ -200,6 +220,7 @@ def _ingest_batch(
                 after_commit = store.listener.on_insert(
                     session, np.asarray(ids, dtype=np.int64), vectors, [r.text for r in recs], int(seqs[-1])
                 )
+            gate.enter()
         if after_commit is not None:
             for key, value in (after_commit() or {}).items():
                 report.clustering[key] = report.clustering.get(key, 0) + value
@@ -208,7 +229,29 @@ def _ingest_batch(
     report.ids.extend(ids)
 
 
-def _drop_near_duplicates(store: SentenceStore, recs, hashes, vectors, threshold: float):
+class EnteredLater:
+    """A context manager entered on demand inside its ``with`` block and left at its end."""
+
+    def __init__(self, factory: Callable[[], Any]):
+        self._factory = factory
+        self._entered: Any = None
+
+    def enter(self) -> None:
+        if self._entered is None:
+            cm = self._factory()
+            cm.__enter__()
+            self._entered = cm
+
+    def __enter__(self) -> EnteredLater:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._entered is not None:
+            cm, self._entered = self._entered, None
+            cm.__exit__(*exc)
+
+
+def _drop_near_duplicates(store: IngestTarget, recs, hashes, vectors, threshold: float):
     """The records, hashes and vectors left after near-duplicates, and how many were dropped."""
     from indexer.near_duplicates import near_duplicate_mask
 

@@ -82,6 +82,77 @@ def _blocked_ivf_range_search(index, queries: np.ndarray, threshold: np.float32)
     return lims, np.concatenate(sims)[by_query], np.concatenate(cols)[by_query]
 
 
+def one_blas_thread():
+    """BLAS on one thread for a loop of small products: a multithreaded BLAS starts its team for
+    each (25 x 384) x (384 x 80) product, which on a busy machine costs ten times the product
+    (measured: 1.9 s against 0.17 s for the 1,264 lists of a 100k index, two cores under load)."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(1, user_api="blas")
+
+
+BLOCKED_SEARCH_MIN_QUERIES = 64
+BLOCKED_SEARCH_CHUNK = 4096
+
+
+def _blocked_ivf_search(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(similarities, ids) of the ``k`` best of each query among its ``nprobe`` lists, list by
+    list: each inverted list is compared with all the queries that probe it in one matrix
+    product (BLAS), and each (query, list) pair keeps its ``k`` best; the lists probed are
+    FAISS's, so the results are its own (up to float rounding at ties) in a fraction of the time
+    FAISS takes scanning the lists query by query."""
+    sims_out = np.empty((len(queries), k), np.float32)
+    ids_out = np.empty((len(queries), k), np.int64)
+    with one_blas_thread():
+        for start in range(0, len(queries), BLOCKED_SEARCH_CHUNK):
+            chunk = queries[start : start + BLOCKED_SEARCH_CHUNK]
+            sims_out[start : start + len(chunk)], ids_out[start : start + len(chunk)] = _blocked_chunk(index, chunk, k)
+    return sims_out, ids_out
+
+
+def _blocked_chunk(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    faiss = _faiss()
+    nq, d = queries.shape
+    nprobe = index.nprobe
+    _, probes = index.quantizer.search(queries, nprobe)
+    flat = probes.ravel()
+    order = np.argsort(flat, kind="stable")
+    order = order[flat[order] >= 0]
+    lists = flat[order]
+    starts = np.flatnonzero(np.r_[True, lists[1:] != lists[:-1]]) if len(lists) else np.zeros(0, np.int64)
+    ends = np.r_[starts[1:], len(lists)]
+    cand_s = np.full((nq, nprobe * k), -np.inf, np.float32)
+    cand_i = np.full((nq, nprobe * k), -1, np.int64)
+    invlists = index.invlists
+    for a, b in zip(starts.tolist(), ends.tolist()):
+        lst = int(lists[a])
+        size = invlists.list_size(lst)
+        if not size:
+            continue
+        codes = faiss.rev_swig_ptr(invlists.get_codes(lst), size * d * 4).view(np.float32).reshape(size, d)
+        list_ids = faiss.rev_swig_ptr(invlists.get_ids(lst), size)
+        pairs = order[a:b]
+        rows, slots = pairs // nprobe, pairs % nprobe
+        block = queries[rows] @ codes.T
+        kk = min(k, size)
+        if kk < size:
+            top = np.argpartition(-block, kk - 1, axis=1)[:, :kk]
+            block = np.take_along_axis(block, top, axis=1)
+        else:
+            top = np.broadcast_to(np.arange(kk), block.shape)
+        cols = slots[:, None] * k + np.arange(kk)[None, :]
+        cand_s[rows[:, None], cols] = block
+        cand_i[rows[:, None], cols] = list_ids[top]
+    if k < cand_s.shape[1]:
+        part = np.argpartition(-cand_s, k - 1, axis=1)[:, :k]
+        cand_s, cand_i = np.take_along_axis(cand_s, part, axis=1), np.take_along_axis(cand_i, part, axis=1)
+    best = np.argsort(-cand_s, axis=1, kind="stable")
+    sims = np.take_along_axis(cand_s, best, axis=1)
+    found = np.isfinite(sims)
+    ids = np.where(found, np.take_along_axis(cand_i, best, axis=1), -1)
+    return np.where(found, sims, -np.finfo(np.float32).max).astype(np.float32), ids
+
+
 def nlist_for(n: int) -> int:
     return max(64, min(65536, int(4 * math.sqrt(max(n, 1)))))
 
@@ -164,6 +235,8 @@ class VectorIndex:
     def search(self, queries: np.ndarray, k: int) -> SearchResult:
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         k = max(1, min(k, max(self.ntotal, 1)))
+        if len(queries) >= BLOCKED_SEARCH_MIN_QUERIES and isinstance(self.index, _faiss().IndexIVFFlat):
+            return SearchResult(*_blocked_ivf_search(self.index, queries, k))
         sims, ids = self.index.search(queries, k)
         return SearchResult(sims, ids)
 
@@ -202,7 +275,8 @@ class VectorIndex:
         """
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         if len(queries) >= BLOCKED_RANGE_MIN_QUERIES and isinstance(self.index, _faiss().IndexIVFFlat):
-            return _blocked_ivf_range_search(self.index, queries, np.float32(threshold))
+            with one_blas_thread():
+                return _blocked_ivf_range_search(self.index, queries, np.float32(threshold))
         lims, sims, ids = self.index.range_search(queries, float(threshold))
         return lims, sims, ids
 

@@ -268,6 +268,17 @@ def count_members(session: Session, run_id: int, label: int | None) -> int:
     return session.scalar(select(func.count()).select_from(Assignment).where(Assignment.run_id == run_id, cond)) or 0
 
 
+def sentences_in_clusters_from(session: Session, run_id: int, first_label: int) -> int:
+    """How many sentences the run's fine clusters with ids >= ``first_label`` hold (the clusters
+    upkeep founded after the run was made)."""
+    total = session.scalar(
+        select(func.coalesce(func.sum(Cluster.size), 0)).where(
+            Cluster.run_id == run_id, Cluster.label >= first_label, Cluster.level == "fine"
+        )
+    )
+    return int(total or 0)
+
+
 def label_sizes(session: Session, run_id: int) -> dict[int | None, int]:
     rows = session.execute(
         select(Assignment.label, func.count()).where(Assignment.run_id == run_id).group_by(Assignment.label)

@@ -20,6 +20,7 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
+    true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -219,3 +220,54 @@ class ClusterEvent(Base):
     related: Mapped[list[int] | None] = mapped_column(JSON, nullable=True)
     detail: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class ClusterMerge(Base):
+    """A user's merge of clusters ``sources`` into ``target`` (the largest's id); ``active``
+    until undone. :class:`MergeMember` keeps the label each moved sentence had, for undo."""
+
+    __tablename__ = "cluster_merges"
+    __table_args__ = (Index("ix_cluster_merges_target", "target"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"), nullable=True)
+    target: Mapped[int] = mapped_column(Integer)
+    sources: Mapped[list[int]] = mapped_column(JSON)
+    active: Mapped[bool] = mapped_column(default=True, server_default=true())
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    undone_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class MergeMember(Base):
+    """A sentence a merge moved, with the cluster it came from."""
+
+    __tablename__ = "merge_members"
+
+    merge_id: Mapped[int] = mapped_column(ForeignKey("cluster_merges.id", ondelete="CASCADE"), primary_key=True)
+    sentence_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    label: Mapped[int] = mapped_column(Integer)
+
+
+class ClusterSplit(Base):
+    """A user's split of cluster ``parent`` into ``children`` (new ids), kept apart while active."""
+
+    __tablename__ = "cluster_splits"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"), nullable=True)
+    parent: Mapped[int] = mapped_column(Integer)
+    children: Mapped[list[int]] = mapped_column(JSON)
+    resolution: Mapped[float | None] = mapped_column(Float, nullable=True)
+    active: Mapped[bool] = mapped_column(default=True, server_default=true())
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    undone_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class ClusterName(Base):
+    """A user's name for a cluster id (ids are never reused, so the name follows the id across runs)."""
+
+    __tablename__ = "cluster_names"
+
+    label: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    name: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)

@@ -219,7 +219,7 @@ def test_export_csv(runner, clustered):
     result = run(runner, ["export", "--format", "csv"], data_dir)
     assert result.exit_code == 0
     reader = csv.DictReader(io.StringIO(result.stdout))
-    assert reader.fieldnames == ["id", "text", "metadata", "cluster", "similarity", "coarse_cluster"]
+    assert reader.fieldnames == ["id", "text", "metadata", "cluster", "similarity", "coarse_cluster", "cluster_label"]
     rows = []
     for r in reader:
         assert r["coarse_cluster"] == ""  # a community run has no coarse level

@@ -167,7 +167,9 @@ def test_export_json_to_stdout_is_json_lines(runner, clustered):
     assert result.exit_code == 0
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(rows) == len(TEXTS)
-    assert all(set(r) == {"id", "text", "metadata", "cluster", "similarity", "coarse_cluster"} for r in rows)
+    assert all(
+        set(r) == {"id", "text", "metadata", "cluster", "similarity", "coarse_cluster", "cluster_label"} for r in rows
+    )
     csv_json = run(runner, ["export", "--json", "--format", "csv"], clustered)
     assert csv_json.exit_code == 2 and "JSON Lines" in json.loads(csv_json.stdout)["error"]
 

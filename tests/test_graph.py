@@ -252,3 +252,29 @@ def test_duplicates_share_a_label_and_do_not_fill_neighbour_lists():
         block = result.labels[500 + 40 * i : 500 + 40 * (i + 1)]
         assert (block == result.labels[i]).all()
     assert assigned_ari(truth, result.labels[:500]) >= 0.95
+
+
+def test_a_given_graph_replaces_the_search_and_the_graph_used_is_returned():
+    x, truth = planted([80] * 4, spread=0.4, seed=5)
+    x = np.vstack([x, x[:2], x[:2]])  # copies: the given graph is mapped to distinct rows
+    searched = graph_clustering(x, keep_graph=True)
+    assert searched.knn is not None and searched.knn.neighbours.shape[0] == len(x)
+    assert (searched.knn.neighbours != np.arange(len(x))[:, None]).all()  # no row names itself
+    given = graph_clustering(x, graph=searched.knn)
+    assert given.info["distinct_points"] == 320
+    assert adjusted_rand_score(searched.labels, given.labels) == 1.0
+    # a graph that is not the data's (each row linked to the next points only) is what is clustered
+    n = len(x)
+    ring = np.stack([(np.arange(n) + j) % n for j in (1, 2)], axis=1)
+    other = graph_clustering(x, graph=KnnGraph(ring, np.full((n, 2), 0.9, np.float32)))
+    assert assigned_ari(np.concatenate([truth, truth[:2], truth[:2]]), other.labels) < 0.5
+
+
+def test_warm_start_splits_an_old_cluster_the_grown_data_separates():
+    """What re-optimisation relies on: Leiden from an old, coarser membership splits it."""
+    x, truth = planted([100] * 6, spread=0.35, seed=3)
+    merged = truth // 2  # the old membership: pairs of true clusters as one
+    result = graph_clustering(x, initial=merged)
+    assert assigned_ari(truth, result.labels) >= 0.95
+    fixed = graph_clustering(x, initial=merged, resolution=1.0)
+    assert assigned_ari(truth, fixed.labels) >= 0.95

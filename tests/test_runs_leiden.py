@@ -186,7 +186,9 @@ def test_export_carries_both_levels(store):
     store.cluster(**PARAMS)
     parent = {c.id: c.parent for c in store.clusters()}
     rows = _export(store)
-    assert all(set(r) == {"id", "text", "metadata", "cluster", "similarity", "coarse_cluster"} for r in rows)
+    assert all(
+        set(r) == {"id", "text", "metadata", "cluster", "similarity", "coarse_cluster", "cluster_label"} for r in rows
+    )
     for r in rows:
         if r["cluster"] is None:
             assert r["coarse_cluster"] is None

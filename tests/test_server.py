@@ -166,14 +166,26 @@ def test_lookup_batch_and_sentence(client):
     }
 
 
+def get_map(client, path="/map", timeout=120):
+    """The map, once its layout (computed in the background) is ready."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = client.get(path)
+        if r.status_code != 202 or time.monotonic() > deadline:
+            return r
+        assert r.json()["state"] == "computing"
+        time.sleep(0.2)
+
+
 def test_map_projects_every_sentence_of_a_small_run_and_is_cached(client):
     store = client.app.state.service.store
-    first = client.get("/map").json()
+    first = get_map(client).json()
+    assert first["projection"] == "umap" and first["state"] == "done"
     assert first["total"] == store.count() == first["sampled"] == len(first["points"])
     labels = {p["id"]: p["cluster"] for p in first["points"]}
     cid = store.clusters()[0].id
     assert all(labels[m.id] == cid for m in store.members(cid, limit=100))
-    assert client.get("/map").json() is not None and client.app.state.service.maps[first["run_id"]] is not None
+    assert client.get("/map").status_code == 200 and first["run_id"] in client.app.state.service.maps
     assert client.get("/map?run=99").status_code == 404
 
 
@@ -417,7 +429,7 @@ def test_other_commands_do_not_import_fastapi():
 
 def test_map_samples_large_runs(data_dir):
     with open_client(data_dir, map_sample=10) as client:
-        m = client.get("/map").json()
+        m = get_map(client).json()
         assert m["total"] == 28 and m["sampled"] == 10 == len({p["id"] for p in m["points"]})
 
 

@@ -237,3 +237,32 @@ def test_rebuild_index_command(tmp_path):
         out = store.rebuild_index()
         assert out["indexed"] == len(TEXTS) and out["index_type"] == "Flat"
         assert store.verify().ok
+
+
+def test_blocked_ivf_search_equals_faiss_scan():
+    from indexer.vector_index import BLOCKED_SEARCH_MIN_QUERIES, _blocked_ivf_search
+
+    rng = np.random.default_rng(3)
+    centres = rng.standard_normal((60, 32)).astype(np.float32)
+    x = centres[np.arange(6000) % 60] + 0.3 * rng.standard_normal((6000, 32)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    index = VectorIndex.ivf(32, x, nlist=64, nprobe=8)
+    index.add(np.arange(6000, dtype=np.int64) * 3 + 1, x)
+    queries = np.ascontiguousarray(x[rng.integers(0, 6000, 200)] + 0.05, dtype=np.float32)
+    for k in (1, 10, 150):  # 150 is above most lists' sizes
+        f_sims, f_ids = index.index.search(queries, k)
+        b_sims, b_ids = _blocked_ivf_search(index.index, queries, k)
+        assert b_ids.shape == (200, k)
+        overlap = np.mean([len(set(a) & set(b)) / k for a, b in zip(f_ids.tolist(), b_ids.tolist())])
+        assert overlap > 0.995
+        np.testing.assert_allclose(b_sims, f_sims, atol=1e-5)
+    assert len(queries) >= BLOCKED_SEARCH_MIN_QUERIES
+    hit = index.search(queries, 5)  # the public search takes the blocked path for a batch this size
+    np.testing.assert_allclose(hit.similarities, index.index.search(queries, 5)[0], atol=1e-5)
+    tiny = VectorIndex.ivf(32, x[:2000], nlist=64, nprobe=64)
+    tiny.add(np.arange(3, dtype=np.int64), x[:3])  # fewer stored than k: -1 padding as FAISS pads
+    sims, ids = _blocked_ivf_search(tiny.index, queries[:4], 5)
+    f_sims, f_ids = tiny.index.search(queries[:4], 5)
+    assert (ids[:, 3:] == -1).all() and (f_ids[:, 3:] == -1).all()
+    np.testing.assert_allclose(sims[:, :3], f_sims[:, :3], atol=1e-5)
+    assert np.array_equal(sims[:, 3:], f_sims[:, 3:])

@@ -54,6 +54,8 @@ class GraphClustering:
     coarse_resolution: float
     scores: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    knn: KnnGraph | None = None
+    """The kNN graph over positions 0..n-1 (with ``keep_graph``), for callers that store it."""
 
     @property
     def coarse_labels(self) -> np.ndarray:
@@ -188,6 +190,8 @@ def graph_clustering(
     device: str = "auto",
     show_progress: bool = False,
     min_similarity: float | None = None,
+    graph: KnnGraph | None = None,
+    keep_graph: bool = False,
 ) -> GraphClustering:
     """Leiden on the kNN graph of ``x``: fine clusters, their coarse parents, and outliers.
 
@@ -203,6 +207,9 @@ def graph_clustering(
 
     Identical rows (a sentence stored several times) are one node of the graph, so copies do
     not fill each other's neighbour lists; every copy gets that node's label.
+
+    ``graph`` (rows over the positions of ``x``, self excluded) replaces the neighbour search
+    (a stored graph being re-optimised); ``keep_graph`` returns the graph used as ``knn``.
     """
     import time
 
@@ -226,12 +233,16 @@ def graph_clustering(
     if len(first) < n:
         x = x[first]
         n = len(x)
-    graph = knn_graph(x, k, search=search, nprobe=nprobe, device=device, show_progress=show_progress)
+    if graph is None:
+        graph = knn_graph(x, k, search=search, nprobe=nprobe, device=device, show_progress=show_progress)
+    elif len(first) < full_n:
+        graph = distinct_graph(graph, first, inverse)
     timings["knn"] = time.perf_counter() - t0
     best = graph.similarities[:, 0].copy() if graph.similarities.shape[1] else np.zeros(n, np.float32)
     has = graph.neighbours[:, 0] >= 0 if graph.neighbours.shape[1] else np.zeros(n, bool)
     t0 = time.perf_counter()
     wg = build_graph(graph.neighbours, graph.similarities)
+    kept = expand_graph(graph, first, inverse) if keep_graph else None
     del graph
     timings["graph"] = time.perf_counter() - t0
     init = None
@@ -281,7 +292,32 @@ def graph_clustering(
         "min_size": min_size,
         "seconds": {key: round(v, 3) for key, v in timings.items()},
     }
-    return GraphClustering(fine, parents, chosen, coarse_resolution, scores=scores, info=info)
+    return GraphClustering(fine, parents, chosen, coarse_resolution, scores=scores, info=info, knn=kept)
+
+
+def distinct_graph(graph: KnnGraph, first: np.ndarray, inverse: np.ndarray) -> KnnGraph:
+    """A graph over all rows as a graph over the distinct rows (:func:`unique_rows`): each
+    distinct row keeps its first copy's neighbours, mapped to distinct rows, copies of itself
+    dropped, most similar first."""
+    nbrs = graph.neighbours[first]
+    sims = graph.similarities[first]
+    mapped = np.where(nbrs >= 0, inverse[np.maximum(nbrs, 0)], -1)
+    own = np.arange(len(first))[:, None]
+    valid = (mapped >= 0) & (mapped != own)
+    key = np.where(valid, -sims.astype(np.float64), np.inf)
+    order = np.argsort(key, axis=1, kind="stable")
+    mapped = np.take_along_axis(np.where(valid, mapped, -1), order, axis=1)
+    sims = np.take_along_axis(np.where(valid, sims, 0.0), order, axis=1).astype(np.float32)
+    return KnnGraph(mapped, sims)
+
+
+def expand_graph(graph: KnnGraph, first: np.ndarray, inverse: np.ndarray) -> KnnGraph:
+    """A graph over the distinct rows as one over every row: each copy takes its distinct row's
+    neighbours, as positions of their first copies."""
+    if len(first) == len(inverse):
+        return graph
+    nbrs = graph.neighbours[inverse]
+    return KnnGraph(np.where(nbrs >= 0, first[np.maximum(nbrs, 0)], -1), graph.similarities[inverse])
 
 
 def assign_by_weight(

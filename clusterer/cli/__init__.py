@@ -14,9 +14,17 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from clusterer.cli import cluster_commands, duplicate_commands, lookup_commands, serve_commands, store_commands
+    from clusterer.cli import (
+        cluster_commands,
+        curation_commands,
+        duplicate_commands,
+        lookup_commands,
+        serve_commands,
+        store_commands,
+    )
 
-    for module in (store_commands, cluster_commands, lookup_commands, duplicate_commands, serve_commands):
+    modules = (store_commands, cluster_commands, lookup_commands, curation_commands, duplicate_commands, serve_commands)
+    for module in modules:
         for command in module.COMMANDS:
             cli.add_command(command)
 

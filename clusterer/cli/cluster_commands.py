@@ -61,6 +61,12 @@ def _run_facts(run) -> str:
         parts.append(f"{stats['coarse_clusters']} coarse topics")
     if stats.get("outlier_share") is not None:
         parts.append(f"outliers {stats['outlier_share']:.1%}")
+    if stats.get("trigger"):
+        parts.append(
+            f"made by upkeep: {stats['trigger'].get('reason')} (after run {stats['trigger'].get('previous_run')})"
+        )
+    if stats.get("graph"):
+        parts.append(f"kNN graph of run {stats['graph']['reused_from_run']} reused")
     secs = stats.get("seconds") or {}
     if secs:
         parts.append("seconds " + ", ".join(f"{k} {v:.2f}" for k, v in secs.items()))
@@ -178,7 +184,8 @@ def clusters(run_id, limit, level, as_json, **kwargs):
                 if level == "coarse"
                 else (f"  (topic {c.parent})" if c.parent is not None else "")
             )
-            click.echo(f"{c.id:>6} {c.size:>7} {c.cohesion or 0:>8.3f}  {', '.join(c.keywords[:6])}{extra}")
+            name = f'"{c.label}" ' if c.label else ""
+            click.echo(f"{c.id:>6} {c.size:>7} {c.cohesion or 0:>8.3f}  {name}{', '.join(c.keywords[:6])}{extra}")
             click.echo(f"{'':>24}{_short(c.centre_text)}")
 
     emit(data, as_json, human)
@@ -202,7 +209,10 @@ def show(cluster_id, limit, offset, run_id, as_json, **kwargs):
 
     def human(d):
         kind = "coarse topic" if info.level == "coarse" else "cluster"
-        click.echo(f"{kind} {info.id} (run {info.run_id}): {info.size} sentences, cohesion {info.cohesion or 0:.3f}")
+        name = f' "{info.label}"' if info.label else ""
+        click.echo(
+            f"{kind} {info.id}{name} (run {info.run_id}): {info.size} sentences, cohesion {info.cohesion or 0:.3f}"
+        )
         click.echo(f"keywords: {', '.join(info.keywords)}")
         if parent is not None:
             click.echo(f"topic:    [{parent.id}] {', '.join(parent.keywords[:6])}")
@@ -256,8 +266,8 @@ def runs(limit, as_json, **kwargs):
 @store_options
 def export(fmt, output, run_id, where, as_json, **kwargs):
     """Every sentence (matching --where) with its metadata, cluster id (empty when unassigned),
-    similarity and coarse topic id (empty without one). Columns: id, text, metadata, cluster,
-    similarity, coarse_cluster.
+    similarity, coarse topic id (empty without one) and the cluster's label. Columns: id, text,
+    metadata, cluster, similarity, coarse_cluster, cluster_label.
 
     To standard output, --json means JSON Lines (one object per sentence, the jsonl
     format); with --output, --json prints one JSON summary of what was written."""
@@ -271,7 +281,7 @@ def export(fmt, output, run_id, where, as_json, **kwargs):
         try:
             if fmt == "csv":
                 writer = csv.writer(out)
-                writer.writerow(["id", "text", "metadata", "cluster", "similarity", "coarse_cluster"])
+                writer.writerow(["id", "text", "metadata", "cluster", "similarity", "coarse_cluster", "cluster_label"])
             for row in store.export(run_id, where=where_value(where)):
                 if fmt == "csv":
                     writer.writerow(
@@ -282,6 +292,7 @@ def export(fmt, output, run_id, where, as_json, **kwargs):
                             "" if row["cluster"] is None else row["cluster"],
                             "" if row["similarity"] is None else row["similarity"],
                             "" if row["coarse_cluster"] is None else row["coarse_cluster"],
+                            row["cluster_label"] or "",
                         ]
                     )
                 else:

@@ -121,15 +121,22 @@ def unassigned(offset, limit, as_json, **kwargs):
 
 @click.command()
 @click.option("--force", is_flag=True, help="Run even when the guard rails object.")
+@click.option(
+    "--resolution",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="leiden: a new resolution (higher: more, smaller clusters); the stored kNN graph is reused.",
+)
 @store_options
-def recluster(force, as_json, **kwargs):
+def recluster(force, resolution, as_json, **kwargs):
     """A full run with the latest run's method and parameters; cluster ids carry over (leiden
-    starts from the current membership)."""
+    starts from the current membership and reuses the run's stored kNN graph)."""
     settings = settings_from(kwargs)
     say = (lambda msg: None) if as_json else (lambda msg: click.echo(f"… {msg}", err=True))
     with open_store(settings) as store:
         previous = store.run()
-        run = store.recluster(device=settings.device, force=force, progress=say, show_progress=not as_json)
+        extra = {} if resolution is None else {"resolution": resolution}
+        run = store.recluster(device=settings.device, force=force, progress=say, show_progress=not as_json, **extra)
         events = [e for e in store.events(run.id) if e.kind != "continued"]
         kept = sum(1 for e in store.events(run.id) if e.kind == "continued")
     data = {

@@ -118,6 +118,8 @@ def ingest(inputs, fmt, text_column, text_field, skip_invalid, near_dups, as_jso
             click.echo(line)
             for err in r.errors:
                 click.echo(f"  skipped: {err}", err=True)
+            if r.upkeep.get("message"):
+                click.echo(f"upkeep: {r.upkeep['message']} (run {r.upkeep['run']}, {r.upkeep['seconds']:.1f}s)")
         if on_ray is not None:
             c = on_ray.cluster
             click.echo(

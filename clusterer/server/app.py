@@ -1,5 +1,6 @@
-"""The FastAPI application: the service object that owns the store's threads, middleware,
-error handlers and the lifespan; the routes are in :mod:`clusterer.server.routes`."""
+"""The FastAPI application: the service object that owns the store's threads (the writer and
+the readers' batchers), middleware, error handlers and the lifespan; the routes are in
+:mod:`clusterer.server.routes`."""
 
 from __future__ import annotations
 
@@ -7,12 +8,12 @@ import logging
 import threading
 import time
 from contextlib import asynccontextmanager, suppress
-from importlib import resources
 from typing import Any
 
-from clusterer.server.batcher import EncodeBatcher
+from clusterer.server.batcher import LookupPipeline
 from clusterer.server.errors import NotReady, classify
 from clusterer.server.metrics import Metrics
+from clusterer.server.routes import router, static_dir
 from clusterer.server.security import BodyLimit, TokenAuth
 from clusterer.server.writer import Writer
 from clusterer.settings import ServerSettings
@@ -20,6 +21,8 @@ from clusterer.settings import ServerSettings
 log = logging.getLogger("clusterer.server")
 
 READY_WAIT_S = 60.0
+MAP_WAIT_S = 2.0
+"""How long a map request waits for a layout being computed before answering 202."""
 STOP_WAIT_S = 30.0
 
 _reader = threading.local()
@@ -42,7 +45,8 @@ def single_threaded_search() -> None:
 
 
 class Service:
-    """One store shared by every request: a writer thread, an embedding batcher, readiness, maps."""
+    """One store shared by every request: a writer thread, the lookup pipeline (the model and the
+    index resident, concurrent lookups batched), readiness, maps."""
 
     def __init__(self, store, settings: ServerSettings, *, close_store: bool = True):
         self.store = store
@@ -51,10 +55,11 @@ class Service:
         self.ready = threading.Event()
         self.load_error: str | None = None
         self.writer: Writer | None = None
-        self.batcher: EncodeBatcher | None = None
+        self.lookups: LookupPipeline | None = None
         self.metrics = Metrics(self.snapshot)
-        self.maps: dict[int, dict[str, Any]] = {}
-        self._map_lock = threading.Lock()
+        from clusterer.service.projection import MapCache
+
+        self.maps = MapCache(store)
         self.started_at = time.time()
 
     def start(self) -> None:
@@ -64,7 +69,14 @@ class Service:
             coalesce=self.settings.coalesce,
             on_done=lambda kind, s: self.metrics.writes.labels(kind).observe(s),
         )
-        self.batcher = EncodeBatcher(self.store.embed)
+        self.lookups = LookupPipeline(
+            self.store.embed,
+            self._lookup_vectors,
+            max_batch=self.settings.lookup_batch,
+            max_wait=self.settings.lookup_wait_ms / 1000,
+            cache_size=self.settings.lookup_cache,
+            on_batch=lambda stage, n: self.metrics.batches.labels(stage).observe(n),
+        )
         threading.Thread(target=self._warm, name="clusterer-warm-up", daemon=True).start()
 
     def _warm(self) -> None:
@@ -89,34 +101,39 @@ class Service:
         single_threaded_search()
         return self.store
 
-    def embed(self, texts: list[str]):
-        if self.batcher is None:
+    def _lookup_vectors(self, vectors, members):
+        single_threaded_search()  # in the lookup thread: one batch, one small search
+        return self.store.lookup_vectors(vectors, members=members)
+
+    @property
+    def pipeline(self) -> LookupPipeline:
+        if self.lookups is None:
             raise NotReady("the service has not started")
-        return self.batcher.encode(texts)
+        return self.lookups
+
+    def embed(self, texts: list[str]):
+        """Embeddings of ``texts`` through the embedding stage (blocks: call from a pool thread)."""
+        return self.pipeline.embed(texts).result()
 
     def stop(self) -> None:
+        if self.lookups:
+            self.lookups.close()
         stopped = self.writer.stop(STOP_WAIT_S) if self.writer else True
-        if self.batcher:
-            self.batcher.close()
         if not stopped:
             log.warning("the write in flight did not finish in %.0f s; leaving it to the next open", STOP_WAIT_S)
         elif self.close_store:
             self.store.close()
 
     def run_map(self, run_id: int | None):
-        from clusterer.service.projection import run_map
+        """The run's map, or None while its layout is computed in the background."""
+        from clusterer.service.projection import map_points
 
         store = self.require_ready()
         rid = store.run(run_id).id
-        with self._map_lock:
-            if rid not in self.maps:
-                self.maps[rid] = run_map(store, rid, self.settings.map_sample)
-            return self.maps[rid]
+        layout = self.maps.get(rid, MAP_WAIT_S)
+        return None if layout is None else map_points(store, layout, self.settings.map_sample)
 
     def snapshot(self) -> dict[str, Any]:
-        from storage import clusters as cq
-        from storage import sentences as sq
-
         out: dict[str, Any] = {
             "queue_depth": self.writer.depth if self.writer else 0,
             "ready": 1 if self.ready.is_set() else 0,
@@ -128,16 +145,7 @@ class Service:
         except OSError:
             out["index_bytes"] = 0
         try:
-            with self.store.db.read() as session:
-                out["sentences"] = sq.count_sentences(session)
-                run = cq.latest_run(session)
-                if run is not None:
-                    out.update(
-                        last_run_id=run.id,
-                        last_run_clusters=run.n_clusters,
-                        last_run_assigned=run.n_assigned,
-                        last_run_finished=run.finished_at.timestamp() if run.finished_at else None,
-                    )
+            out.update(self.store.gauges())
         except Exception as exc:  # noqa: BLE001 (a scrape must not fail because the database is busy)
             log.warning("metrics snapshot: %s", exc)
         return out
@@ -169,10 +177,6 @@ class RequestMetrics:
             self.metrics.observe(template, scope.get("method", ""), status[0], time.perf_counter() - started)
 
 
-def static_dir():
-    return resources.files("clusterer.server") / "static"
-
-
 def create_app(store, settings: ServerSettings | None = None, *, close_store: bool = True):
     """The ASGI app serving ``store``; the store is closed when the app shuts down (unless told not to)."""
     from fastapi import FastAPI
@@ -181,7 +185,7 @@ def create_app(store, settings: ServerSettings | None = None, *, close_store: bo
     from fastapi.staticfiles import StaticFiles
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    from clusterer.server import routes
+    from clusterer.server import curation_routes
 
     settings = settings or ServerSettings()
     service = Service(store, settings, close_store=close_store)
@@ -204,7 +208,8 @@ def create_app(store, settings: ServerSettings | None = None, *, close_store: bo
         "Every answer is the JSON of the matching `clusterer ... --json` command.",
     )
     app.state.service = service
-    app.include_router(routes.router)
+    app.include_router(router)
+    app.include_router(curation_routes.router)
     app.mount("/static", StaticFiles(directory=str(static_dir())), name="static")
 
     def error_response(exc: BaseException) -> JSONResponse:
@@ -254,13 +259,21 @@ def create_app(store, settings: ServerSettings | None = None, *, close_store: bo
 def _library_errors() -> tuple[type[Exception], ...]:
     from sqlalchemy.exc import SQLAlchemyError
 
-    from clusterer.errors import ClustererError
+    from clusterer.errors import library_errors
+    from clusterer.server.batcher import BatcherClosed, BatcherFull
     from clusterer.server.errors import ApiError
     from clusterer.server.writer import QueueFull, ShuttingDown
-    from indexer.errors import IndexerError
-    from storage.errors import StorageError
 
-    return (ClustererError, IndexerError, StorageError, SQLAlchemyError, ApiError, QueueFull, ShuttingDown, NotReady)
+    return (
+        *library_errors(),
+        SQLAlchemyError,
+        ApiError,
+        QueueFull,
+        ShuttingDown,
+        NotReady,
+        BatcherFull,
+        BatcherClosed,
+    )
 
 
 def _version() -> str:

@@ -1,60 +1,262 @@
-"""Embedding for concurrent readers: texts that wait together are encoded in one call.
+"""Dynamic batching for concurrent readers, as inference servers do it.
 
-One model call for eight queries costs little more than one for a single query, so under
-concurrent load each request waits at most for the call in flight plus its own batch.
+A :class:`MicroBatcher` is a queue and one worker thread: the worker takes the first request
+waiting, then every request that arrives within ``max_wait`` seconds of it (up to
+``max_batch`` items), and answers them all with one call. Lookups go through two of them in a
+row (:class:`LookupPipeline`): the model embeds each text (one at a time, so an embedding is
+bit for bit what ``Store.lookup`` computes, with recent ones kept in an LRU cache) while the
+second batcher answers the previous batch with one index search and one set of database reads
+(``Store.lookup_vectors``). The two stages overlap: the model runs outside the GIL.
+
+A failing batch is answered again item by item, so an error reaches only the caller it
+belongs to.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
+T = TypeVar("T")
+R = TypeVar("R")
 
-class EncodeBatcher:
-    def __init__(self, encode: Callable[[list[str]], np.ndarray], max_batch: int = 64):
-        self._encode = encode
-        self.max_batch = max_batch
-        self._queue: queue.Queue[tuple[list[str], Future] | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._loop, name="clusterer-encoder", daemon=True)
+
+class BatcherClosed(Exception):
+    """The batcher has stopped and takes no more requests."""
+
+
+class BatcherFull(Exception):
+    """As many requests wait as the batcher may hold."""
+
+
+@dataclass
+class _Request(Generic[T]):
+    item: T
+    size: int
+    future: Future
+
+
+_STOP: Any = object()
+
+
+class MicroBatcher(Generic[T, R]):
+    """``submit(item)`` returns a future answered by ``process([items...]) -> [results...]``.
+
+    ``max_batch`` bounds the summed ``size`` of a batch (a single larger item still runs alone);
+    ``max_wait`` is how long the worker waits after the first item for more (0: only those
+    already waiting); ``max_queued`` bounds the requests waiting (:class:`BatcherFull` beyond).
+    """
+
+    def __init__(
+        self,
+        process: Callable[[list[T]], Sequence[R]],
+        *,
+        max_batch: int = 32,
+        max_wait: float = 0.002,
+        max_queued: int = 4096,
+        name: str = "clusterer-batcher",
+        on_batch: Callable[[int], None] | None = None,
+    ):
+        self._process = process
+        self.max_batch = max(1, int(max_batch))
+        self.max_wait = max(0.0, float(max_wait))
+        self.on_batch = on_batch or (lambda n: None)
+        self._queue: queue.Queue[_Request[T]] = queue.Queue(max_queued)
+        self._closed = threading.Event()
+        self._held: _Request[T] | None = None
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
-        future: Future = Future()
-        self._queue.put((list(texts), future))
-        return future.result()
+    def submit(self, item: T, size: int = 1) -> Future:
+        if self._closed.is_set():
+            raise BatcherClosed("the service is shutting down")
+        request = _Request(item, max(1, size), Future())
+        try:
+            self._queue.put_nowait(request)
+        except queue.Full:
+            raise BatcherFull(f"{self._queue.maxsize} requests are waiting; try again shortly") from None
+        return request.future
+
+    def __call__(self, item: T, size: int = 1) -> R:
+        """Submit and wait for the answer (from a thread that may block)."""
+        return self.submit(item, size).result()
+
+    def _take(self) -> list[_Request[T]] | None:
+        first = self._held or self._queue.get()
+        self._held = None
+        if first.item is _STOP:
+            return None
+        batch, total = [first], first.size
+        deadline = time.monotonic() + self.max_wait
+        while total < self.max_batch:
+            try:
+                left = deadline - time.monotonic()
+                nxt = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if nxt.item is _STOP or total + nxt.size > self.max_batch:
+                self._held = nxt  # the next batch starts with it (or stops there)
+                break
+            batch.append(nxt)
+            total += nxt.size
+        return batch
 
     def _loop(self) -> None:
         while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            waiting, total, stop = [first], len(first[0]), False
-            while total < self.max_batch:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                waiting.append(nxt)
-                total += len(nxt[0])
-            try:
-                vectors = self._encode([t for texts, _ in waiting for t in texts])
-            except BaseException as exc:  # noqa: BLE001 (handed to every waiting caller)
-                for _, fut in waiting:
-                    fut.set_exception(exc)
+            batch = self._take()
+            if batch is None:
+                break
+            self.on_batch(len(batch))
+            self._answer(batch)
+        self._fail_waiting()
+
+    def _answer(self, batch: list[_Request[T]]) -> None:
+        try:
+            results = list(self._process([r.item for r in batch]))
+            if len(results) != len(batch):
+                raise RuntimeError(f"a batch of {len(batch)} got {len(results)} answers")
+        except BaseException as exc:  # noqa: BLE001 (handed to the caller it belongs to)
+            if len(batch) == 1:
+                batch[0].future.set_exception(exc)
             else:
-                start = 0
-                for texts, fut in waiting:
-                    fut.set_result(vectors[start : start + len(texts)])
-                    start += len(texts)
-            if stop:
+                for r in batch:
+                    self._answer([r])
+            return
+        for r, result in zip(batch, results):
+            r.future.set_result(result)
+
+    def _fail_waiting(self) -> None:
+        while True:
+            try:
+                r = self._queue.get_nowait()
+            except queue.Empty:
                 return
+            if r.item is not _STOP:
+                r.future.set_exception(BatcherClosed("the service shut down before this request ran"))
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Refuse new requests, answer those taken, fail those still waiting."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self._queue.put(_Request(_STOP, 1, Future()))
+        self._thread.join(timeout)
+
+
+class EmbeddingCache:
+    """Recent texts' embeddings, least recently used dropped first (``size`` 0 keeps none).
+
+    Thread-safe; the arrays handed out are read-only so no caller can change a cached one."""
+
+    def __init__(self, size: int = 4096):
+        self.size = max(0, int(size))
+        self._data: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def get(self, text: str) -> np.ndarray | None:
+        with self._lock:
+            vector = self._data.get(text)
+            if vector is None:
+                self.misses += 1
+                return None
+            self._data.move_to_end(text)
+            self.hits += 1
+            return vector
+
+    def put(self, text: str, vector: np.ndarray) -> None:
+        if not self.size:
+            return
+        vector = np.array(vector, dtype=np.float32)
+        vector.flags.writeable = False
+        with self._lock:
+            self._data[text] = vector
+            self._data.move_to_end(text)
+            while len(self._data) > self.size:
+                self._data.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+class Embedder:
+    """Embeds texts one model call per text (each as ``store.embed([text])`` would), through the cache."""
+
+    def __init__(self, embed: Callable[[list[str]], np.ndarray], cache: EmbeddingCache):
+        self.embed, self.cache = embed, cache
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        rows = []
+        for text in texts:
+            vector = self.cache.get(text)
+            if vector is None:
+                vector = self.embed([text])[0]
+                self.cache.put(text, vector)
+            rows.append(vector)
+        return np.vstack(rows).astype(np.float32, copy=False)
+
+    def batch(self, requests: list[list[str]]) -> list[np.ndarray]:
+        """Answers of a batch of requests (each a list of texts); a bad text fails the batch,
+        which :class:`MicroBatcher` then answers request by request."""
+        return [self(texts) for texts in requests]
+
+
+class LookupPipeline:
+    """``lookup(texts, members)``: the embedding stage, then the batched lookup stage."""
+
+    def __init__(
+        self,
+        embed: Callable[[list[str]], np.ndarray],
+        lookup_vectors: Callable[..., list[dict[str, Any]]],
+        *,
+        max_batch: int = 32,
+        max_wait: float = 0.002,
+        cache_size: int = 4096,
+        on_batch: Callable[[str, int], None] | None = None,
+    ):
+        self.cache = EmbeddingCache(cache_size)
+        self.embedder = Embedder(embed, self.cache)
+        self.lookup_vectors = lookup_vectors
+        report = on_batch or (lambda stage, n: None)
+        self.encoder: MicroBatcher[list[str], np.ndarray] = MicroBatcher(
+            self.embedder.batch,
+            max_batch=max_batch,
+            max_wait=max_wait,
+            name="clusterer-embed",
+            on_batch=lambda n: report("embed", n),
+        )
+        self.searcher: MicroBatcher[tuple[np.ndarray, int], list[dict[str, Any]]] = MicroBatcher(
+            self._lookups,
+            max_batch=max_batch,
+            max_wait=0.0,  # what waits while the previous batch runs is batch enough
+            name="clusterer-lookup",
+            on_batch=lambda n: report("lookup", n),
+        )
+
+    def _lookups(self, requests: list[tuple[np.ndarray, int]]) -> list[list[dict[str, Any]]]:
+        vectors = np.vstack([v for v, _ in requests])
+        members = [m for v, m in requests for _ in range(len(v))]
+        answers = self.lookup_vectors(vectors, members=members)
+        out, start = [], 0
+        for v, _ in requests:
+            out.append(answers[start : start + len(v)])
+            start += len(v)
+        return out
+
+    def embed(self, texts: list[str]) -> Future:
+        return self.encoder.submit(list(texts), len(texts))
+
+    def lookup(self, vectors: np.ndarray, members: int) -> Future:
+        return self.searcher.submit((vectors, members), len(vectors))
 
     def close(self) -> None:
-        self._queue.put(None)
+        self.encoder.close()
+        self.searcher.close()

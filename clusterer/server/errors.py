@@ -28,6 +28,8 @@ _BY_NAME = {  # the most specific class in an exception's MRO wins
     "DatabaseUnavailableError": 503,
     "QueueFull": 503,
     "ShuttingDown": 503,
+    "BatcherFull": 503,
+    "BatcherClosed": 503,
     "NotReady": 503,
     "ModelLoadError": 503,
     "ModelMismatchError": 409,

@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 
 
@@ -32,6 +33,13 @@ class Metrics:
             "Time the writer spent on each job, by kind",
             ["kind"],
             buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.batches = Histogram(
+            "clusterer_batch_requests",
+            "Requests answered together by each call of a reader batcher, by stage",
+            ["stage"],
+            buckets=BATCH_BUCKETS,
             registry=self.registry,
         )
         self.registry.register(_StoreCollector(snapshot))

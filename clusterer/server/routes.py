@@ -9,6 +9,7 @@ pool thread.
 from __future__ import annotations
 
 import asyncio
+from importlib import resources
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
@@ -52,6 +53,17 @@ def _service(request: Request):
 
 def _store(request: Request):
     return _service(request).require_ready()
+
+
+async def _ready_store(svc):
+    """The store once the service is ready, without holding a pool thread when it already is."""
+    if svc.ready.is_set() and not svc.load_error:
+        return svc.store
+    return await asyncio.to_thread(svc.require_ready)
+
+
+def static_dir():
+    return resources.files("clusterer.server") / "static"
 
 
 def _check_texts(texts: list[str], settings, field: str, single: bool = False) -> None:
@@ -177,21 +189,24 @@ def search(
 
 
 @router.post("/lookup", tags=["clusters"])
-def lookup(request: Request, body: LookupBody):
-    """As `clusterer lookup TEXT --json` for `text`; `{"results": [...]}` for `texts`."""
+async def lookup(request: Request, body: LookupBody):
+    """As `clusterer lookup TEXT --json` for `text`; `{"results": [...]}` for `texts`.
+
+    Concurrent lookups are answered together: their texts are embedded by the resident model
+    and searched with one index search (see :mod:`clusterer.server.batcher`)."""
     svc = _service(request)
     if (body.text is None) == (body.texts is None):
         raise ApiError(422, "give either text or texts", "text")
     texts = [body.text] if body.text is not None else body.texts or []
     _check_texts(texts, svc.settings, "text" if body.text is not None else "texts", single=body.text is not None)
-    store = svc.require_ready()
+    store = await _ready_store(svc)
     if store.dimension is None:
         from clusterer.service.runs import NoRunError
 
         raise NoRunError("no clustering run yet: run `clusterer cluster` first")
-    vectors = svc.embed(texts)
-    results = [store.lookup_vector(v, members=body.members) for v in vectors]
-    return results[0] if body.text is not None else {"results": results}
+    vectors = await _await(svc.pipeline.embed(texts))
+    results = await _await(svc.pipeline.lookup(vectors, body.members))
+    return JSONResponse(results[0] if body.text is not None else {"results": results})
 
 
 # -- runs and jobs --------------------------------------------------------------------
@@ -296,8 +311,12 @@ def unassigned(
 
 @router.get("/map", tags=["clusters"])
 def sentence_map(request: Request, run_id: RunParam = None):
-    """A sample of a run's sentences in 2D (PCA), computed once per run and cached."""
-    return _service(request).run_map(run_id)
+    """A sample of a run's sentences in 2D (UMAP on the run's kNN graph), laid out once per run
+    in the background and cached; 202 with ``{"state": "computing"}`` until then."""
+    found = _service(request).run_map(run_id)
+    if found is None:
+        return JSONResponse({"state": "computing", "run": run_id}, status_code=202, headers={"Retry-After": "1"})
+    return found
 
 
 # -- the page -------------------------------------------------------------------------
@@ -305,6 +324,4 @@ def sentence_map(request: Request, run_id: RunParam = None):
 
 @router.get("/", include_in_schema=False)
 def page():
-    from clusterer.server.app import static_dir
-
     return FileResponse(str(static_dir() / "index.html"), media_type="text/html")

@@ -107,6 +107,10 @@ class Writer:
     def delete(self, ids: list[int]) -> Future:
         return self._put(_Item("delete", ids, Future()))
 
+    def call(self, work: Callable[[], Any], kind: str = "edit") -> Future:
+        """Run ``work`` (a write through the store, e.g. a curation edit) on the writer thread."""
+        return self._put(_Item(kind, work, Future()))
+
     def cluster(self, method: str | None, params: dict[str, Any], force: bool = False) -> Job:
         with self._jobs_lock:
             job = Job(
@@ -148,6 +152,8 @@ class Writer:
                     self._ingest(item)
                 elif item.kind == "delete":
                     self._run(item, partial(self.store.delete, item.payload))
+                elif item.job is None and callable(item.payload):
+                    self._run(item, item.payload)
                 else:
                     self._cluster(item)
             finally:

@@ -71,7 +71,7 @@ def ingest_batches(store, batches: Sequence[Batch]) -> list[dict[str, Any]]:
 
 
 def _answer(batch: Batch, rows: list[dict[str, Any]], whole: IngestReport, run_id: int | None) -> dict[str, Any]:
-    part = IngestReport(source=batch.source, read=len(rows), seconds=whole.seconds)
+    part = IngestReport(source=batch.source, read=len(rows), seconds=whole.seconds, upkeep=dict(whole.upkeep))
     for r in rows:
         if r["status"] == "added":
             part.added += 1

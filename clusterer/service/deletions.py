@@ -18,7 +18,8 @@ import numpy as np
 
 from clusterer.algorithms import topics
 from clusterer.service import incremental as inc
-from clusterer.service.upkeep import Change, _vector, keywords_for
+from clusterer.service.upkeep_write import Change, keywords_for
+from clusterer.service.upkeep_write import vector as _vector
 from storage import clusters as cq
 from storage import sentences as sq
 

@@ -19,13 +19,29 @@ on the run's method (:func:`clusterer.service.methods.upkeep_rule`):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from clusterer.algorithms import topics
+from clusterer.service.births import (  # noqa: F401  (re-exported: the rules in one place)
+    Birth,
+    coarse_parent,
+    describe_birth,
+    plan_community_births,
+    plan_graph_births,
+)
+from clusterer.service.graph_rule import (  # noqa: F401
+    BATCH_KEY,
+    UNASSIGNED,
+    batch_key,
+    graph_assign,
+    key_labels,
+    merge_neighbours,
+    weighted_label,
+)
 
 
 @dataclass
@@ -68,7 +84,13 @@ class RunState:
     def is_current(self, run) -> bool:
         """Whether this state still describes ``run`` (no other process or Store object has
         changed it since)."""
-        return run is not None and run.id == self.run_id and run.n_sentences == self.n_sentences
+        edits = (run.params or {}).get("edits") if run is not None else None  # curation edits made
+        return (
+            run is not None
+            and run.id == self.run_id
+            and run.n_sentences == self.n_sentences
+            and edits == self.params.get("edits")
+        )
 
     def forget(self, labels) -> None:
         for label in labels:
@@ -168,284 +190,6 @@ def similarities_to(refs: Mapping[int, np.ndarray], labels: np.ndarray, vectors:
     return out
 
 
-# -- graph rule ----------------------------------------------------------------------------
-
-BATCH_KEY = -2
-"""Neighbour keys: a stored sentence is its id (>= 0), -1 is padding, and the batch's own
-sentence at position p is ``BATCH_KEY - p``."""
-
-
-def batch_key(positions: np.ndarray) -> np.ndarray:
-    return BATCH_KEY - np.asarray(positions, dtype=np.int64)
-
-
-def merge_neighbours(
-    stored_ids: np.ndarray,
-    stored_sims: np.ndarray,
-    queries: np.ndarray,
-    batch: np.ndarray,
-    k: int,
-    self_ids: np.ndarray | None = None,
-    self_in_batch: bool = False,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` nearest neighbours of each query among stored sentences and the batch.
-
-    ``stored_ids``/``stored_sims`` (m, any) come from the index (-1 padding); ``batch`` holds the
-    batch's vectors (rows L2-normalised, not in the index yet), compared with the queries by one
-    matrix product. ``self_ids`` (one per query) drops a stored sentence from its own list and
-    ``self_in_batch`` says the queries are the batch itself (a row is not its own neighbour).
-    Returns (keys, similarities), (m, k), most similar first; see :data:`BATCH_KEY`.
-    """
-    m = len(queries)
-    stored_ids = np.asarray(stored_ids, dtype=np.int64).reshape(m, -1)
-    stored_sims = np.asarray(stored_sims, dtype=np.float32).reshape(m, -1)
-    sims = np.where(stored_ids >= 0, stored_sims, -np.inf).astype(np.float32)
-    if self_ids is not None:
-        sims = np.where(stored_ids == np.asarray(self_ids, np.int64)[:, None], -np.inf, sims)
-    keys = stored_ids
-    if len(batch):
-        inner = np.asarray(queries, np.float32) @ np.asarray(batch, np.float32).T
-        if self_in_batch:
-            np.fill_diagonal(inner, -np.inf)
-        keys = np.concatenate([keys, np.broadcast_to(batch_key(np.arange(len(batch))), (m, len(batch)))], axis=1)
-        sims = np.concatenate([sims, inner], axis=1)
-    kk = min(k, sims.shape[1])
-    if kk < sims.shape[1]:  # the k best of each row, then only those sorted
-        part = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
-        keys, sims = np.take_along_axis(keys, part, axis=1), np.take_along_axis(sims, part, axis=1)
-    top = np.argsort(-sims, axis=1, kind="stable")[:, :kk]
-    out_keys = np.take_along_axis(keys, top, axis=1)
-    out_sims = np.take_along_axis(sims, top, axis=1)
-    finite = np.isfinite(out_sims)
-    out_keys = np.where(finite, out_keys, -1)
-    out_sims = np.where(finite, out_sims, 0.0).astype(np.float32)
-    if kk < k:
-        out_keys = np.pad(out_keys, ((0, 0), (0, k - kk)), constant_values=-1)
-        out_sims = np.pad(out_sims, ((0, 0), (0, k - kk)))
-    return out_keys, out_sims
-
-
-UNASSIGNED = -2
-"""The label of a neighbour that is stored but in no cluster (or a batch sentence not yet
-placed): under the graph rule the unassigned weight competes with every cluster's."""
-_POOL = np.iinfo(np.int64).max
-
-
-def key_labels(
-    keys: np.ndarray, stored_label: Callable[[np.ndarray], np.ndarray], batch_labels: np.ndarray
-) -> np.ndarray:
-    """Labels of neighbour keys: stored ids through ``stored_label`` (ids -> labels,
-    :data:`UNASSIGNED`, or -1 when the run does not know the id), batch keys from
-    ``batch_labels`` (one per batch position; -1 there means unassigned), padding -1."""
-    keys = np.asarray(keys, dtype=np.int64)
-    out = np.full(keys.shape, -1, dtype=np.int64)
-    stored = keys >= 0
-    if stored.any():
-        out[stored] = stored_label(keys[stored])
-    batch = keys <= BATCH_KEY
-    if batch.any():
-        given = np.asarray(batch_labels, dtype=np.int64)[BATCH_KEY - keys[batch]]
-        out[batch] = np.where(given >= 0, given, UNASSIGNED)
-    return out
-
-
-def weighted_label(labels: np.ndarray, sims: np.ndarray, min_similarity: float) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`clusterer.algorithms.graph.assign_by_weight` over all rows at once (the same rule:
-    neighbours below ``min_similarity`` or at similarity <= 0 do not count, ties go to the lower
-    label, the share is of all the row's positive weight), with the unassigned weight
-    (:data:`UNASSIGNED` neighbours) as one more contender: a row whose winner it is gets -1."""
-    labels = np.asarray(labels, dtype=np.int64)
-    sims = np.asarray(sims, dtype=np.float32)
-    m = len(labels)
-    out = np.full(m, -1, dtype=np.int64)
-    share = np.zeros(m, dtype=np.float32)
-    labels = np.where(labels == UNASSIGNED, _POOL, labels)
-    ok = (labels >= 0) & (sims >= np.float32(min_similarity)) & (sims > 0)
-    if m == 0 or not ok.any():
-        return out, share
-    rows = np.broadcast_to(np.arange(m)[:, None], labels.shape)[ok]
-    labs, w = labels[ok], sims[ok].astype(np.float64)
-    order = np.lexsort((labs, rows))
-    rows, labs, w = rows[order], labs[order], w[order]
-    starts = np.flatnonzero(np.concatenate([[True], (rows[1:] != rows[:-1]) | (labs[1:] != labs[:-1])]))
-    weight, g_rows, g_labs = np.add.reduceat(w, starts), rows[starts], labs[starts]
-    best = np.lexsort((g_labs, -weight, g_rows))
-    first = best[np.concatenate([[True], g_rows[best][1:] != g_rows[best][:-1]])]
-    positive = np.where(sims > 0, sims, 0).sum(axis=1, dtype=np.float64)
-    won = g_labs[first]
-    out[g_rows[first]] = np.where(won == _POOL, -1, won)
-    share[g_rows[first]] = np.where(won == _POOL, 0.0, weight[first] / positive[g_rows[first]])
-    return out, share
-
-
-def graph_assign(
-    keys: np.ndarray, sims: np.ndarray, stored_label: Callable[[np.ndarray], np.ndarray], min_similarity: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """The graph rule over a batch: (labels or -1, the winning label's share of the kNN weight).
-
-    A row joins the cluster holding most of its kNN weight, unless more of it lies with
-    unassigned sentences (then it stays unassigned and may found a cluster with them). Pass one
-    counts the batch's other sentences as unassigned; pass two lets each count with the label
-    pass one gave it. Both passes treat every row alike, so the order of the batch does not matter.
-    """
-    m = len(keys)
-    first, share = weighted_label(key_labels(keys, stored_label, np.full(m, -1)), sims, min_similarity)
-    if not (np.asarray(keys) <= BATCH_KEY).any():
-        return first, share
-    return weighted_label(key_labels(keys, stored_label, first), sims, min_similarity)
-
-
-@dataclass
-class Birth:
-    """A cluster born incrementally: its members (sentence ids, batch ones included)."""
-
-    label: int
-    members: list[int]
-    centre: int
-    similarities: list[float]
-    centroid: np.ndarray
-    cohesion: float
-    representatives: list[int]
-    parent: int | None = None
-    from_unassigned: int = 0
-    centre_vector: np.ndarray | None = None
-
-
-def describe_birth(
-    label: int,
-    member_ids: list[int],
-    vectors: np.ndarray,
-    stored: int,
-    centre: int | None = None,
-    similarities: list[float] | None = None,
-    parent: int | None = None,
-) -> Birth:
-    """A :class:`Birth` with its centroid, centre (the member nearest the centroid unless given),
-    similarities (to the centroid unless given), cohesion and three representatives."""
-    centroid = topics.normalized_centroid(vectors)
-    reps = topics.representatives(vectors, list(range(len(member_ids))), centroid, n=3)
-    to_centroid = (vectors @ centroid).astype(np.float32)
-    if centre is None:
-        centre = member_ids[reps[0]]
-    sims = list(map(float, to_centroid)) if similarities is None else [float(s) for s in similarities]
-    return Birth(
-        label,
-        list(member_ids),
-        int(centre),
-        sims,
-        centroid,
-        round(topics.cohesion(vectors), 6),
-        [member_ids[r] for r in reps],
-        parent,
-        stored,
-        vectors[list(member_ids).index(centre)].copy(),
-    )
-
-
-def coarse_parent(neighbour_labels: np.ndarray, neighbour_sims: np.ndarray, parent_of: Mapping[int, int]) -> int | None:
-    """The coarse cluster holding most of the kNN weight of a new fine cluster's members
-    (their neighbours' fine labels mapped to parents); None when no neighbour has one."""
-    labels = np.asarray(neighbour_labels, dtype=np.int64).ravel()
-    sims = np.asarray(neighbour_sims, dtype=np.float64).ravel()
-    weight: dict[int, float] = {}
-    for label, s in zip(labels, sims):
-        parent = parent_of.get(int(label)) if label >= 0 else None
-        if parent is not None and s > 0:
-            weight[parent] = weight.get(parent, 0.0) + float(s)
-    if not weight:
-        return None
-    return min(weight, key=lambda p: (-weight[p], p))
-
-
-def plan_graph_births(
-    pool_ids: np.ndarray,
-    pool_vectors: np.ndarray,
-    pool_keys: np.ndarray,
-    pool_sims: np.ndarray,
-    key_label: Callable[[np.ndarray], np.ndarray],
-    *,
-    k: int,
-    resolution: float,
-    min_size: int,
-    min_similarity: float,
-    next_label: int,
-    parent_of: Mapping[int, int],
-    stored: set[int],
-    seed: int = 0,
-) -> list[Birth]:
-    """New fine clusters among the unassigned pool (sentence ids ``pool_ids``).
-
-    Leiden (:func:`graph_clustering`, the run's k and resolution) proposes groups among the pool;
-    a member keeps its group only if, by the graph rule over its kNN among every stored sentence
-    (``pool_keys``/``pool_sims``, labelled by ``key_label``, pool members counting with their
-    proposed group), the group holds most of its weight; a group keeping ``min_size`` members is
-    born. A group of noise points loses this test to the clusters around them.
-    """
-    from clusterer.algorithms.graph import graph_clustering
-
-    pool_ids = np.asarray(pool_ids, dtype=np.int64)
-    n = len(pool_ids)
-    if n < max(min_size, 2):
-        return []
-    found = graph_clustering(
-        pool_vectors,
-        k=min(k, n - 1),
-        resolution=resolution,
-        min_size=min_size,
-        seed=seed,
-        min_similarity=min_similarity,
-    )
-    proposed = np.asarray(found.labels, dtype=np.int64)
-    if not (proposed >= 0).any():
-        return []
-    offset = next_label + 1_000_000_000
-    labels = key_label(pool_keys)
-    order = np.argsort(pool_ids)
-    where = np.minimum(np.searchsorted(pool_ids[order], pool_keys), n - 1)
-    in_pool = (pool_keys >= 0) & (pool_ids[order][where] == pool_keys)
-    group = proposed[order][where]
-    labels = np.where(in_pool, np.where(group >= 0, offset + group, UNASSIGNED), labels)
-    won, _ = weighted_label(labels, pool_sims, min_similarity)
-    keep = (proposed >= 0) & (won == offset + proposed)
-    births = []
-    label = next_label
-    for group in np.unique(proposed[keep]):
-        members = np.flatnonzero(keep & (proposed == group))
-        if len(members) < min_size:
-            continue
-        ids = [int(pool_ids[p]) for p in members]
-        outside = labels[members]
-        parent = coarse_parent(np.where(outside < offset, outside, -1), pool_sims[members], parent_of)
-        births.append(describe_birth(label, ids, pool_vectors[members], sum(i in stored for i in ids), parent=parent))
-        label += 1
-    return births
-
-
-def plan_community_births(
-    pool_ids: list[int], pool_vectors: np.ndarray, threshold: float, min_size: int, next_label: int, stored: set[int]
-) -> list[Birth]:
-    """Communities (the full run's rule, same threshold and minimum size) among the unassigned pool."""
-    from clusterer.algorithms.community import detect_communities
-
-    if len(pool_ids) < min_size:
-        return []
-    found = detect_communities(np.asarray(pool_vectors, np.float32), threshold, min_size, device="cpu", normalize=False)
-    births = []
-    for j, c in enumerate(found):
-        ids = [int(pool_ids[p]) for p in c.members]
-        births.append(
-            describe_birth(
-                next_label + j,
-                ids,
-                pool_vectors[list(c.members)],
-                sum(i in stored for i in ids),
-                centre=int(pool_ids[c.centre]),
-                similarities=list(c.similarities),
-            )
-        )
-    return births
-
-
 # -- the plan of a batch -------------------------------------------------------------------
 
 
@@ -458,6 +202,8 @@ class BatchPlan:
     labels: np.ndarray
     similarities: np.ndarray
     births: list[Birth] = field(default_factory=list)
+    knn: tuple[np.ndarray, np.ndarray] | None = None
+    """The batch's kNN rows (neighbour sentence ids with -1 padding, similarities), graph runs."""
 
     def apply_births(self, ids: np.ndarray) -> dict[int, tuple[int, float]]:
         """Put the batch's members of born clusters into ``labels``; returns the stored

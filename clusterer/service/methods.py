@@ -4,7 +4,7 @@ Everything that needs to know about methods reads this table: ``Store.cluster`` 
 validation through :func:`resolve`), the ``clusterer cluster`` options (generated from
 :func:`option_specs`), incremental upkeep (``get(name).upkeep``) and the docs
 (:func:`markdown_table`). Adding a method means adding one :class:`Method` entry and its
-``compute`` function here.
+``compute`` function (in :mod:`clusterer.service.compute`).
 
 Upkeep rules: ``community`` (a new sentence joins the cluster most of its neighbours above the
 threshold are in), ``centroid`` (nearest centroid) and ``graph`` (the cluster holding most of its
@@ -17,40 +17,23 @@ import math
 import numbers
 import operator
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from clusterer.algorithms import graph as graph_algorithm
-from clusterer.errors import ClustererError, InvalidParameterError
+from clusterer.errors import InvalidParameterError
+from clusterer.service.compute import (  # noqa: F401  (Labels, GuardRailError, SEARCHES re-exported)
+    SEARCHES,
+    GuardRailError,
+    Labels,
+    run_agglomerative,
+    run_community,
+    run_kmeans,
+    run_leiden,
+)
 
 DEFAULT_METHOD = "leiden"
 UPKEEP_RULES = ("community", "centroid", "graph")
-SEARCHES = ("auto", "exact", "approximate")
-MAX_GRAPH_BYTES = 4 << 30
-MAX_COMMUNITY_FRACTION = 0.5
-EXACT_SEARCH_MAX = 20_000
-
-
-class GuardRailError(ClustererError):
-    """A run was refused because it would exhaust memory or produce one giant cluster."""
-
-
-@dataclass
-class Labels:
-    """What an algorithm produced over positions 0..n-1: label (-1 unassigned), similarity, centre.
-
-    ``parents`` maps each fine label to its coarse label for methods with a two-level hierarchy
-    (None otherwise); ``info`` holds the JSON-serialisable facts the run stores in its stats.
-    """
-
-    labels: np.ndarray
-    similarities: np.ndarray
-    centres: dict[int, int] = field(default_factory=dict)
-    centroids: dict[int, np.ndarray] = field(default_factory=dict)
-    info: dict[str, Any] = field(default_factory=dict)
-    parents: dict[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -122,8 +105,10 @@ Compute = Callable[..., Labels]
 class Method:
     """A clustering method: its parameters, upkeep rule, levels, and the function that runs it.
 
-    ``compute(x, params, *, device, force, show_progress, initial)`` returns :class:`Labels`.
+    ``compute(x, params, *, device, force, show_progress, initial, graph)`` returns :class:`Labels`.
     ``warm_start``: the method can start from an existing membership (recluster keeps ids).
+    ``stores_graph``: the method clusters a kNN graph that the run stores, and can take a stored
+    one instead of searching again (re-optimisation, ``recluster --resolution``).
     """
 
     name: str
@@ -133,6 +118,7 @@ class Method:
     compute: Compute
     levels: tuple[str, ...] = ("fine",)
     warm_start: bool = False
+    stores_graph: bool = False
 
     @property
     def param_names(self) -> tuple[str, ...]:
@@ -159,206 +145,6 @@ class Method:
             if value is not None:
                 out[p.name] = value
         return out
-
-
-# -- the functions behind the methods --------------------------------------------------------
-
-
-def _cuda_available() -> bool:
-    from indexer.hardware import cuda_available
-
-    return cuda_available()
-
-
-def _raise_threshold_hint(threshold: float) -> str:
-    """What to suggest; never a "higher" threshold that is not above the current one."""
-    higher = min(0.95, threshold + 0.1)
-    if higher > threshold:
-        return f"Raise --threshold (e.g. {higher:.2f}) or pass --force."
-    return "Pass --force to run anyway."
-
-
-def check_community_guards(
-    x: np.ndarray, threshold: float, min_size: int, max_bytes: int = MAX_GRAPH_BYTES
-) -> dict[str, Any]:
-    """Estimate the neighbour graph from a sample; raise GuardRailError if it is unreasonable."""
-    from clusterer.algorithms.neighbors import estimate_graph
-
-    if len(x) < 2 * min_size:
-        return {}
-    est = estimate_graph(x, threshold, min_size, sample_size=min(2000, len(x)))
-    facts = {
-        "estimated_graph_bytes": int(est.expected_bytes),
-        "largest_neighbourhood_fraction": round(est.max_neighborhood_fraction, 4),
-        "candidate_fraction": round(est.candidate_fraction, 4),
-    }
-    if est.expected_bytes > max_bytes:
-        raise GuardRailError(
-            f"threshold {threshold} would build a neighbour graph of about {est.expected_bytes / 2**30:.1f} GiB "
-            f"(limit {max_bytes / 2**30:.1f} GiB; {est.mean_neighborhood_size:.0f} neighbours per sentence on average). "
-            f"{_raise_threshold_hint(threshold)}"
-        )
-    if est.max_neighborhood_fraction > MAX_COMMUNITY_FRACTION:
-        raise GuardRailError(
-            f"at threshold {threshold} one sentence is similar to {est.max_neighborhood_fraction:.0%} of the store, "
-            f"so most sentences would land in one community. {_raise_threshold_hint(threshold)}"
-        )
-    return facts
-
-
-def community_labels(
-    x: np.ndarray,
-    threshold: float,
-    min_size: int,
-    device: str = "auto",
-    nprobe: int | None = None,
-    search: str = "auto",
-    show_progress: bool = False,
-) -> Labels:
-    """Community detection over ``x``.
-
-    ``search``: "exact" (FAISS flat range search, or torch on CUDA), "approximate" (cell-blocked
-    search of :mod:`clusterer.algorithms.partitioned`, ``nprobe`` cells per point) or "auto": exact up to
-    ``EXACT_SEARCH_MAX`` sentences or on a GPU, approximate above.
-    """
-    from clusterer.algorithms.community import community_detection
-    from clusterer.algorithms.neighbors import neighbor_graph
-    from clusterer.algorithms.partitioned import (
-        DEFAULT_NPROBE,
-        partitioned_neighbor_graph,
-    )
-
-    if search not in SEARCHES:
-        raise InvalidParameterError(f"search must be auto, exact or approximate, got {search!r}")
-    n = len(x)
-    labels = np.full(n, -1, dtype=np.int64)
-    sims = np.full(n, np.nan, dtype=np.float32)
-    if n == 0 or n < min_size:
-        # fewer sentences than min_size: no community can be big enough (the reference clamps
-        # min_size to n instead, which would turn any tiny store into one community)
-        return Labels(labels, sims)
-    if search == "auto":
-        on_gpu = device == "cuda" or (device == "auto" and _cuda_available())
-        search = "exact" if n <= EXACT_SEARCH_MAX or on_gpu else "approximate"
-    if search == "exact":
-        graph = neighbor_graph(x, threshold, min_size, device=device, show_progress=show_progress)
-    else:
-        graph = partitioned_neighbor_graph(
-            x, threshold, min_size, nprobe=nprobe or DEFAULT_NPROBE, show_progress=show_progress
-        )
-    communities = community_detection(graph)
-    centres: dict[int, int] = {}
-    for k, com in enumerate(communities):
-        members = np.asarray(com.members, dtype=np.int64)
-        labels[members] = k
-        sims[members] = com.similarities
-        centres[k] = com.centre
-    return Labels(labels, sims, centres, info={"search": search, "candidates": len(graph), "edges": graph.total_edges})
-
-
-def _community(x, params, *, device="auto", force=False, show_progress=False, initial=None) -> Labels:
-    t, m = float(params["threshold"]), int(params["min_size"])
-    guards = {} if force else check_community_guards(x, t, m)
-    out = community_labels(
-        x,
-        t,
-        m,
-        device=device,
-        nprobe=params.get("nprobe"),
-        search=params.get("search", "auto"),
-        show_progress=show_progress,
-    )
-    out.info.update(guards)
-    return out
-
-
-def kmeans_labels(x: np.ndarray, k: int, seed: int = 0) -> Labels:
-    from clusterer.algorithms.kmeans import kmeans
-
-    if len(x) == 0:
-        return Labels(np.zeros(0, np.int64), np.zeros(0, np.float32))
-    res = kmeans(x, k, seed=seed)
-    return Labels(
-        res.labels.astype(np.int64),
-        res.similarities.astype(np.float32),
-        centroids={j: res.centroids[j] for j in range(res.k)},
-        info={"inertia": res.inertia},
-    )
-
-
-def _kmeans(x, params, *, device="auto", force=False, show_progress=False, initial=None) -> Labels:
-    return kmeans_labels(x, int(params["k"]), seed=int(params.get("seed", 0)))
-
-
-def agglomerative_labels(x: np.ndarray, distance_threshold: float, linkage: str = "ward") -> Labels:
-    from clusterer.algorithms.agglomerative import agglomerative
-
-    if len(x) == 0:
-        return Labels(np.zeros(0, np.int64), np.zeros(0, np.float32))
-    res = agglomerative(x, distance_threshold, linkage=linkage)
-    return Labels(np.asarray(res.labels, dtype=np.int64), np.asarray(res.similarities, dtype=np.float32))
-
-
-def _agglomerative(x, params, *, device="auto", force=False, show_progress=False, initial=None) -> Labels:
-    return agglomerative_labels(x, float(params["distance_threshold"]), params.get("linkage", "ward"))
-
-
-def _compact(initial: np.ndarray) -> np.ndarray:
-    """Arbitrary cluster ids (-1 for none) as 0..m-1, keeping -1."""
-    initial = np.asarray(initial, dtype=np.int64)
-    out = np.full(len(initial), -1, dtype=np.int64)
-    have = initial >= 0
-    if have.any():
-        _, out[have] = np.unique(initial[have], return_inverse=True)
-    return out
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def _leiden(x, params, *, device="auto", force=False, show_progress=False, initial=None) -> Labels:
-    n = len(x)
-    if n == 0:
-        return Labels(np.zeros(0, np.int64), np.zeros(0, np.float32), parents={})
-    res = graph_algorithm.graph_clustering(
-        x,
-        k=None if params.get("k") is None else int(params["k"]),
-        resolution=params.get("resolution"),
-        min_size=int(params["min_size"]),
-        seed=int(params.get("seed", 0)),
-        initial=None if initial is None else _compact(initial),
-        search=params.get("search", "auto"),
-        nprobe=params.get("nprobe"),
-        device=device,
-        show_progress=show_progress,
-    )
-    labels = np.asarray(res.labels, dtype=np.int64)
-    present = set(np.unique(labels[labels >= 0]).tolist())  # with ``initial``, ids can have gaps
-    parents = {int(f): int(c) for f, c in enumerate(np.asarray(res.parents, dtype=np.int64)) if f in present and c >= 0}
-    outliers = int(np.count_nonzero(labels < 0))
-    info = dict(_jsonable(res.info))
-    info.update(
-        resolution=_jsonable(res.resolution),
-        coarse_resolution=_jsonable(res.coarse_resolution),
-        scores=_jsonable(res.scores),
-        outliers=outliers,
-        outlier_share=round(outliers / n, 6),
-        min_similarity=_jsonable(res.info.get("min_similarity", 0.0)),
-        k=int(res.info.get("k") or params["k"]),
-        warm_start=initial is not None,
-    )
-    return Labels(labels, np.full(n, np.nan, dtype=np.float32), info=info, parents=parents)
 
 
 # -- the table -------------------------------------------------------------------------------
@@ -405,9 +191,10 @@ METHODS: dict[str, Method] = {
                 ),
             ),
             upkeep="graph",
-            compute=_leiden,
+            compute=run_leiden,
             levels=("fine", "coarse"),
             warm_start=True,
+            stores_graph=True,
         ),
         Method(
             "community",
@@ -419,7 +206,7 @@ METHODS: dict[str, Method] = {
                 Param("nprobe", int, None, _NPROBE_HELP, low=1, shown_default="12"),
             ),
             upkeep="community",
-            compute=_community,
+            compute=run_community,
         ),
         Method(
             "kmeans",
@@ -429,7 +216,7 @@ METHODS: dict[str, Method] = {
                 Param("seed", int, 0, "random seed", low=0),
             ),
             upkeep="centroid",
-            compute=_kmeans,
+            compute=run_kmeans,
         ),
         Method(
             "agglomerative",
@@ -439,7 +226,7 @@ METHODS: dict[str, Method] = {
                 Param("linkage", str, "ward", "linkage", choices=("ward", "average", "complete")),
             ),
             upkeep="centroid",
-            compute=_agglomerative,
+            compute=run_agglomerative,
         ),
     )
 }

@@ -21,7 +21,9 @@ import numpy as np
 from clusterer.algorithms import topics
 from clusterer.algorithms.matching import Event, groups_from_labels, match_clusters
 from clusterer.errors import ClustererError
+from clusterer.service import constraints as edits
 from clusterer.service import methods
+from clusterer.service import run_graph as rg
 from clusterer.service.methods import GuardRailError, Labels  # noqa: F401  (re-exported)
 from storage import clusters as cq
 from storage import filters
@@ -46,10 +48,12 @@ def compute_labels(
     force: bool = False,
     show_progress: bool = False,
     initial: np.ndarray | None = None,
+    graph: Any = None,
 ) -> Labels:
-    """Run one method over the embedding matrix ``x`` (rows L2-normalised) with resolved ``params``."""
+    """Run one method over the embedding matrix ``x`` (rows L2-normalised) with resolved
+    ``params``; ``graph`` (leiden) is a kNN graph over the rows to use instead of a new search."""
     return methods.get(method).compute(
-        x, params, device=device, force=force, show_progress=show_progress, initial=initial
+        x, params, device=device, force=force, show_progress=show_progress, initial=initial, graph=graph
     )
 
 
@@ -254,7 +258,13 @@ def _coarse_level(
 
 
 def plan_run(
-    ids: np.ndarray, x: np.ndarray, texts: list[str], result: Labels, previous: Previous, next_label: int
+    ids: np.ndarray,
+    x: np.ndarray,
+    texts: list[str],
+    result: Labels,
+    previous: Previous,
+    next_label: int,
+    constraints: edits.Constraints | None = None,
 ) -> RunPlan:
     """What a run stores, from the method's ``result`` over ``ids``/``x`` (one row per sentence)
     and ``texts`` (aligned; only assigned sentences' texts are read).
@@ -268,8 +278,13 @@ def plan_run(
     raw_labels = sorted(positions)
     match = match_clusters(previous.fine, [ids[positions[r]] for r in raw_labels], next_label, MIN_JACCARD)
     label_of = dict(zip(raw_labels, match.labels))
-    rows, counts = describe_clusters(x, ids, texts, result, label_of, positions)
     events = list(match.events)
+    constrained = edits.constrain_result(result, ids, label_of, constraints)
+    if constrained is not None:
+        result, label_of, kept = constrained
+        positions = positions_of(result.labels)
+        events += kept
+    rows, counts = describe_clusters(x, ids, texts, result, label_of, positions)
     if result.parents is not None and label_of:
         after_fine = max([next_label - 1, *label_of.values()]) + 1
         coarse_rows, coarse_events, parent_of = _coarse_level(
@@ -329,6 +344,8 @@ def run_clustering(
     show_progress: bool = False,
     warm_start: bool = False,
     where: Any = None,
+    graph_from: int | None = None,
+    trigger: dict[str, Any] | None = None,
     compute: Callable[..., Labels] | None = None,
     **given: Any,
 ) -> tuple[int, float]:
@@ -336,7 +353,12 @@ def run_clustering(
     id and duration. A filtered run records its filter as ``params["where"]``.
 
     ``warm_start``: methods that can (leiden) start from the latest run's fine membership, so
-    that clusters that persist keep their members and ids. ``compute`` replaces
+    that clusters that persist keep their members and ids.
+
+    ``graph_from``: the run whose stored kNN graph (:mod:`clusterer.service.run_graph`) leiden
+    reuses, rows it lacks searched in the index, instead of a new search over every sentence.
+    ``trigger``: why the run was made when upkeep made it (stored as ``params.stats.trigger``).
+    A leiden run stores the graph it clustered for the next one. ``compute`` replaces
     :func:`compute_labels` (same arguments), e.g. to run the method on a Ray cluster.
     """
     spec = methods.get(method)
@@ -359,6 +381,7 @@ def run_clustering(
             max_seq = sq.max_seq(session)
             previous = load_previous(session)
             next_label = cq.max_label(session) + 1
+            constraints = edits.load_constraints(session, previous.ids, previous.labels)
         say("loading embeddings")
         ids, x = store.embeddings(up_to_seq=max_seq)
         if subset is not None:  # only the matching sentences
@@ -367,21 +390,28 @@ def run_clustering(
             ids, x = ids[keep], x[keep]
         seconds["load"] = time.perf_counter() - tick
         tick = time.perf_counter()
+        graph, graph_facts = None, None
+        if graph_from is not None and spec.stores_graph:
+            graph, graph_facts = rg.stored_knn(store, graph_from, ids, x, params)
+            if graph_facts is not None:
+                seconds["graph"] = time.perf_counter() - tick
+                tick = time.perf_counter()
         initial = previous.labels_for(ids) if warm_start and spec.warm_start and previous.run_id else None
         say(f"clustering {len(ids):,} sentences ({spec.name})")
         result = (compute or compute_labels)(
-            spec.name, x, params, device=device, force=force, show_progress=show_progress, initial=initial
+            spec.name, x, params, device=device, force=force, show_progress=show_progress, initial=initial, graph=graph
         )
+        del graph
         seconds["cluster"] = time.perf_counter() - tick
         tick = time.perf_counter()
-        assigned = result.labels >= 0
+        assigned = (result.labels >= 0) | np.isin(previous.labels_for(ids), list(constraints.merged))
         with store.db.read() as session:
             text_map = sq.texts_for(session, ids[assigned].tolist())
         seconds["load"] += time.perf_counter() - tick
         tick = time.perf_counter()
         say("keywords and representatives")
         texts_all = [text_map.get(int(i), "") if a else "" for i, a in zip(ids, assigned)]
-        plan = plan_run(ids, x, texts_all, result, previous, next_label)
+        plan = plan_run(ids, x, texts_all, result, previous, next_label, constraints)
         seconds["keywords"] = time.perf_counter() - tick
         tick = time.perf_counter()
         say("saving")
@@ -391,8 +421,14 @@ def run_clustering(
             stats = {
                 **plan.stats,
                 "coarse_clusters": len(plan.coarse),
+                "optimised_sentences": len(ids),
+                "born_from_label": cq.max_label(session) + 1,
                 "seconds": {k: round(v, 4) for k, v in seconds.items()},
             }
+            if graph_facts is not None:
+                stats["graph"] = {"reused_from_run": graph_from, **graph_facts}
+            if trigger is not None:
+                stats["trigger"] = trigger
             cq.touch_run(session, run_id, params={**params, "stats": stats})
             cq.finish_run(
                 session,
@@ -406,4 +442,6 @@ def run_clustering(
         with store.db.write() as session:
             cq.fail_run(session, run_id, f"{type(exc).__name__}: {exc}")
         raise
+    if result.graph is not None:
+        rg.save_run_graph(store, run_id, ids, result.graph)
     return run_id, time.perf_counter() - started

@@ -10,16 +10,17 @@ Nothing is loaded when a store opens: the first batch costs what any batch costs
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from clusterer.algorithms import topics
 from clusterer.service import incremental as inc
+from clusterer.service import run_graph
+from clusterer.service.upkeep_write import Change, keywords_for, vector, write_batch  # noqa: F401  (Change, keywords_for re-exported)
 from storage import clusters as cq
 from storage import filters
 from storage import sentences as sq
@@ -62,7 +63,15 @@ class Upkeep:
         gather = Gather(session, state, self.store.index, self.store.dimension, self.store.embedding_dtype)
         plan = plan_batch(gather, ids, vectors)
         change = write_batch(gather, ids, vectors, list(texts), plan, max_seq)
-        return lambda: change.apply(state)
+        data_dir, run_id = self.store.data_dir, state.run_id
+
+        def committed():
+            if plan.knn is not None:  # the batch's kNN rows join the run's stored graph
+                with contextlib.suppress(OSError):  # a cache: a re-optimisation searches what is missing
+                    run_graph.append_rows(data_dir, run_id, ids, *plan.knn)
+            return change.apply(state)
+
+        return committed
 
     def on_delete(self, session, ids):
         from clusterer.service import deletions
@@ -128,17 +137,13 @@ class Gather:
         if labels is None:
             if not state.centroids_complete:
                 rows = cq.clusters_of_run(self.session, state.run_id, order_by_size=False)
-                state.centroids.update({r.label: _vector(r.centroid) for r in rows if r.centroid})
+                state.centroids.update({r.label: vector(r.centroid) for r in rows if r.centroid})
                 state.centroids_complete = True
             return state.centroids
         missing = [int(l) for l in labels if l >= 0 and int(l) not in state.centroids]
         if missing:
-            state.centroids.update({l: _vector(r.centroid) for l, r in self.rows(missing).items() if r.centroid})
+            state.centroids.update({l: vector(r.centroid) for l, r in self.rows(missing).items() if r.centroid})
         return state.centroids
-
-
-def _vector(blob: bytes) -> np.ndarray:
-    return np.frombuffer(blob, dtype=np.float32).copy()
 
 
 def plan_batch(gather: Gather, ids: np.ndarray, vectors: np.ndarray) -> inc.BatchPlan:
@@ -235,6 +240,8 @@ def _plan_graph(gather: Gather, ids: np.ndarray, vectors: np.ndarray) -> inc.Bat
     known = gather.labels(keys[keys >= 0])
     labels, _ = inc.graph_assign(keys, sims, gather.label_fn(known), p["min_similarity"])
     plan = inc.BatchPlan(labels, inc.similarities_to(gather.centroids(set(labels.tolist())), labels, vectors))
+    in_batch = keys <= inc.BATCH_KEY
+    plan.knn = (np.where(in_batch, ids[np.where(in_batch, inc.BATCH_KEY - keys, 0)], keys), sims)
     fresh = np.flatnonzero(labels < 0)
     pool = {int(ids[q]) for q in fresh}
     for q in fresh:
@@ -274,249 +281,3 @@ def _plan_graph(gather: Gather, ids: np.ndarray, vectors: np.ndarray) -> inc.Bat
         stored=set(pool_ids[~in_batch].tolist()),
     )
     return plan
-
-
-# -- writing a plan ------------------------------------------------------------------------
-
-
-@dataclass
-class Change:
-    """What a committed write changes in the in-memory state; ``apply`` runs after commit."""
-
-    added: int = 0
-    assigned: int = 0
-    unassigned: int = 0
-    born: int = 0
-    centres: dict[int, np.ndarray] = field(default_factory=dict)
-    centroids: dict[int, np.ndarray] = field(default_factory=dict)
-    forget: set[int] = field(default_factory=set)
-    mass: tuple[int, int] = (0, 0)
-    terms: dict[str, int] = field(default_factory=dict)
-
-    def apply(self, state: inc.RunState) -> dict[str, int]:
-        state.n_sentences += self.added
-        state.forget(self.forget)
-        state.centres.update(self.centres)
-        state.centroids.update(self.centroids)
-        if state.term_mass is not None:
-            state.term_mass = (state.term_mass[0] + self.mass[0], state.term_mass[1] + self.mass[1])
-        for term, c in self.terms.items():
-            if term in state.term_totals:
-                state.term_totals[term] += c
-        return {"assigned": self.assigned, "unassigned": self.unassigned, "new_clusters": self.born}
-
-
-def keywords_for(
-    session,
-    state: inc.RunState,
-    counts: dict[int, dict[str, int]],
-    pending: dict[str, int],
-    pending_mass: tuple[int, int],
-) -> dict[int, dict[str, Any]]:
-    """New keywords of the clusters in ``counts`` (their term counts after this change).
-
-    c-TF-IDF needs the run's term mass (read once, then kept in ``state``) and the total over
-    the run of each term that can make a top list. A term's total is at least its count in
-    the clusters at hand, which bounds its score from above, so totals are read only for the
-    terms that reach a top list under that bound, until every list holds only terms with known
-    totals: the same keywords as with every total known, for a few reads instead of one per
-    term. Totals are kept in ``state`` as committed values (``pending`` and ``pending_mass`` are
-    this uncommitted change's share, already visible to ``session``).
-    """
-    if not counts:
-        return {}
-    if state.term_mass is None:
-        occurrences, classes = cq.term_mass(session, state.run_id)
-        state.term_mass = (occurrences - pending_mass[0], classes - pending_mass[1])
-    mass = (state.term_mass[0] + pending_mass[0], state.term_mass[1] + pending_mass[1])
-    cache = state.term_totals
-    if len(cache) > inc.TERM_CACHE_MAX:
-        cache.clear()
-    result: dict[int, dict[str, Any]] = {}
-    open_labels = set(counts)
-    while open_labels:
-        sub = {label: counts[label] for label in open_labels}
-        totals = {t: cache[t] + pending.get(t, 0) for t in set().union(*sub.values()) if t in cache}
-        wide = inc.keyword_scores(sub, totals, mass, top_n=3 * inc.KEYWORDS)
-        unknown: set[str] = set()
-        for label, kw in wide.items():
-            top = kw["keywords"][: inc.KEYWORDS]
-            if all(t in cache for t, _ in top):
-                result[label] = {"keywords": top}
-                open_labels.discard(label)
-            else:
-                unknown.update(t for t, _ in kw["keywords"] if t not in cache)
-        if unknown:
-            found = cq.term_totals(session, state.run_id, sorted(unknown))
-            for term in unknown:
-                cache[term] = found.get(term, 0) - pending.get(term, 0)
-    return result
-
-
-def write_batch(
-    gather: Gather, ids: np.ndarray, vectors: np.ndarray, texts: list[str], plan: inc.BatchPlan, max_seq: int
-) -> Change:
-    """Write a batch's plan: assignments, births, growth of sizes, centroids, terms and keywords."""
-    session, state = gather.session, gather.state
-    run_id = state.run_id
-    relabelled = plan.apply_births(ids)
-    labels, sims = plan.labels, plan.similarities
-    cq.insert_assignments(
-        session,
-        run_id,
-        ids.tolist(),
-        [int(l) if l >= 0 else None for l in labels],
-        [float(s) if l >= 0 and np.isfinite(s) else None for l, s in zip(labels, sims)],
-    )
-    if relabelled:
-        moved = sorted(relabelled)
-        cq.set_assignments(session, run_id, moved, [relabelled[i][0] for i in moved], [relabelled[i][1] for i in moved])
-    change = Change(
-        added=len(ids),
-        assigned=int((labels >= 0).sum()) + len(relabelled),
-        unassigned=int((labels < 0).sum()),
-        born=len(plan.births),
-    )
-    text_of = dict(zip(ids.tolist(), texts))
-    stored_members = [m for b in plan.births for m in b.members if m not in text_of]
-    text_of.update(sq.texts_for(session, stored_members) if stored_members else {})
-    counts: dict[int, dict[str, int]] = {}
-    added_terms: Counter[str] = Counter()
-    mass = [0, 0]
-    for b in plan.births:
-        born_counts = topics.term_counts([text_of.get(m, "") for m in b.members])
-        cq.insert_clusters(
-            session,
-            run_id,
-            [
-                cq.ClusterRow(
-                    label=b.label,
-                    size=len(b.members),
-                    centre_id=b.centre,
-                    cohesion=b.cohesion,
-                    keywords=[],
-                    representatives=b.representatives,
-                    centroid=b.centroid.tobytes(),
-                )
-            ],
-        )
-        cq.insert_terms(session, run_id, {b.label: born_counts})
-        if b.parent is not None:
-            cq.update_clusters(session, run_id, {b.label: {"parent_label": b.parent}})
-        cq.record_event(
-            session,
-            run_id,
-            b.label,
-            "birth",
-            len(b.members),
-            None,
-            {"incremental": True, "from_unassigned": b.from_unassigned},
-        )
-        counts[b.label] = born_counts
-        added_terms.update(born_counts)
-        mass[0] += sum(born_counts.values())
-        mass[1] += 1 if born_counts else 0
-        change.centroids[b.label] = b.centroid
-        if b.centre_vector is not None:
-            change.centres[b.label] = b.centre_vector
-    growth = plan.growth()
-    values: dict[int, dict[str, Any]] = {}
-    events = []
-    if growth:
-        rows = gather.rows(growth)
-        grown = np.concatenate(list(growth.values()))
-        added = topics.count_terms([texts[p] for p in grown], labels[grown])
-        current = cq.term_counts(session, run_id, list(added))
-        cq.add_terms(session, run_id, added, current)
-        for label, pos in growth.items():
-            row = rows.get(label)
-            if row is None:
-                continue
-            size = row.size + len(pos)
-            values[label] = {"size": size}
-            if state.rule != "community" and row.centroid:
-                centroid = inc.grown_centroid(_vector(row.centroid), row.size, vectors[pos])
-                values[label]["centroid"] = centroid.tobytes()
-                change.centroids[label] = centroid
-            events.append((label, "growth", size, {"added": len(pos)}))
-            extra = added.get(label, {})
-            counts[label] = dict(Counter(current.get(label, {})) + Counter(extra))
-            added_terms.update(extra)
-            mass[0] += sum(extra.values())
-            mass[1] += 1 if extra and not current.get(label) else 0
-        values.update(_coarse_growth(gather, {l: len(p) for l, p in growth.items()}))
-    for label, kw in keywords_for(session, state, counts, dict(added_terms), (mass[0], mass[1])).items():
-        values.setdefault(label, {}).update(kw)
-    cq.update_clusters(session, run_id, values)
-    cq.record_events(session, run_id, events)
-    run = cq.get_run(session, run_id)
-    assert run is not None, "runs are never deleted and this batch upkeeps an existing one"
-    cq.touch_run(
-        session,
-        run_id,
-        n_sentences=run.n_sentences + len(ids),
-        n_assigned=run.n_assigned + change.assigned,
-        n_clusters=run.n_clusters + len(plan.births),
-        max_seq=max(run.max_seq, max_seq),
-    )
-    change.mass, change.terms = (mass[0], mass[1]), dict(added_terms)
-    return change
-
-
-def _coarse_growth(gather: Gather, added: dict[int, int]) -> dict[int, dict[str, Any]]:
-    """New sizes of the coarse parents of grown fine clusters (runs with a hierarchy)."""
-    parent_of = cq.parent_labels(gather.session, gather.state.run_id, added)
-    if not parent_of:
-        return {}
-    by_parent: Counter[int] = Counter()
-    for label, n in added.items():
-        if label in parent_of:
-            by_parent[parent_of[label]] += n
-    rows = gather.rows(by_parent)
-    return {p: {"size": rows[p].size + n} for p, n in by_parent.items() if p in rows}
-
-
-def decide_one(
-    session, state: inc.RunState, index, vector: np.ndarray, dimension: int, dtype: str, scan: int
-) -> dict[str, Any]:
-    """What ingesting ``vector`` alone would assign it to (nothing is written): ``label`` (-1 for
-    none), ``similarity`` (to the centre on community runs, else to the centroid), ``votes``
-    (neighbours of that cluster counted), ``share`` (graph runs: its share of the kNN weight)
-    and ``near``, the (ids, similarities) of the ``scan`` nearest stored sentences."""
-    gather = Gather(session, state, index, dimension, dtype)
-    vec = np.asarray(vector, dtype=np.float32).reshape(1, -1)
-    rule = state.rule
-    graph = graph_params(state) if rule == "graph" else {"k": 0}
-    k = graph["k"]
-    ids, sims = knn(index, vec, max(scan, k))
-    out: dict[str, Any] = {"label": -1, "similarity": None, "votes": 0, "near": (ids[0], sims[0])}
-    if rule == "community":
-        threshold = np.float32(state.param("threshold", 0.75))
-        if sims[0][-1] < threshold or index.ntotal <= scan:
-            within = (ids[0] >= 0) & (sims[0] >= threshold)
-            n_ids, n_sims = ids[0][within], sims[0][within]
-        else:  # more neighbours above the threshold than one scan returned
-            ((n_ids, n_sims),) = range_neighbours(index, vec, float(threshold))
-        n_labels = gather.label_fn(gather.labels(n_ids))(n_ids)
-        centres = gather.centres({int(l) for l in n_labels if l >= 0})
-        label, _, votes = inc.community_vote(centres, n_labels, n_sims, vec[0], float(threshold))
-        refs = dict(centres) if label in centres else gather.centroids([label])
-        out.update(label=label, votes=votes, similarity=inc.similarities_to(refs, np.array([label]), vec)[0])
-    elif rule == "graph":
-        keys, ksims = inc.merge_neighbours(ids[:, :k], sims[:, :k], vec, np.zeros((0, vec.shape[1]), np.float32), k)
-        known = gather.labels(keys[keys >= 0])
-        label_of = gather.label_fn(known)
-        n_labels = label_of(keys)
-        labels, share = inc.graph_assign(keys, ksims, label_of, graph["min_similarity"])
-        label = int(labels[0])
-        refs = gather.centroids([label])
-        out.update(
-            label=label,
-            share=float(share[0]),
-            votes=int((n_labels[0] == label).sum()) if label >= 0 else 0,
-            similarity=inc.similarities_to(refs, labels, vec)[0],
-        )
-    else:
-        labels, lsims = inc.assign_to_centroids(gather.centroids(), vec)
-        out.update(label=int(labels[0]), similarity=float(lsims[0]))
-    return out

@@ -67,7 +67,8 @@ class Member:
 class ClusterInfo:
     """A cluster of a run. ``level`` is "fine" (sentences are assigned to these) or "coarse" (a
     topic of fine clusters); ``parent`` is a fine cluster's coarse cluster (None when the run has
-    no hierarchy) and ``children`` a coarse cluster's fine clusters, largest first."""
+    no hierarchy) and ``children`` a coarse cluster's fine clusters, largest first; ``label`` is
+    the name a user gave it (None without one)."""
 
     id: int
     run_id: int
@@ -82,6 +83,7 @@ class ClusterInfo:
     level: str = "fine"
     parent: int | None = None
     children: list[int] = field(default_factory=list)
+    label: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -94,7 +96,7 @@ def cluster_detail(store, info: ClusterInfo) -> tuple[dict[str, Any], list[Clust
     parent = store.cluster_info(info.parent, run_id=info.run_id, limit=0) if info.parent is not None else None
 
     def brief(c: ClusterInfo) -> dict[str, Any]:
-        return {"id": c.id, "size": c.size, "keywords": c.keywords}
+        return {"id": c.id, "size": c.size, "keywords": c.keywords, "label": c.label}
 
     data = info.to_dict()
     data["child_clusters"] = [brief(c) for c in children]

@@ -61,12 +61,86 @@ async function loadClusters() {
   $("level-label").hidden = !data.clusters.some((c) => "level" in c);
   const body = $("clusters");
   body.replaceChildren(...data.clusters.map((c) => el("tr", { class: "cluster-row", "data-id": c.id, onclick: () => showCluster(c.id, 0) },
+    el("td", {}, el("input", { type: "checkbox", class: "merge-check", value: c.id, onclick: (e) => e.stopPropagation(), onchange: mergeChoice })),
     el("td", {}, el("span", { class: "swatch", style: `background:${colour(c.id)}` }), c.id),
     el("td", {}, c.size),
-    el("td", { class: "kw" }, (c.keywords || []).slice(0, 6).join(", ")),
+    el("td", { class: "kw" }, c.label ? el("strong", { class: "cluster-label" }, c.label + " · ") : "", (c.keywords || []).slice(0, 6).join(", ")),
     el("td", {}, c.centre_text || ""))));
   say("");
+  mergeChoice();
   loadMap();
+}
+
+// -- curation: merge, split, label, unmerge; the granularity control ----------------------
+
+function mergeChoice() {
+  $("merge-button").disabled = document.querySelectorAll(".merge-check:checked").length < 2;
+}
+
+async function edit(path, options, show) {
+  try {
+    const d = await api(path, Object.assign({ method: "POST" }, options));
+    await loadClusters();
+    say(editText(d));
+    if (show !== null && show !== undefined) await showCluster(typeof show === "function" ? show(d) : show, 0);
+    return d;
+  } catch (err) {
+    say(err.message);
+    return null;
+  }
+}
+
+function editText(d) {
+  if (d.kind === "merge") return `merged ${d.related.join(", ")} into ${d.cluster_id}`;
+  if (d.kind === "split") return `split ${d.cluster_id} into ${d.related.join(", ")}`;
+  if (d.kind === "unmerge") return `undid the merge into ${d.cluster_id}: ${d.related.join(", ")} back`;
+  return d.label ? `cluster ${d.cluster_id} labelled "${d.label}"` : `cluster ${d.cluster_id}: label removed`;
+}
+
+function mergeSelected() {
+  const ids = [...document.querySelectorAll(".merge-check:checked")].map((b) => Number(b.value));
+  return edit("/clusters/merge", { body: { ids } }, (d) => d.cluster_id);
+}
+
+function curationTools(info) {
+  const id = info.id;
+  const labelBox = el("input", { id: "label-input", type: "text", maxlength: "200", placeholder: "name this cluster" });
+  labelBox.value = info.label || "";
+  const resBox = el("input", { id: "split-resolution", type: "number", min: "0.01", step: "any", placeholder: "1" });
+  const tools = [
+    el("form", { id: "label-form", onsubmit: (e) => { e.preventDefault(); edit(`/clusters/${id}/label`, { method: "PUT", body: { label: labelBox.value } }, id); } },
+      labelBox, el("button", { id: "label-save" }, "save label"),
+      el("button", { id: "label-clear", type: "button", onclick: () => edit(`/clusters/${id}/label`, { method: "DELETE" }, id) }, "clear")),
+  ];
+  if (info.level !== "coarse") {
+    tools.push(el("form", { id: "split-form", onsubmit: (e) => {
+      e.preventDefault();
+      const body = resBox.value ? { resolution: Number(resBox.value) } : {};
+      edit(`/clusters/${id}/split`, { body }, (d) => d.related[0]);
+    } }, "resolution ", resBox, el("button", { id: "split-button" }, "split")),
+    el("button", { id: "unmerge-button", type: "button", onclick: () => edit(`/clusters/${id}/unmerge`, {}, id) }, "undo merge"));
+  }
+  return el("div", { id: "curation", class: "card" }, ...tools);
+}
+
+async function recluster(event) {
+  event.preventDefault();
+  const value = $("resolution-input").value;
+  try {
+    const { job } = await api("/recluster", { method: "POST", body: value ? { resolution: Number(value) } : {} });
+    say(`reclustering (job ${job.id})…`);
+    let state_ = job;
+    while (!["done", "failed", "cancelled"].includes(state_.state)) {
+      await new Promise((r) => setTimeout(r, 500));
+      state_ = await api(`/jobs/${job.id}`);
+    }
+    if (state_.state !== "done") { say(`recluster ${state_.state}: ${state_.error || ""}`); return; }
+    state.selected = null;
+    await loadRuns();
+    say(`run ${state_.result.run.id}: ${state_.result.run.clusters} clusters`);
+  } catch (err) {
+    say(err.message);
+  }
 }
 
 async function showCluster(id, offset) {
@@ -80,7 +154,9 @@ async function showCluster(id, offset) {
   ]);
   const detail = $("detail");
   const parts = [
-    el("h2", {}, el("span", { class: "swatch", style: `background:${colour(id)}` }), `cluster ${info.id} · ${info.size} sentences`),
+    el("h2", {}, el("span", { class: "swatch", style: `background:${colour(id)}` }), `cluster ${info.id} · ${info.size} sentences`,
+      info.label ? el("span", { class: "cluster-label", id: "detail-label" }, ` “${info.label}”`) : ""),
+    curationTools(info),
     el("p", { class: "kw" }, (info.keywords || []).join(", ")),
     el("p", {}, "centre: ", el("em", {}, info.centre_text || "-")),
   ];
@@ -132,8 +208,16 @@ async function lookup(event) {
 async function loadMap() {
   state.map = null;
   drawMap();
+  const run = state.run;
   try {
-    state.map = await api(`/map?run=${state.run}`);
+    let m = await api(`/map?run=${run}`);
+    while (m.state === "computing" && run === state.run) {
+      $("map-tip").textContent = "laying out the map…";
+      await new Promise((r) => setTimeout(r, 1000));
+      m = await api(`/map?run=${run}`);
+    }
+    if (run !== state.run) return;
+    state.map = m;
   } catch (err) {
     $("map-tip").textContent = "map: " + err.message;
     return;
@@ -141,7 +225,7 @@ async function loadMap() {
   const pts = state.map.points;
   const xs = pts.map((p) => p.x), ys = pts.map((p) => p.y);
   state.map.bounds = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
-  $("map-tip").textContent = `${state.map.sampled} of ${state.map.total} sentences (PCA)`;
+  $("map-tip").textContent = `${state.map.sampled} of ${state.map.total} sentences (${state.map.projection.toUpperCase()})`;
   drawMap();
 }
 
@@ -187,6 +271,8 @@ function init() {
   $("run-select").addEventListener("change", (e) => { state.run = Number(e.target.value); state.selected = null; loadClusters().catch((err) => say(err.message)); });
   $("level-select").addEventListener("change", () => loadClusters().catch((err) => say(err.message)));
   $("search-form").addEventListener("submit", lookup);
+  $("merge-button").addEventListener("click", () => mergeSelected());
+  $("granularity-form").addEventListener("submit", recluster);
   $("token-form").addEventListener("submit", (e) => {
     e.preventDefault();
     sessionStorage.setItem("clusterer-token", $("token-input").value);
@@ -195,7 +281,7 @@ function init() {
   });
   $("map").addEventListener("mousemove", (e) => {
     const p = nearestPoint(e);
-    $("map-tip").textContent = p ? `[${p.id}] ${p.text} (${p.cluster === null ? "unassigned" : "cluster " + p.cluster})` : "";
+    $("map-tip").textContent = p ? `[${p.id}] ${p.text} (${p.cluster === null ? "unassigned" : "cluster " + p.cluster + (p.label ? ` “${p.label}”` : "")})` : "";
   });
   $("map").addEventListener("click", (e) => { const p = nearestPoint(e); if (p && p.cluster !== null) showCluster(p.cluster, 0); });
   loadRuns().catch((err) => say(err.message));

@@ -1,0 +1,94 @@
+"""Lookups: the cluster each of a batch of vectors would join under the latest run, nothing written.
+
+A batch is answered with one index search (in chunks below FAISS's BLAS threshold, so that every
+row's neighbours and similarities are bit for bit those of a search of that row alone) and one
+read of the labels its neighbours hold; each row is then decided by the run's rule exactly as
+ingesting it alone would (:mod:`clusterer.service.incremental`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from clusterer.service import incremental as inc
+from clusterer.service.upkeep import Gather, graph_params, knn, range_neighbours
+
+SEARCH_CHUNK = 16
+"""Queries per index search: FAISS switches flat inner products to BLAS from 20 queries on,
+which rounds differently; below that a batched search equals one search per query."""
+
+
+def search_batch(index, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`clusterer.service.upkeep.knn` of every row, in chunks of :data:`SEARCH_CHUNK`."""
+    parts = [knn(index, vectors[s : s + SEARCH_CHUNK], k) for s in range(0, len(vectors), SEARCH_CHUNK)]
+    if not parts:
+        return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
+    return np.vstack([p[0] for p in parts]), np.vstack([p[1] for p in parts])
+
+
+def decide_batch(
+    session, state: inc.RunState, index, vectors: np.ndarray, dimension: int, dtype: str, scan: int
+) -> list[dict[str, Any]]:
+    """What ingesting each row of ``vectors`` alone would assign it to (nothing is written).
+
+    Per row: ``label`` (-1 for none), ``similarity`` (to the centre on community runs, else to
+    the centroid), ``votes`` (neighbours of that cluster counted), ``share`` (graph runs: its
+    share of the kNN weight) and ``near``, the (ids, similarities) of the ``scan`` nearest
+    stored sentences.
+    """
+    gather = Gather(session, state, index, dimension, dtype)
+    vecs = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32).reshape(len(vectors), -1))
+    rule = state.rule
+    graph = graph_params(state) if rule == "graph" else {"k": 0}
+    k = graph["k"]
+    ids, sims = search_batch(index, vecs, max(scan, k))
+    out: list[dict[str, Any]] = [
+        {"label": -1, "similarity": None, "votes": 0, "near": (ids[r], sims[r])} for r in range(len(vecs))
+    ]
+    if rule == "community":
+        _community(gather, state, index, vecs, ids, sims, scan, out)
+    elif rule == "graph":
+        _graph(gather, vecs, ids, sims, graph, out)
+    else:
+        for r in range(len(vecs)):
+            labels, lsims = inc.assign_to_centroids(gather.centroids(), vecs[r : r + 1])
+            out[r].update(label=int(labels[0]), similarity=float(lsims[0]))
+    return out
+
+
+def _community(gather: Gather, state, index, vecs, ids, sims, scan: int, out: list[dict[str, Any]]) -> None:
+    threshold = np.float32(state.param("threshold", 0.75))
+    found = []
+    for r in range(len(vecs)):
+        if sims[r][-1] < threshold or index.ntotal <= scan:
+            within = (ids[r] >= 0) & (sims[r] >= threshold)
+            found.append((ids[r][within], sims[r][within]))
+        else:  # more neighbours above the threshold than one scan returned
+            found.extend(range_neighbours(index, vecs[r : r + 1], float(threshold)))
+    label_of = gather.label_fn(gather.labels(np.concatenate([f[0] for f in found])))
+    n_labels = [label_of(n_ids) for n_ids, _ in found]
+    centres = gather.centres({int(l) for ls in n_labels for l in ls if l >= 0})
+    for r, (labels, (_, n_sims)) in enumerate(zip(n_labels, found)):
+        label, _, votes = inc.community_vote(centres, labels, n_sims, vecs[r], float(threshold))
+        refs = dict(centres) if label in centres else gather.centroids([label])
+        similarity = inc.similarities_to(refs, np.array([label]), vecs[r : r + 1])[0]
+        out[r].update(label=label, votes=votes, similarity=similarity)
+
+
+def _graph(gather: Gather, vecs, ids, sims, graph: dict[str, Any], out: list[dict[str, Any]]) -> None:
+    k = graph["k"]
+    keys, ksims = inc.merge_neighbours(ids[:, :k], sims[:, :k], vecs, np.zeros((0, vecs.shape[1]), np.float32), k)
+    label_of = gather.label_fn(gather.labels(keys[keys >= 0]))
+    n_labels = label_of(keys)
+    labels, share = inc.graph_assign(keys, ksims, label_of, graph["min_similarity"])
+    refs = gather.centroids({int(l) for l in labels})
+    for r in range(len(vecs)):
+        label = int(labels[r])
+        out[r].update(
+            label=label,
+            share=float(share[r]),
+            votes=int((n_labels[r] == label).sum()) if label >= 0 else 0,
+            similarity=inc.similarities_to(refs, labels[r : r + 1], vecs[r : r + 1])[0],
+        )
