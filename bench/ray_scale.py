@@ -80,7 +80,14 @@ def bench_ingest(n: int, root: Path) -> None:
         f"  one machine (Store.ingest_file, model load included): {one_s:.1f} s, {report.added / one_s:,.0f} sentences/s"
     )
     ray = import_ray()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    ray.init(
+        address="local",
+        num_cpus=2,
+        logging_level="ERROR",
+        include_dashboard=False,
+        log_to_driver=False,
+        _node_ip_address="127.0.0.1",
+    )
     try:
         for workers in (1, 2):
             settings = Settings(data_dir=root / f"ray{workers}", ray_address="local", device="cpu")
@@ -168,7 +175,14 @@ def bench_cluster(n: int, root: Path, pg_url: str | None = None) -> None:
 
     print(f"cluster {len(x):,} vectors ({source}), load {os.getloadavg()[0]:.1f}")
     ray = import_ray()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    ray.init(
+        address="local",
+        num_cpus=2,
+        logging_level="ERROR",
+        include_dashboard=False,
+        log_to_driver=False,
+        _node_ip_address="127.0.0.1",
+    )
     try:
         runs: dict[str, np.ndarray] = {}
         for method, params in (("leiden", {}), ("leiden", {"search": "exact"}), ("kmeans", {"k": 100})):

@@ -41,6 +41,11 @@ def topic_corpus(n_topics=12, per_topic=90, seed=0) -> list[str]:
     return texts
 
 
+def json_of(output: str) -> dict:
+    """The command's JSON document (Ray's warnings on stderr are mixed into the output)."""
+    return json.loads([line for line in output.splitlines() if line.startswith("{")][-1])
+
+
 def labels_of(store: Store, run_id: int) -> dict[int, int]:
     with store.db.read() as session:
         ids, labels, _ = cq.assignments_of_run(session, run_id)
@@ -97,7 +102,7 @@ def test_leiden_on_ray_matches_one_machine_and_records_the_cluster(cluster, tmp_
         assert one.exit_code == 0, one.output
         many = runner.invoke(cli, ["cluster", "--data-dir", str(data), "--ray", "local", "--json"])
         assert many.exit_code == 0, many.output
-        run_one, run_ray = json.loads(one.output)["run"], json.loads(many.output)["run"]
+        run_one, run_ray = json_of(one.output)["run"], json_of(many.output)["run"]
         stats = run_ray["params"]["stats"]
         assert stats["ray"]["nodes"] == 2 and stats["ray"]["shards"] == 2
         assert stats["ray"]["knn_search"] == "exact"

@@ -58,7 +58,8 @@ def ray_ingest(monkeypatch, data_dir, paths, *extra, db=None):
         args += ["--db", db]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
-    return json.loads(result.output.strip().splitlines()[-1])
+    # stderr (Ray's own warnings) is mixed into the output: the summary is the JSON line
+    return json.loads([line for line in result.output.splitlines() if line.startswith("{")][-1])
 
 
 def test_same_rows_as_a_normal_ingest_and_idempotent(cluster, tmp_path, inputs, monkeypatch):

@@ -92,12 +92,12 @@ def describe_cluster(address: str) -> RayCluster:
 def ray_session(address: str, *, num_cpus: int | None = None) -> Iterator[RayCluster]:
     """Connected to Ray for the duration: a fresh local instance for ``local``, else the
     cluster at ``address``; yields what the cluster has."""
-    if address != LOCAL:
-        host, _ = _host_port(address)
-        if host in LOOPBACK and "ray" not in sys.modules:
-            # Ray rewrites a loopback address to the machine's address unless told it runs
-            # on one machine; a head started with --node-ip-address 127.0.0.1 needs that.
-            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    host = "127.0.0.1" if address == LOCAL else _host_port(address)[0]
+    if host in LOOPBACK and "ray" not in sys.modules:
+        # Ray rewrites a loopback address to the machine's address unless told it runs on one
+        # machine: a local instance then binds 127.0.0.1, and a head started with
+        # --node-ip-address 127.0.0.1 can be reached.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     ray = import_ray()
     if ray.is_initialized():
         _quiet_data(ray)
@@ -105,6 +105,7 @@ def ray_session(address: str, *, num_cpus: int | None = None) -> Iterator[RayClu
         return
     if address == LOCAL:
         ray.init(
+            address="local",  # a new instance, never one found through RAY_ADDRESS or /tmp/ray
             num_cpus=num_cpus,
             include_dashboard=False,
             log_to_driver=False,

@@ -39,6 +39,8 @@ READ_CPUS = 0.25
 EMBED_CPUS = 0.5
 """Scheduling tokens: the encoder runs its own threads; small tokens let reads share a node."""
 EMBED_BATCH = 512
+BLOCK_BYTES = 32 << 10
+"""Blocks of a few hundred short sentences: the embedding workers share even one file."""
 RETRIES = 3
 
 Progress = Callable[[int], None]
@@ -193,7 +195,10 @@ def build_dataset(
     ray = import_ray()
     from ray.data import DataContext
 
-    DataContext.get_current().execution_options.preserve_order = True
+    ctx = DataContext.get_current()
+    ctx.execution_options.preserve_order = True
+    # small blocks (a few hundred sentences), so that every worker gets work even from one file
+    ctx.target_max_block_size = BLOCK_BYTES
     files = ray.data.from_items(
         [{"path": os.path.abspath(p), "source": p} for p in paths], override_num_blocks=max(1, len(paths))
     )
@@ -203,8 +208,6 @@ def build_dataset(
         texts = files.map_batches(
             read_file, batch_size=1, fn_kwargs={"options": read}, num_cpus=READ_CPUS, max_retries=RETRIES
         )
-        # blocks of one embedding batch each, so that every worker gets work even from one file
-        texts = texts.repartition(target_num_rows_per_block=EMBED_BATCH)
         return texts.map_batches(
             EmbedWorker,
             fn_constructor_kwargs={"spec": spec, "db_url": db_url},
@@ -258,7 +261,9 @@ def ingest_on_ray(
         tick = time.perf_counter()
         with Store.open(settings.data_dir, create=True, encoder=lookup, **settings.store_kwargs()) as store:
             ds = build_dataset(inputs, read, spec, store.db_url, n_workers, gpus)
-            feed = _Feed(_rows(ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2)), lookup)
+            feed = _Feed(
+                _rows(ds.iter_batches(batch_size=EMBED_BATCH, batch_format="numpy", prefetch_batches=2)), lookup
+            )
 
             def committed(n: int) -> None:
                 lookup.clear()  # every vector handed over so far is stored (or a duplicate)
