@@ -10,7 +10,7 @@ import time
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
-from clusterer.server.batcher import LookupPipeline
+from clusterer.server.batcher import LookupPipeline, ReaderFirst
 from clusterer.server.errors import NotReady, classify
 from clusterer.server.metrics import Metrics
 from clusterer.server.routes import router, static_dir
@@ -81,6 +81,8 @@ class Service:
 
         try:
             vector = self.store.embed(["warm up"])[0]
+            pipeline = self.pipeline
+            self.store.wrap_encoder(lambda encoder: ReaderFirst(encoder, pipeline))
             self.store.refresh()
             if self.store.dimension is not None:
                 with suppress(ClustererError):
