@@ -13,7 +13,6 @@ from typing import Any
 from clusterer.server.batcher import LookupPipeline, ReaderFirst
 from clusterer.server.errors import NotReady, classify
 from clusterer.server.metrics import Metrics
-from clusterer.server.routes import router, static_dir
 from clusterer.server.security import BodyLimit, TokenAuth
 from clusterer.server.writer import Writer
 from clusterer.settings import ServerSettings
@@ -184,6 +183,8 @@ def create_app(store, settings: ServerSettings | None = None, *, close_store: bo
     from fastapi.responses import JSONResponse
     from fastapi.staticfiles import StaticFiles
     from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    from clusterer.server.routes import router, static_dir
 
     settings = settings or ServerSettings()
     service = Service(store, settings, close_store=close_store)
