@@ -262,7 +262,7 @@ def main() -> None:
         )
 
         if args.recall:
-            knn_recall(store, syn[args.synthetic :][:1000] if args.synthetic_only else real[-1000:], k=10)
+            knn_recall(store, real[:1000] if args.synthetic_only else real[-1000:], k=10)
 
         if args.no_lookups:
             print(f"peak RSS {peak_gib():.1f} GiB")
