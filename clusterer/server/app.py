@@ -184,7 +184,7 @@ def create_app(store, settings: ServerSettings | None = None, *, close_store: bo
     from fastapi.staticfiles import StaticFiles
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    from clusterer.server.routes import router, static_dir
+    from clusterer.server import routes
 
     settings = settings or ServerSettings()
     service = Service(store, settings, close_store=close_store)
@@ -207,8 +207,8 @@ def create_app(store, settings: ServerSettings | None = None, *, close_store: bo
         "Every answer is the JSON of the matching `clusterer ... --json` command.",
     )
     app.state.service = service
-    app.include_router(router)
-    app.mount("/static", StaticFiles(directory=str(static_dir())), name="static")
+    app.include_router(routes.router)
+    app.mount("/static", StaticFiles(directory=str(routes.static_dir())), name="static")
 
     def error_response(exc: BaseException) -> JSONResponse:
         status, body, headers = classify(exc)
