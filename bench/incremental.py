@@ -95,23 +95,23 @@ def planted_leiden_run(store, n_synthetic: int, params: dict):
     from clusterer.algorithms.graph import graph_clustering
     from clusterer.service import runs
 
-    def default_params(method, **given):
-        return dict(params)
-
     def compute_labels(method, x, p, **kwargs):
         labels = np.full(len(x), -1, dtype=np.int64)
         labels[:n_synthetic] = np.arange(n_synthetic) // 50
-        real = graph_clustering(x[n_synthetic:], k=p["k"], resolution=p["resolution"], min_size=p["min_size"])
-        offset = int(labels.max(initial=-1)) + 1
-        labels[n_synthetic:] = np.where(real.labels >= 0, real.labels + offset, -1)
-        return runs.Labels(labels, np.full(len(x), np.nan, np.float32), info=dict(real.info, planted=n_synthetic))
+        info: dict = {"planted": n_synthetic}
+        if len(x) > n_synthetic:
+            real = graph_clustering(x[n_synthetic:], k=p["k"], resolution=p["resolution"], min_size=p["min_size"])
+            offset = int(labels.max(initial=-1)) + 1
+            labels[n_synthetic:] = np.where(real.labels >= 0, real.labels + offset, -1)
+            info.update(real.info)
+        return runs.Labels(labels, np.full(len(x), np.nan, np.float32), info=info)
 
-    saved = runs.default_params, runs.compute_labels
-    runs.default_params, runs.compute_labels = default_params, compute_labels
+    saved = runs.compute_labels
+    runs.compute_labels = compute_labels
     try:
-        return store.cluster("leiden")
+        return store.cluster("leiden", **params)
     finally:
-        runs.default_params, runs.compute_labels = saved
+        runs.compute_labels = saved
 
 
 def exact_top(q: np.ndarray, ids: np.ndarray, x: np.ndarray, k: int, block: int = 200_000) -> np.ndarray:
