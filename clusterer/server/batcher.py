@@ -288,7 +288,7 @@ class ReaderFirst:
     seconds a chunk, so writes always progress). Lookups themselves, embedded in the pipeline's
     thread, call the model directly. Everything else is the wrapped encoder's."""
 
-    def __init__(self, inner: Any, pipeline: LookupPipeline, chunk: int = 32, max_yield: float = 0.05):
+    def __init__(self, inner: Any, pipeline: LookupPipeline, chunk: int = 8, max_yield: float = 0.02):
         self.inner, self.pipeline, self.chunk, self.max_yield = inner, pipeline, chunk, max_yield
 
     def __getattr__(self, name: str) -> Any:
