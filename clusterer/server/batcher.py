@@ -249,14 +249,14 @@ class LookupPipeline:
         self.encoder: MicroBatcher[list[str], np.ndarray] = MicroBatcher(
             self.embedder.batch,
             max_batch=max_batch,
-            max_wait=max_wait,
+            max_wait=0.0,  # each text is embedded alone: waiting for company would gain nothing
             name="clusterer-embed",
             on_batch=lambda n: report("embed", n),
         )
         self.searcher: MicroBatcher[tuple[np.ndarray, int], list[dict[str, Any]]] = MicroBatcher(
             self._lookups,
             max_batch=max_batch,
-            max_wait=0.0,  # what waits while the previous batch runs is batch enough
+            max_wait=max_wait,  # besides what arrived while the previous batch ran
             name="clusterer-lookup",
             on_batch=lambda n: report("lookup", n),
         )
