@@ -95,23 +95,69 @@ def planted_leiden_run(store, n_synthetic: int, params: dict):
     from clusterer.algorithms.graph import graph_clustering
     from clusterer.service import runs
 
-    def default_params(method, **given):
-        return dict(params)
-
     def compute_labels(method, x, p, **kwargs):
         labels = np.full(len(x), -1, dtype=np.int64)
         labels[:n_synthetic] = np.arange(n_synthetic) // 50
-        real = graph_clustering(x[n_synthetic:], k=p["k"], resolution=p["resolution"], min_size=p["min_size"])
-        offset = int(labels.max(initial=-1)) + 1
-        labels[n_synthetic:] = np.where(real.labels >= 0, real.labels + offset, -1)
-        return runs.Labels(labels, np.full(len(x), np.nan, np.float32), info=dict(real.info, planted=n_synthetic))
+        info: dict = {"planted": n_synthetic}
+        if len(x) > n_synthetic:
+            real = graph_clustering(x[n_synthetic:], k=p["k"], resolution=p["resolution"], min_size=p["min_size"])
+            offset = int(labels.max(initial=-1)) + 1
+            labels[n_synthetic:] = np.where(real.labels >= 0, real.labels + offset, -1)
+            info.update(real.info)
+        return runs.Labels(labels, np.full(len(x), np.nan, np.float32), info=info)
 
-    saved = runs.default_params, runs.compute_labels
-    runs.default_params, runs.compute_labels = default_params, compute_labels
+    saved = runs.compute_labels
+    runs.compute_labels = compute_labels
     try:
-        return store.cluster("leiden")
+        return store.cluster("leiden", **params)
     finally:
-        runs.default_params, runs.compute_labels = saved
+        runs.compute_labels = saved
+
+
+def exact_top(q: np.ndarray, ids: np.ndarray, x: np.ndarray, k: int, block: int = 200_000) -> np.ndarray:
+    """Ids of the exact top ``k`` of each query, merged block by block."""
+    best_s = np.full((len(q), 0), -np.inf, np.float32)
+    best_i = np.zeros((len(q), 0), np.int64)
+    for start in range(0, len(x), block):
+        sims = q @ x[start : start + block].T
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        both_s = np.hstack([best_s, np.take_along_axis(sims, top, axis=1)])
+        both_i = np.hstack([best_i, ids[start:][top]])
+        keep = np.argsort(-both_s, axis=1)[:, :k]
+        best_s, best_i = np.take_along_axis(both_s, keep, 1), np.take_along_axis(both_i, keep, 1)
+    return best_i
+
+
+def knn_recall(store, queries: np.ndarray, k: int) -> None:
+    """Time of the upkeep's kNN search of a 1,000-query batch (list-blocked, as upkeep runs it, and
+    FAISS's own scan) and its recall@k against an exact search, at several probe counts."""
+    import faiss
+
+    from clusterer.service.upkeep import knn
+
+    index = store.index
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    ids, x = store.embeddings()
+    exact = exact_top(q, ids, x, k)
+    default = getattr(index.index, "nprobe", None)
+    for nprobe in sorted({8, 16, default or 32}):
+        index.set_nprobe(nprobe)
+        t = time.perf_counter()
+        found = knn(index, q, k)[0]
+        blocked_s = time.perf_counter() - t
+        t = time.perf_counter()
+        faiss_ids = index.index.search(q, k)[1]
+        faiss_s = time.perf_counter() - t
+        recall = np.mean([len(set(a) & set(b)) / k for a, b in zip(found.tolist(), exact.tolist())])
+        agree = np.mean([len(set(a) & set(b)) / k for a, b in zip(found.tolist(), faiss_ids.tolist())])
+        print(
+            f"kNN of {len(q):,} queries, k {k}, {index.kind}: nprobe {nprobe}: list-blocked {blocked_s:.3f} s, "
+            f"FAISS scan {faiss_s:.3f} s (omp {faiss.omp_get_max_threads()}), recall@{k} vs exact {recall:.4f}, "
+            f"agreement with FAISS {agree:.4f}",
+            flush=True,
+        )
+    if default:
+        index.set_nprobe(default)
 
 
 def main() -> None:
@@ -126,6 +172,9 @@ def main() -> None:
         "synthetic groups and 500 near stored ones; implies --no-lookups",
     )
     parser.add_argument("--batches", type=int, default=5)
+    parser.add_argument(
+        "--recall", action="store_true", help="also time the batch kNN search and its recall@10 against exact"
+    )
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument(
         "--keep",
@@ -211,6 +260,9 @@ def main() -> None:
             f"ingest+assign 1,000 sentences: first batch {batch_times[0]:.3f} s (loads the run state), "
             f"then median {np.median(steady):.3f} s, max {max(steady):.3f} s"
         )
+
+        if args.recall:
+            knn_recall(store, real[:1000] if args.synthetic_only else real[-1000:], k=10)
 
         if args.no_lookups:
             print(f"peak RSS {peak_gib():.1f} GiB")

@@ -1,19 +1,23 @@
-"""`clusterer serve` against the other ways to ask a store: lookups and ingestion over HTTP.
+"""`clusterer serve` under load: lookup latency and throughput over HTTP against `Store.lookup`.
 
-On a store of ``--size`` (default 100,000) sentences, with the real bundled model in the server:
+For each store (the bundled 3k sample, a 100k and a 1M store), in one run:
 
-- lookup latency (p50, p99) and throughput over HTTP at 1, 8 and 32 concurrent clients;
-- the same lookups in-process (``Store.lookup``, one thread) and through the CLI
-  (``clusterer lookup ... --json``, a new process per call, a few calls);
-- ingestion throughput over HTTP (batches of ``--batch`` texts) against in-process
-  ``Store.ingest`` with the same batches and, as a second reference, in one call.
+- the in-process peer: ``Store.lookup(text)`` in one thread (embedding included), p50/p99;
+- ``POST /lookup`` at 1, 8 and 32 concurrent clients (p50, p99, lookups/s), each phase with
+  texts no earlier phase sent (the server's embedding cache does not help);
+- readers with a writer: 8 lookup clients while one client ingests batches over
+  ``POST /sentences``; readers' p99 against the idle 8-client p99, and every text ingested
+  is found stored afterwards (sample and 100k stores, on a copy).
 
-The store is built quickly without the model: its sentences are synthetic 384-d vectors in
-clusters of 50, stored under the bundled model's name so the server opens it with the real
-model (lookups and HTTP ingests embed real text, as a user's would). Query and ingest texts
-are CLINC150 and BANKING77 sentences from the shared data folder.
+The sample store is ingested with the real model; the 100k and 1M stores hold synthetic 384-d
+vectors in clusters of 50 inserted directly (no model), under the bundled model's name so the
+server opens them with the real model (lookups embed real text, as a user's would). The 1M
+store is the one ``bench/incremental.py --synthetic-only --method leiden --keep DIR`` keeps
+(``--large DIR``); stores are kept under ``bench/.cache``. Query texts are CLINC150 sentences,
+ingested ones BANKING77 (shared data folder). Every loop is bounded in count and time; servers
+bind 127.0.0.1.
 
-    python bench/service.py [--size 100000] [--keep DIR] [--method community]
+    python bench/service.py [--stores sample,100k,1m] [--large DIR] [--lookups 300]
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ import os
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,8 +41,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._data import CACHE_DIR, DATA_ROOT  # noqa: E402
+
 DIM = 384
-DATA = Path(os.environ.get("CLUSTERER_SHARED_DATA", ROOT.parent / "shared" / "data"))
+SAMPLE_CSV = ROOT / "clusterer" / "data" / "banking77_sample.csv"
 
 
 class SyntheticEncoder:
@@ -66,29 +71,33 @@ class SyntheticEncoder:
         return out
 
 
-def read_texts(path: Path, limit: int | None = None) -> list[str]:
+def read_texts(path: Path) -> list[str]:
     with open(path, newline="", encoding="utf-8") as fh:
-        rows = [r["text"] for r in csv.DictReader(fh)]
-    return rows[:limit] if limit else rows
+        return [r["text"] for r in csv.DictReader(fh)]
 
 
 def pct(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q)) * 1000 if values else float("nan")
+    return round(float(np.percentile(np.asarray(values), q)) * 1000, 1) if values else float("nan")
 
 
-def build(path: Path, size: int, method: str) -> None:
+def build_sample(path: Path) -> None:
+    from clusterer.api import Store
+
+    with Store.open(path) as store:
+        store.ingest_file(SAMPLE_CSV)
+        store.cluster()
+
+
+def build_synthetic(path: Path, size: int, method: str) -> None:
     from clusterer.api import Store
     from indexer.encoder import DEFAULT_MODEL
 
     started = time.perf_counter()
     with Store.open(path, encoder=SyntheticEncoder(DEFAULT_MODEL), batch_size=8192) as store:
         store.ingest(f"synthetic {i} sentence topic{i // 50}" for i in range(size))
-        print(f"built {store.count():,} sentences in {time.perf_counter() - started:.0f} s", flush=True)
-        params = {"k": max(2, size // 500)} if method == "kmeans" else {}
-        run = store.cluster(method, **params)
+        run = store.cluster(method)
         print(
-            f"run {run.id} ({method}): {run.clusters} clusters, {run.assigned:,} assigned, {run.seconds:.0f} s",
-            flush=True,
+            f"built {size:,} ({method}) in {time.perf_counter() - started:.0f} s: {run.clusters} clusters", flush=True
         )
 
 
@@ -98,7 +107,51 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class Server:
+    """``clusterer serve`` on a free loopback port, stopped on exit."""
+
+    def __init__(self, path: Path, log: Path):
+        self.url = ""
+        self.path, self.log_path = path, log
+
+    def __enter__(self) -> Server:
+        import httpx
+
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = open(self.log_path, "w")
+        cmd = [sys.executable, "-m", "clusterer", "serve", "--data-dir", str(self.path), "--port", str(port)]
+        self.proc = subprocess.Popen(
+            [*cmd, "--log-level", "warning"],
+            cwd=ROOT,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        started = time.perf_counter()
+        while time.perf_counter() - started < 300:
+            if self.proc.poll() is not None:
+                raise SystemExit("server died:\n" + self.log_path.read_text())
+            try:
+                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    self.ready_s = time.perf_counter() - started
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise SystemExit("server not ready after 300 s")
+
+    def __exit__(self, *exc) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(120)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
 def http_lookups(url: str, queries: list[str], clients: int, total: int, cap_s: float = 120.0) -> dict:
+    """``total`` lookups (at most ``cap_s`` seconds) from ``clients`` threads, one request at a time each."""
     import httpx
 
     latencies: list[float] = []
@@ -107,7 +160,7 @@ def http_lookups(url: str, queries: list[str], clients: int, total: int, cap_s: 
     counter = iter(range(total))
     deadline = time.monotonic() + cap_s
 
-    def worker(n: int) -> None:
+    def worker() -> None:
         mine = []
         with httpx.Client(base_url=url, timeout=60) as client:
             for i in counter:
@@ -117,11 +170,12 @@ def http_lookups(url: str, queries: list[str], clients: int, total: int, cap_s: 
                 r = client.post("/lookup", json={"text": queries[i % len(queries)]})
                 mine.append(time.perf_counter() - t)
                 if r.status_code != 200:
-                    errors[0] += 1
+                    with lock:
+                        errors[0] += 1
         with lock:
             latencies.extend(mine)
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(clients)]
+    threads = [threading.Thread(target=worker) for _ in range(clients)]
     started = time.perf_counter()
     for t in threads:
         t.start()
@@ -132,191 +186,147 @@ def http_lookups(url: str, queries: list[str], clients: int, total: int, cap_s: 
         "clients": clients,
         "requests": len(latencies),
         "errors": errors[0],
-        "p50_ms": round(pct(latencies, 50), 1),
-        "p99_ms": round(pct(latencies, 99), 1),
+        "p50_ms": pct(latencies, 50),
+        "p99_ms": pct(latencies, 99),
         "per_s": round(len(latencies) / wall, 1),
     }
 
 
+def in_process(path: Path, queries: list[str]) -> dict:
+    from clusterer.api import Store
+
+    with Store.open(path) as store:
+        store.lookup("warm up the model")
+        lat = []
+        for q in queries:
+            t = time.perf_counter()
+            store.lookup(q)
+            lat.append(time.perf_counter() - t)
+    return {"clients": "in-process", "requests": len(lat), "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99)}
+
+
+def with_writer(url: str, queries: list[str], texts: list[str], batch: int, total: int) -> dict:
+    """8 lookup clients while one client ingests ``texts`` in batches; readers' latency and what landed."""
+    import httpx
+
+    before = httpx.get(url + "/stats", timeout=60).json()["sentences"]
+    added = [0]
+    write_s = [0.0]
+    done = threading.Event()
+
+    def writer() -> None:
+        with httpx.Client(base_url=url, timeout=300) as client:
+            t = time.perf_counter()
+            for start in range(0, len(texts), batch):
+                r = client.post("/sentences", json={"texts": texts[start : start + batch]})
+                r.raise_for_status()
+                added[0] += r.json()["added"]
+            write_s[0] = time.perf_counter() - t
+        done.set()
+
+    w = threading.Thread(target=writer)
+    w.start()
+    readers = http_lookups(url, queries, 8, total, cap_s=120)
+    w.join(300)
+    after = httpx.get(url + "/stats", timeout=60).json()["sentences"]
+    return dict(
+        readers,
+        clients="8 + writer",
+        written=len(texts),
+        added=added[0],
+        stored=after - before,
+        write_s=round(write_s[0], 1),
+        writer_done=done.is_set(),
+    )
+
+
+def run_store(name: str, path: Path, queries: list[str], ingest: list[str], args, tmp: Path) -> list[dict]:
+    rows = [dict(in_process(path, queries[:200]), store=name)]
+    print(name, rows[-1], flush=True)
+    served = path
+    if ingest:
+        served = tmp / f"{name}-copy"
+        shutil.copytree(path, served)
+    offset = 200
+    with Server(served, tmp / f"{name}.log") as server:
+        http_lookups(server.url, [q + " (warm-up)" for q in queries[-50:]], 4, 40)
+        for clients in (1, 8, 32):
+            total = args.lookups * max(1, clients // 8)
+            phase = [f"{q} ({clients})" for q in queries[offset : offset + total]]
+            offset += total
+            rows.append(
+                dict(http_lookups(server.url, phase, clients, total), store=name, ready_s=round(server.ready_s, 1))
+            )
+            print(name, rows[-1], flush=True)
+        if ingest:
+            phase = [f"{q} (writer)" for q in queries[offset : offset + args.lookups * 2]]
+            rows.append(dict(with_writer(server.url, phase, ingest, args.batch, len(phase)), store=name))
+            print(name, rows[-1], flush=True)
+    if ingest:
+        shutil.rmtree(served, ignore_errors=True)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    head = "| store | clients | requests | p50 ms | p99 ms | lookups/s | notes |\n|---|---|---|---|---|---|---|"
+    lines = [head]
+    idle = {r["store"]: r["p99_ms"] for r in rows if r["clients"] == 8}
+    for r in rows:
+        note = ""
+        if r["clients"] == "8 + writer":
+            note = (
+                f"{r['written']} texts posted in {r['write_s']} s, {r['added']} added, {r['stored']} stored; "
+                f"p99 {r['p99_ms'] / idle[r['store']]:.2f}x idle"
+            )
+        elif r.get("errors"):
+            note = f"{r['errors']} errors"
+        lines.append(
+            f"| {r['store']} | {r['clients']} | {r['requests']} | {r['p50_ms']} | {r['p99_ms']} | "
+            f"{r.get('per_s', '')} | {note} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size", type=int, default=100_000)
-    ap.add_argument("--method", default="community")
-    ap.add_argument("--keep", type=Path, help="build (or reuse) the store here instead of a temporary folder")
-    ap.add_argument("--ingest", type=int, default=2000, help="texts ingested each way")
-    ap.add_argument("--batch", type=int, default=500)
+    ap.add_argument("--stores", default="sample,100k,1m")
+    ap.add_argument("--large", type=Path, default=CACHE_DIR / "service-1m", help="the 1M store (see the docstring)")
+    ap.add_argument("--method", default="community", help="method of the 100k store's run")
     ap.add_argument("--lookups", type=int, default=300, help="requests per client count (x clients/8 above 8)")
+    ap.add_argument("--ingest", type=int, default=1000, help="texts the writer posts alongside the readers")
+    ap.add_argument("--batch", type=int, default=100, help="texts per POST /sentences")
     args = ap.parse_args()
 
+    queries = read_texts(DATA_ROOT / "clinc150" / "clinc150.csv")
+    rng = np.random.default_rng(0)
+    queries = [queries[i] for i in rng.permutation(len(queries))]
+    bank = read_texts(DATA_ROOT / "banking77" / "banking77.csv")
+    ingest = [f"{t} [posted]" for t in bank[: args.ingest]]
+    wanted = args.stores.split(",")
+    rows: list[dict] = []
     tmp = Path(tempfile.mkdtemp(prefix="clusterer-bench-service-"))
-    path = args.keep or tmp / "store"
-    results: dict = {"size": args.size, "method": args.method}
     try:
-        if not (path / "clusterer.db").exists():
-            build(path, args.size, args.method)
-        queries = read_texts(DATA / "clinc150" / "clinc150.csv")[::37][:500]
-        bank = read_texts(DATA / "banking77" / "banking77.csv")
-        http_texts, local_texts, one_call = (
-            bank[: args.ingest],
-            bank[args.ingest : 2 * args.ingest],
-            bank[2 * args.ingest : 3 * args.ingest],
-        )
-
-        from clusterer.api import Store
-
-        with Store.open(path) as store:
-            store.lookup("warm up the model")
-            lat = []
-            for q in queries[:200]:
-                t = time.perf_counter()
-                store.lookup(q)
-                lat.append(time.perf_counter() - t)
-            results["in_process_lookup"] = {
-                "calls": len(lat),
-                "p50_ms": round(pct(lat, 50), 1),
-                "p99_ms": round(pct(lat, 99), 1),
-                "per_s": round(len(lat) / sum(lat), 1),
-            }
-            print("in-process lookup", results["in_process_lookup"], flush=True)
-            import faiss
-
-            faiss.omp_set_num_threads(1)  # as the server's request threads search
-            lat = []
-            for q in queries[:200]:
-                t = time.perf_counter()
-                store.lookup(q)
-                lat.append(time.perf_counter() - t)
-            faiss.omp_set_num_threads(os.cpu_count() or 1)
-            results["in_process_lookup_one_omp_thread"] = {
-                "calls": len(lat),
-                "p50_ms": round(pct(lat, 50), 1),
-                "p99_ms": round(pct(lat, 99), 1),
-                "per_s": round(len(lat) / sum(lat), 1),
-            }
-            print("in-process lookup, one OpenMP thread", results["in_process_lookup_one_omp_thread"], flush=True)
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        log = open(tmp / "server.log", "w")  # noqa: SIM115 (open for the server's lifetime)
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "clusterer",
-                "serve",
-                "--data-dir",
-                str(path),
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ],
-            cwd=ROOT,
-            env=dict(os.environ, PYTHONPATH=str(ROOT)),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            import httpx
-
-            started = time.perf_counter()
-            while True:
-                if server.poll() is not None:
-                    raise SystemExit("server died:\n" + (tmp / "server.log").read_text())
-                try:
-                    if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.perf_counter() - started > 300:
-                    raise SystemExit("server not ready after 300 s")
-                time.sleep(0.5)
-            results["server_ready_s"] = round(time.perf_counter() - started, 1)
-            http_lookups(url, queries, 4, 40)  # warm-up
-            results["http_lookup"] = []
-            for clients in (1, 8, 32):
-                row = http_lookups(url, queries, clients, args.lookups * max(1, clients // 8))
-                results["http_lookup"].append(row)
-                print("http lookup", row, flush=True)
-            # ingestion, alternating one HTTP batch and one in-process batch of the same size so
-            # that both see the same machine load (the in-process store is idle otherwise)
-            http_s = local_s = 0.0
-            http_added = 0
-            with Store.open(path) as store, httpx.Client(base_url=url, timeout=300) as client:
-                store.embed(["warm up"])
-                for start in range(0, len(http_texts), args.batch):
-                    t = time.perf_counter()
-                    r = client.post("/sentences", json={"texts": http_texts[start : start + args.batch]})
-                    r.raise_for_status()
-                    http_s += time.perf_counter() - t
-                    http_added += r.json()["added"]
-                    t = time.perf_counter()
-                    store.ingest(local_texts[start : start + args.batch])
-                    local_s += time.perf_counter() - t
-                t = time.perf_counter()
-                store.ingest(one_call)
-                one_s = time.perf_counter() - t
-            results["http_ingest"] = {
-                "texts": len(http_texts),
-                "added": http_added,
-                "seconds": round(http_s, 2),
-                "per_s": round(len(http_texts) / http_s, 1),
-                "batch": args.batch,
-            }
-            results["in_process_ingest"] = {
-                "texts": len(local_texts),
-                "seconds": round(local_s, 2),
-                "per_s": round(len(local_texts) / local_s, 1),
-                "batch": args.batch,
-            }
-            results["in_process_ingest_one_call"] = {
-                "texts": len(one_call),
-                "seconds": round(one_s, 2),
-                "per_s": round(len(one_call) / one_s, 1),
-            }
-            print(
-                "ingest",
-                results["http_ingest"],
-                results["in_process_ingest"],
-                results["in_process_ingest_one_call"],
-                flush=True,
-            )
-            cli = []
-            for q in queries[:3]:
-                t = time.perf_counter()
-                subprocess.run(
-                    [sys.executable, "-m", "clusterer", "lookup", q, "--data-dir", str(path), "--json"],
-                    cwd=ROOT,
-                    env=dict(os.environ, PYTHONPATH=str(ROOT)),
-                    check=True,
-                    capture_output=True,
-                    timeout=300,
-                )
-                cli.append(time.perf_counter() - t)
-            results["cli_lookup"] = {
-                "calls": len(cli),
-                "mean_s": round(statistics.mean(cli), 2),
-                "max_s": round(max(cli), 2),
-            }
-            print("cli lookup", results["cli_lookup"], flush=True)
-            metrics = httpx.get(url + "/metrics").text
-            results["metrics_lines"] = len(metrics.splitlines())
-        finally:
-            server.send_signal(signal.SIGTERM)
-            server.wait(120)
-            log.close()
-        with Store.open(path) as store:
-            results["verify_ok"] = store.verify().ok
-        eight = next(r for r in results["http_lookup"] if r["clients"] == 8)
-        results["targets"] = {
-            "p99_at_8_below_50ms": eight["p99_ms"] < 50,
-            "per_s_at_8_at_least_100": eight["per_s"] >= 100,
-            "http_ingest_vs_in_process": round(
-                results["http_ingest"]["per_s"] / results["in_process_ingest"]["per_s"], 3
-            ),
-        }
-        print(json.dumps(results, indent=2))
+        for name in wanted:
+            if name == "sample":
+                path = CACHE_DIR / "service-sample"
+                if not (path / "clusterer.db").exists():
+                    build_sample(path)
+            elif name == "100k":
+                path = CACHE_DIR / f"service-100k-{args.method}"
+                if not (path / "clusterer.db").exists():
+                    build_synthetic(path, 100_000, args.method)
+            elif name == "1m":
+                path = args.large
+                if not (path / "clusterer.db").exists():
+                    print(f"no 1M store at {path}: build it with bench/incremental.py --keep", flush=True)
+                    continue
+            else:
+                raise SystemExit(f"unknown store {name!r}")
+            rows += run_store(name, path, queries, ingest if name != "1m" else [], args, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    print(json.dumps(rows))
+    print(table(rows))
 
 
 if __name__ == "__main__":

@@ -281,6 +281,8 @@ class Store(SentenceStore):
         each answer equals that of a lookup of its row alone."""
         vecs = np.asarray(vectors, dtype=np.float32)
         counts = [members] * len(vecs) if isinstance(members, int) else [int(m) for m in members]
+        if len(vecs) == 0:
+            return []
         self.refresh()
         with self.reading(), self.db.read() as session:
             state = self._run_state(session)

@@ -73,7 +73,7 @@ class ServerSettings:
     coalesce: int = 4096
     map_sample: int = 5000
     lookup_batch: int = 32
-    lookup_wait_ms: float = 2.0
+    lookup_wait_ms: float = 1.0
     lookup_cache: int = 4096
     cors_origins: tuple[str, ...] = ()
 

@@ -162,6 +162,12 @@ class SentenceStore:
             self._check_model()
         return self._encoder
 
+    def wrap_encoder(self, wrap) -> None:
+        """Use ``wrap(encoder)`` as the encoder from now on (the model is loaded first); the
+        wrapper must keep the encoder's ``model_name``, ``dimension`` and ``encode``."""
+        self._encoder = wrap(self.encoder)
+        self._check_model()
+
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Embeddings of ``texts`` (as ingest would store them); an empty text is an error."""
         normalised = [normalize_text(t) for t in texts]

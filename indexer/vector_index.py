@@ -136,7 +136,7 @@ def _blocked_chunk(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.n
         block = queries[rows] @ codes.T
         kk = min(k, size)
         if kk < size:
-            top = np.argpartition(-block, kk - 1, axis=1)[:, :kk]
+            top = np.argpartition(block, size - kk, axis=1)[:, size - kk :]  # the kk largest, no negated copy
             block = np.take_along_axis(block, top, axis=1)
         else:
             top = np.broadcast_to(np.arange(kk), block.shape)

@@ -212,3 +212,42 @@ def test_ann_lookup_above_the_exact_range(tmp_path):
         assert recall >= 0.9, recall
     finally:
         store.close()
+
+
+def test_reader_first_encodes_writes_in_chunks_after_waiting_lookups(fake_encoder):
+    from clusterer.server.batcher import ReaderFirst
+
+    class Counting:
+        model_name, dimension = fake_encoder.model_name, fake_encoder.dimension
+
+        def __init__(self):
+            self.sizes = []
+
+        def encode(self, texts, show_progress=False):
+            self.sizes.append(len(texts))
+            return fake_encoder.encode(texts)
+
+    inner = Counting()
+    gate = Gate(lambda items: [fake_encoder.encode(t) for t in items])
+    pipeline = LookupPipeline(lambda texts: inner.encode(texts), lambda v, members: [], max_wait=0.0)
+    pipeline.encoder.close()
+    pipeline.encoder = MicroBatcher(gate, max_wait=0.0)
+    wrapped = ReaderFirst(inner, pipeline, chunk=32, max_yield=0.1)
+    try:
+        assert wrapped.model_name == fake_encoder.model_name and wrapped.dimension == fake_encoder.dimension
+        texts = [f"text number {i}" for i in range(70)]
+        pending = pipeline.encoder.submit(["a lookup"])
+        assert gate.entered.wait(5)  # a lookup is being embedded: the write waits for it, chunk by chunk
+        started = time.monotonic()
+        out = wrapped.encode(texts)
+        assert time.monotonic() - started >= 0.25
+        gate.release.set()
+        pending.result(5)
+        assert inner.sizes == [32, 32, 6]
+        np.testing.assert_allclose(out, fake_encoder.encode(texts))
+        started = time.monotonic()
+        wrapped.encode(texts)  # nothing waiting: no delay
+        assert time.monotonic() - started < 0.2
+    finally:
+        gate.release.set()
+        pipeline.close()

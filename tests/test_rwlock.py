@@ -130,3 +130,42 @@ def test_threads_sharing_a_store_replay_another_writers_batches_once(tmp_path):
     assert len(ids) == len(np.unique(ids)) == shared.count() == 50 + 15 * 20
     shared.close()
     other.close()
+
+
+def test_readers_go_on_while_a_batch_and_its_upkeep_are_written(tmp_path):
+    """The listener's upkeep runs inside the batch's open transaction; readers are not held for
+    it and see the store as it was, then the whole batch once it is committed."""
+    from indexer.sentence_store import SentenceStore
+
+    class SlowUpkeep:
+        def __init__(self):
+            self.entered, self.release = threading.Event(), threading.Event()
+
+        def on_insert(self, session, ids, vectors, texts, max_seq):
+            if any("slow" in t for t in texts):
+                self.entered.set()
+                assert self.release.wait(10)
+            return None
+
+        def on_delete(self, session, ids):
+            return None
+
+    upkeep = SlowUpkeep()
+    store = SentenceStore(tmp_path / "data", device="cpu", listener=upkeep)
+    try:
+        store.ingest(["alpha one", "beta two", "gamma three"])
+        writer = threading.Thread(target=store.ingest, args=(["slow delta four", "slow epsilon five"],))
+        writer.start()
+        assert upkeep.entered.wait(10)
+        found: list = []
+        reader = threading.Thread(target=lambda: found.append(store.search("slow delta four", k=10)))
+        reader.start()
+        reader.join(5)
+        assert not reader.is_alive(), "a reader waited for the writer's upkeep"
+        assert {h.text for h in found[0]} == {"alpha one", "beta two", "gamma three"}
+        upkeep.release.set()
+        writer.join(10)
+        assert {h.text for h in store.search("slow delta four", k=10)} >= {"slow delta four", "slow epsilon five"}
+    finally:
+        upkeep.release.set()
+        store.close()

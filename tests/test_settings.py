@@ -89,3 +89,13 @@ def test_store_kwargs_carry_the_resolved_values():
     assert kw["lock_timeout"] == 3.0
     assert kw["device"] == "auto"
     assert "data_dir" not in kw
+
+
+def test_server_lookup_settings_from_environment():
+    from clusterer.settings import ServerSettings
+
+    s = ServerSettings.resolve(
+        {}, {"CLUSTERER_LOOKUP_WAIT_MS": "0.5", "CLUSTERER_LOOKUP_BATCH": "8", "CLUSTERER_LOOKUP_CACHE": "0"}
+    )
+    assert (s.lookup_wait_ms, s.lookup_batch, s.lookup_cache) == (0.5, 8, 0)
+    assert ServerSettings.resolve({}, {}).lookup_batch == 32

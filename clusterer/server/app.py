@@ -10,10 +10,9 @@ import time
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
-from clusterer.server.batcher import LookupPipeline
+from clusterer.server.batcher import LookupPipeline, ReaderFirst
 from clusterer.server.errors import NotReady, classify
 from clusterer.server.metrics import Metrics
-from clusterer.server.routes import router, static_dir
 from clusterer.server.security import BodyLimit, TokenAuth
 from clusterer.server.writer import Writer
 from clusterer.settings import ServerSettings
@@ -84,6 +83,8 @@ class Service:
 
         try:
             vector = self.store.embed(["warm up"])[0]
+            pipeline = self.pipeline
+            self.store.wrap_encoder(lambda encoder: ReaderFirst(encoder, pipeline))
             self.store.refresh()
             if self.store.dimension is not None:
                 with suppress(ClustererError):
@@ -185,7 +186,7 @@ def create_app(store, settings: ServerSettings | None = None, *, close_store: bo
     from fastapi.staticfiles import StaticFiles
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    from clusterer.server import curation_routes
+    from clusterer.server import curation_routes, routes
 
     settings = settings or ServerSettings()
     service = Service(store, settings, close_store=close_store)
@@ -208,9 +209,9 @@ def create_app(store, settings: ServerSettings | None = None, *, close_store: bo
         "Every answer is the JSON of the matching `clusterer ... --json` command.",
     )
     app.state.service = service
-    app.include_router(router)
+    app.include_router(routes.router)
     app.include_router(curation_routes.router)
-    app.mount("/static", StaticFiles(directory=str(static_dir())), name="static")
+    app.mount("/static", StaticFiles(directory=str(routes.static_dir())), name="static")
 
     def error_response(exc: BaseException) -> JSONResponse:
         status, body, headers = classify(exc)

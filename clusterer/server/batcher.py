@@ -72,6 +72,7 @@ class MicroBatcher(Generic[T, R]):
         self._queue: queue.Queue[_Request[T]] = queue.Queue(max_queued)
         self._closed = threading.Event()
         self._held: _Request[T] | None = None
+        self._active = False
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
@@ -114,9 +115,28 @@ class MicroBatcher(Generic[T, R]):
             batch = self._take()
             if batch is None:
                 break
-            self.on_batch(len(batch))
-            self._answer(batch)
+            self._active = True
+            try:
+                self.on_batch(len(batch))
+                self._answer(batch)
+            finally:
+                self._active = False
         self._fail_waiting()
+
+    @property
+    def thread(self) -> threading.Thread:
+        return self._thread
+
+    @property
+    def busy(self) -> bool:
+        """A batch is running or requests are waiting."""
+        return self._active or self._held is not None or not self._queue.empty()
+
+    def wait_idle(self, timeout: float) -> None:
+        """Return once nothing runs or waits, or after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while self.busy and time.monotonic() < deadline:
+            time.sleep(0.001)
 
     def _answer(self, batch: list[_Request[T]]) -> None:
         try:
@@ -229,14 +249,14 @@ class LookupPipeline:
         self.encoder: MicroBatcher[list[str], np.ndarray] = MicroBatcher(
             self.embedder.batch,
             max_batch=max_batch,
-            max_wait=max_wait,
+            max_wait=0.0,  # each text is embedded alone: waiting for company would gain nothing
             name="clusterer-embed",
             on_batch=lambda n: report("embed", n),
         )
         self.searcher: MicroBatcher[tuple[np.ndarray, int], list[dict[str, Any]]] = MicroBatcher(
             self._lookups,
             max_batch=max_batch,
-            max_wait=0.0,  # what waits while the previous batch runs is batch enough
+            max_wait=max_wait,  # besides what arrived while the previous batch ran
             name="clusterer-lookup",
             on_batch=lambda n: report("lookup", n),
         )
@@ -260,3 +280,28 @@ class LookupPipeline:
     def close(self) -> None:
         self.encoder.close()
         self.searcher.close()
+
+
+class ReaderFirst:
+    """The store's encoder as the writer uses it: a write's texts are encoded in chunks, and
+    before each chunk the lookups waiting to be embedded go first (for at most ``max_yield``
+    seconds a chunk, so writes always progress). Lookups themselves, embedded in the pipeline's
+    thread, call the model directly. Everything else is the wrapped encoder's."""
+
+    def __init__(self, inner: Any, pipeline: LookupPipeline, chunk: int = 8, max_yield: float = 0.02):
+        self.inner, self.pipeline, self.chunk, self.max_yield = inner, pipeline, chunk, max_yield
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def encode(self, texts: Sequence[str], show_progress: bool = False) -> np.ndarray:
+        batcher = self.pipeline.encoder
+        if threading.current_thread() is batcher.thread or len(texts) <= self.chunk:
+            if threading.current_thread() is not batcher.thread:
+                batcher.wait_idle(self.max_yield)
+            return self.inner.encode(texts, show_progress=show_progress)
+        parts = []
+        for start in range(0, len(texts), self.chunk):
+            batcher.wait_idle(self.max_yield)
+            parts.append(self.inner.encode(list(texts[start : start + self.chunk])))
+        return np.vstack(parts)

@@ -1,9 +1,11 @@
 """Lookups: the cluster each of a batch of vectors would join under the latest run, nothing written.
 
-A batch is answered with one index search (in chunks below FAISS's BLAS threshold, so that every
-row's neighbours and similarities are bit for bit those of a search of that row alone) and one
-read of the labels its neighbours hold; each row is then decided by the run's rule exactly as
-ingesting it alone would (:mod:`clusterer.service.incremental`).
+A batch is answered with one index search (one matrix product over a flat index: at 100,000
+sentences 1.6 ms a query for 32 queries against 30 ms for one alone) and one read of the labels
+its neighbours hold; each row is then decided by the run's rule exactly as ingesting it alone
+would (:mod:`clusterer.service.incremental`). A row's similarities may differ from those of a
+search of that row alone in the last bits of a float32 (FAISS sums a batch in another order),
+which the answers' six decimals hide but at a tie.
 """
 
 from __future__ import annotations
@@ -15,9 +17,8 @@ import numpy as np
 from clusterer.service import incremental as inc
 from clusterer.service.upkeep import Gather, graph_params, knn, range_neighbours
 
-SEARCH_CHUNK = 16
-"""Queries per index search: FAISS switches flat inner products to BLAS from 20 queries on,
-which rounds differently; below that a batched search equals one search per query."""
+SEARCH_CHUNK = 256
+"""Queries per index search at most (bounds the distance block FAISS allocates)."""
 
 
 def search_batch(index, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
