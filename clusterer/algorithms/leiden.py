@@ -37,25 +37,33 @@ class WeightedGraph:
 
 
 def symmetric_edges(neighbours: np.ndarray, similarities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Undirected edges ``(m, 2)`` (low id first) of a kNN table, each pair once, with its
-    similarity (the larger of the two directions); non-positive similarities are dropped."""
+    """Undirected edges ``(m, 2)`` (low id first, in increasing order of the pair) of a kNN table,
+    each pair once, with its similarity (the larger of the two directions); non-positive
+    similarities are dropped. Ids are int32 below 2**31 points, similarities stay float32."""
     n, k = neighbours.shape
-    rows = np.repeat(np.arange(n, dtype=np.int64), k)
-    cols = neighbours.reshape(-1)
-    w = similarities.reshape(-1)
+    index: type[np.signedinteger] = np.int32 if n < 2**31 else np.int64
+    rows: np.ndarray = np.repeat(np.arange(n, dtype=index), k)
+    cols: np.ndarray = neighbours.reshape(-1).astype(index)
+    w = np.asarray(similarities, dtype=np.float32).reshape(-1)
     keep = (cols >= 0) & (w > 0) & (cols != rows)
     rows, cols, w = rows[keep], cols[keep], w[keep]
     del keep
-    key = np.minimum(rows, cols) * n
+    key = np.minimum(rows, cols).astype(np.int64)
+    key *= n
     key += np.maximum(rows, cols)
     del rows, cols
-    order = np.lexsort((-w, key))
+    order = np.argsort(key)
     key, w = key[order], w[order]
     del order
-    first = np.ones(len(key), bool)
-    first[1:] = key[1:] != key[:-1]
-    key, w = key[first], w[first]
-    return np.stack(np.divmod(key, n), axis=1), w
+    if not len(key):
+        return np.zeros((0, 2), index), w
+    first = np.flatnonzero(np.concatenate([[True], key[1:] != key[:-1]]))
+    w = np.maximum.reduceat(w, first)
+    key = key[first]
+    edges = np.empty((len(key), 2), index)
+    edges[:, 0] = key // n
+    edges[:, 1] = key % n
+    return edges, w
 
 
 def build_graph(neighbours: np.ndarray, similarities: np.ndarray) -> WeightedGraph:
@@ -93,7 +101,7 @@ def leiden(
     try:
         part = wg.graph.community_leiden(
             objective_function="modularity",
-            weights=wg.weights,
+            weights=wg.weights.tolist(),  # igraph reads a list of floats fast, numpy scalars slowly
             resolution=resolution,
             n_iterations=iterations,
             initial_membership=None if initial is None else initial.tolist(),
@@ -110,9 +118,14 @@ def contract(wg: WeightedGraph, membership: np.ndarray, groups: int) -> Weighted
     edges = wg.edges
     a, b = membership[edges[:, 0]], membership[edges[:, 1]]
     ok = (a >= 0) & (b >= 0)
-    a, b, w = np.minimum(a[ok], b[ok]), np.maximum(a[ok], b[ok]), wg.weights[ok]
-    key = a * groups + b
-    uniq, inv = np.unique(key, return_inverse=True)
-    summed = np.bincount(inv, weights=w, minlength=len(uniq))
-    pairs = np.stack(np.divmod(uniq, groups), axis=1)
-    return from_edges(pairs, summed, groups)
+    lo, hi, w = np.minimum(a[ok], b[ok]), np.maximum(a[ok], b[ok]), wg.weights[ok]
+    del a, b, ok
+    key = lo.astype(np.int64) * groups + hi
+    del lo, hi
+    order = np.argsort(key, kind="stable")  # sums in edge order, as np.bincount would
+    key, w = key[order], w[order]
+    del order
+    first = np.flatnonzero(np.concatenate([[True], key[1:] != key[:-1]])) if len(key) else np.zeros(0, np.int64)
+    summed = np.add.reduceat(w, first) if len(key) else np.zeros(0, np.float64)
+    pairs = np.stack(np.divmod(key[first], groups), axis=1)
+    return from_edges(pairs, summed.astype(np.float64), groups)

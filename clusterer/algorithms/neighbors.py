@@ -19,8 +19,9 @@ sorted by decreasing similarity with ties broken by lower position. Two backends
   recomputed with a torch float32 matmul before the ``>= t`` test. Any faiss index whose ids are
   positions ``0..n-1`` may be passed instead (IVF, HNSW, ...); its recall settings are the
   caller's.
-* :func:`torch_neighbor_graph` -- chunked dense matmul on a torch device (CUDA or CPU), top-k
-  for the candidate test and a threshold mask for the lists.
+* :func:`torch_neighbor_graph` -- chunked dense products on a torch device (CUDA or CPU), a
+  threshold mask for the candidate test and the lists, all on the device
+  (:mod:`clusterer.algorithms.device_search`).
 
 Neither builds the ``n x n`` similarity matrix; memory is bounded by the batch sizes and the
 number of edges kept.
@@ -350,42 +351,27 @@ def torch_neighbor_graph(
     threshold: float,
     min_size: int,
     device: str = "cpu",
-    batch_size: int = 1024,
+    batch_size: int | None = None,
     show_progress: bool = False,
+    precision: str = "auto",
 ) -> NeighborGraph:
-    """Neighbour graph of ``embeddings`` by chunked dense matmul on a torch ``device``.
-
-    Rows are processed ``batch_size`` at a time (fewer when ``batch_size * n`` would exceed
-    ~64M similarities); ``embeddings`` may be a numpy array or a torch tensor.
-    """
-    import torch
-    from tqdm.auto import tqdm
+    """Neighbour graph of ``embeddings`` by chunked dense products on a torch ``device``
+    (:func:`clusterer.algorithms.device_search.threshold_graph`: chunks sized from the device's
+    free memory, at most ``batch_size`` rows; float16 screening with a float32 recheck on CUDA);
+    ``embeddings`` may be a numpy array or a torch tensor."""
+    from clusterer.algorithms.device_search import threshold_graph
 
     _check(threshold, min_size)
-    if isinstance(embeddings, torch.Tensor):
-        x = embeddings.detach().to(device=device, dtype=torch.float32)
-        if x.ndim == 1:
-            x = x[None, :]
-    else:
-        x = torch.from_numpy(_as_matrix(embeddings)).to(device)
-    n = len(x)
-    if n < min_size or n == 0:
-        return NeighborGraph.empty(n, threshold, min_size)
-    t = torch.tensor(threshold, dtype=torch.float32, device=x.device)
-    rows_per_chunk = max(1, min(batch_size, _TORCH_CHUNK_ELEMENTS // n))
-    rows_parts, cols_parts, sims_parts = [], [], []
-    for start in tqdm(range(0, n, rows_per_chunk), desc="Neighbour search", disable=not show_progress):
-        scores = x[start : start + rows_per_chunk] @ x.T
-        kth = scores.topk(k=min_size, dim=1, largest=True).values[:, -1]
-        cand = torch.nonzero(kth >= t, as_tuple=True)[0]
-        if not len(cand):
-            continue
-        sub = scores[cand]
-        r, c = torch.nonzero(sub >= t, as_tuple=True)
-        rows_parts.append((cand[r] + start).cpu().numpy().astype(np.int64))
-        cols_parts.append(c.cpu().numpy().astype(np.int64))
-        sims_parts.append(sub[r, c].cpu().numpy())
-    return _assemble(rows_parts, cols_parts, sims_parts, n, threshold, min_size)
+    centres, counts, cols, sims, n = threshold_graph(
+        embeddings,
+        threshold,
+        min_size,
+        device=device,
+        batch_size=batch_size,
+        precision=precision,
+        show_progress=show_progress,
+    )
+    return assemble_lists(centres, counts, cols, sims, n, threshold, min_size)
 
 
 def neighbor_graph(
@@ -410,7 +396,7 @@ def neighbor_graph(
         device = "cuda" if index is None and cuda_available() else "cpu"
     if device == "cuda":
         return torch_neighbor_graph(
-            embeddings, threshold, min_size, device="cuda", batch_size=batch_size or 4096, show_progress=show_progress
+            embeddings, threshold, min_size, device="cuda", batch_size=batch_size, show_progress=show_progress
         )
     return faiss_neighbor_graph(
         embeddings, threshold, min_size, index=index, batch_size=batch_size or 4096, show_progress=show_progress

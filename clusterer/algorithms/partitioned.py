@@ -52,75 +52,87 @@ def default_nlist(n: int) -> int:
 
 
 def _kmeans(x: np.ndarray, k: int, seed: int, niter: int = 4) -> np.ndarray:
-    import faiss
-
+    """Spherical k-means centroids of ``k`` cells, trained on a sample of at most
+    :data:`TRAIN_PER_CENTROID` points per centroid (Lloyd iterations in numpy: the problems are
+    small, and one BLAS product per iteration beats a threaded library's start-up costs)."""
     k = max(1, min(k, len(x)))
     rng = np.random.default_rng(seed)
     sample = (
         x if len(x) <= k * TRAIN_PER_CENTROID else x[np.sort(rng.choice(len(x), k * TRAIN_PER_CENTROID, replace=False))]
     )
+    sample = np.ascontiguousarray(sample, dtype=np.float32)
+    centroids = sample[np.sort(rng.choice(len(sample), k, replace=False))].copy()
     if k == 1 or len(sample) <= k:
-        centroids = sample[:k].copy()
-    else:
-        km = faiss.Kmeans(
-            x.shape[1],
-            k,
-            niter=niter,
-            seed=seed,
-            spherical=True,
-            max_points_per_centroid=TRAIN_PER_CENTROID,
-            min_points_per_centroid=1,
-            verbose=False,
-        )
-        km.train(np.ascontiguousarray(sample))
-        assert km.centroids is not None, "faiss.Kmeans.train sets centroids"
-        centroids = km.centroids
-    return np.ascontiguousarray(centroids, dtype=np.float32)
+        return centroids
+    for _ in range(niter):
+        assign = np.argmax(sample @ centroids.T, axis=1)
+        by_cell = np.argsort(assign, kind="stable")
+        cells, first = np.unique(assign[by_cell], return_index=True)
+        sums = np.add.reduceat(sample[by_cell], first, axis=0).astype(np.float64)
+        norms = np.linalg.norm(sums, axis=1)
+        filled = norms > 0
+        centroids[cells[filled]] = (sums[filled] / norms[filled, None]).astype(np.float32)
+    return centroids
+
+
+CHUNK_ROWS = 16384
+"""Rows per matrix product when assigning points to centroids (a few MiB of similarities)."""
 
 
 def _top_cells(x: np.ndarray, centroids: np.ndarray, k: int) -> np.ndarray:
-    import faiss
-
-    index = faiss.IndexFlatIP(centroids.shape[1])
-    index.add(centroids)
-    _, cells = index.search(x, min(k, len(centroids)))
-    return cells
+    """Each row's ``k`` most similar centroids, most similar first (chunked products)."""
+    k = min(k, len(centroids))
+    out = np.empty((len(x), k), np.int64)
+    for s in range(0, len(x), CHUNK_ROWS):
+        out[s : s + CHUNK_ROWS] = _top_k_rows(x[s : s + CHUNK_ROWS] @ centroids.T, k)
+    return out
 
 
 def partition(x: np.ndarray, nlist: int, nprobe: int, seed: int = 0) -> np.ndarray:
-    """For each point, the ids of its ``nprobe`` nearest cells (first = home cell)."""
+    """For each point, the ids of its ``nprobe`` nearest cells (first = home cell).
+
+    Above :data:`TWO_LEVEL_ABOVE` cells the partition has two levels: about ``sqrt(nlist)``
+    coarse cells, each split into fine cells trained on its own points; a point's cells are the
+    best among the fine cells of its two nearest coarse cells (so neither training nor
+    assignment ever costs ``n x nlist``)."""
     if nlist <= TWO_LEVEL_ABOVE:
         return _top_cells(x, _kmeans(x, nlist, seed), nprobe)
     coarse_k = math.ceil(math.sqrt(nlist))
     coarse = _kmeans(x, coarse_k, seed)
     coarse_of = _top_cells(x, coarse, 2)
-    home_coarse = coarse_of[:, 0]
-    fine_parts, owner = [], []
-    for c in range(len(coarse)):
-        members = np.flatnonzero(home_coarse == c)
-        if not len(members):
-            continue
-        k = max(1, round(nlist * len(members) / len(x)))
-        fine_parts.append(_kmeans(x[members], k, seed + 1 + c))
-        owner.append(np.full(len(fine_parts[-1]), c))
-    fine = np.vstack(fine_parts)
-    owner_arr = np.concatenate(owner)
+    fine_parts = []
     starts = np.zeros(len(coarse) + 1, np.int64)
-    np.add.at(starts, owner_arr + 1, 1)
-    starts = np.cumsum(starts)
-    cells = np.empty((len(x), nprobe), np.int64)
-    key = coarse_of[:, 0] * len(coarse) + (coarse_of[:, 1] if coarse_of.shape[1] > 1 else coarse_of[:, 0])
-    by_key = np.argsort(key, kind="stable")
-    keys, key_starts = np.unique(key[by_key], return_index=True)
-    key_bounds = [*key_starts[1:].tolist(), len(key)]
-    for kv, a, b in zip(keys.tolist(), key_starts.tolist(), key_bounds):
-        sel = by_key[a:b]
-        first, second = divmod(kv, len(coarse))
-        cand = np.concatenate(
-            [np.arange(starts[first], starts[first + 1]), np.arange(starts[second], starts[second + 1])]
-        )
-        cand = np.unique(cand)
-        cells[sel] = cand[_top_k_rows(x[sel] @ fine[cand].T, nprobe)]
+    for c in range(len(coarse)):
+        members = np.flatnonzero(coarse_of[:, 0] == c)
+        if len(members):
+            k = max(1, round(nlist * len(members) / len(x)))
+            fine_parts.append(_kmeans(x[members], k, seed + 1 + c))
+        starts[c + 1] = starts[c] + (len(fine_parts[-1]) if len(members) else 0)
+    fine = np.vstack(fine_parts)
+    # the best nprobe fine cells within each of a point's two coarse cells, then the best of both
+    roles = coarse_of.shape[1]
+    values = np.full((len(x), roles * nprobe), -np.inf, np.float32)
+    cells = np.zeros((len(x), roles * nprobe), np.int64)
+    for role in range(roles):
+        col = slice(role * nprobe, (role + 1) * nprobe)
+        by_cell = np.argsort(coarse_of[:, role], kind="stable")
+        bounds = np.searchsorted(coarse_of[by_cell, role], np.arange(len(coarse) + 1))
+        for c in range(len(coarse)):
+            sel = by_cell[bounds[c] : bounds[c + 1]]
+            if not len(sel) or starts[c] == starts[c + 1]:
+                continue
+            own = fine[starts[c] : starts[c + 1]]
+            for s in range(0, len(sel), CHUNK_ROWS):
+                rows = sel[s : s + CHUNK_ROWS]
+                sims = x[rows] @ own.T
+                top = _top_k_rows(sims, nprobe)
+                values[rows, col] = np.take_along_axis(sims, top, axis=1)
+                cells[rows, col] = starts[c] + top
+    if roles > 1:
+        # a point whose two coarse cells coincide cannot happen (top-2 are distinct), but the same
+        # fine cell may repeat when a coarse cell has fewer than nprobe fine cells
+        best = _top_k_rows(values, nprobe)
+        return np.take_along_axis(cells, best, axis=1)
     return cells
 
 
@@ -131,18 +143,23 @@ def _top_k_rows(sims: np.ndarray, k: int) -> np.ndarray:
     if k >= m:
         top = np.argsort(-sims, axis=1)
         return np.concatenate([top, np.repeat(top[:, :1], k - m, axis=1)], axis=1) if k > m else top
+    if k == 1:
+        return np.argmax(sims, axis=1)[:, None]
     top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
     order = np.argsort(-np.take_along_axis(sims, top, axis=1), axis=1)
     return np.take_along_axis(top, order, axis=1)
 
 
 def _cell_means(x: np.ndarray, order: np.ndarray, bounds: np.ndarray) -> np.ndarray:
-    """Normalised mean of each cell's points (points sorted by cell in ``order``)."""
+    """Normalised mean of each cell's points (points sorted by cell in ``order``), summed over
+    chunks of ``order`` so no copy of ``x`` is made."""
     nlist = len(bounds) - 1
-    sizes = np.diff(bounds)
-    starts = np.minimum(bounds[:-1], len(order) - 1)
-    sums = np.add.reduceat(x[order], starts, axis=0).astype(np.float64)
-    sums[sizes == 0] = 0.0
+    home = np.repeat(np.arange(nlist), np.diff(bounds))
+    sums = np.zeros((nlist, x.shape[1]), np.float64)
+    for s in range(0, len(order), CHUNK_ROWS):
+        cells = home[s : s + CHUNK_ROWS]
+        first = np.flatnonzero(np.concatenate([[True], cells[1:] != cells[:-1]]))
+        sums[cells[first]] += np.add.reduceat(x[order[s : s + CHUNK_ROWS]], first, axis=0)
     norms = np.linalg.norm(sums, axis=1, keepdims=True)
     return np.ascontiguousarray(sums / np.where(norms > 0, norms, 1.0), dtype=np.float32).reshape(nlist, x.shape[1])
 
