@@ -12,7 +12,7 @@ sort of the edges is ever needed. The work is half that of an IVF search with th
 and ``nprobe`` (each pair is computed once, not twice), done by BLAS at full speed.
 
 Similarities are exact inner products for every pair compared; pairs within ``eps`` of the
-threshold are recomputed in torch float32 arithmetic as in :mod:`clusterer.algorithms.neighbors`, in the
+threshold are recomputed in float64 as in :mod:`clusterer.algorithms.neighbors`, in the
 orientation of the list they go to, so with ``nprobe >= nlist`` the graph equals the exact one.
 Only pairs that are never compared are missed; ``nprobe`` is the recall knob.
 """
