@@ -168,11 +168,21 @@ def unique_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     h = np.empty((len(x), 2), np.float64)
     for s in range(0, len(x), 65536):
         h[s : s + 65536] = x[s : s + 65536].astype(np.float64) @ proj
-    _, first, inverse = np.unique(h, axis=0, return_index=True, return_inverse=True)
-    order = np.argsort(first)
-    rank = np.empty_like(order)
-    rank[order] = np.arange(len(order))
-    return first[order], rank[inverse.reshape(-1)]
+    order = np.lexsort((h[:, 1], h[:, 0]))  # stable: equal rows stay in position order
+    hs = h[order]
+    new = np.ones(len(x), bool)
+    new[1:] = np.any(hs[1:] != hs[:-1], axis=1)
+    if new.all():
+        every = np.arange(len(x))
+        return every, every
+    starts = np.flatnonzero(new)
+    first = order[starts]
+    inverse = np.empty(len(x), np.int64)
+    inverse[order] = np.cumsum(new) - 1
+    by_position = np.argsort(first)
+    rank = np.empty_like(by_position)
+    rank[by_position] = np.arange(len(by_position))
+    return first[by_position], rank[inverse]
 
 
 def graph_clustering(
