@@ -1,7 +1,8 @@
 """The symmetrised kNN graph as an igraph graph, and Leiden modularity communities on it.
 
 The graph is built from numpy arrays without Python-level loops over edges: pairs are
-canonicalised (low id, high id), deduplicated with one sort, and handed to igraph in one call.
+canonicalised (low id, high id) as int32, deduplicated with one sort, and handed to igraph in
+chunks of pairs.
 """
 
 from __future__ import annotations
@@ -73,10 +74,19 @@ def build_graph(neighbours: np.ndarray, similarities: np.ndarray) -> WeightedGra
     return from_edges(edges, w.astype(np.float64), n)
 
 
+EDGE_CHUNK = 2_000_000
+"""Edges handed to igraph per call: its wheels read an edge list as Python pairs (a numpy
+array's buffer is first unfolded into lists of lists, twice as slow as tuples), so pairs are
+made a chunk at a time to bound the memory they take."""
+
+
 def from_edges(edges: np.ndarray, weights: np.ndarray, n: int) -> WeightedGraph:
     import igraph
 
-    g = igraph.Graph(n=n, edges=edges, directed=False)
+    g = igraph.Graph(n=n, directed=False)
+    for s in range(0, len(edges), EDGE_CHUNK):
+        part = edges[s : s + EDGE_CHUNK]
+        g.add_edges(list(zip(part[:, 0].tolist(), part[:, 1].tolist())))
     return WeightedGraph(g, edges, weights, n)
 
 
@@ -101,7 +111,7 @@ def leiden(
     try:
         part = wg.graph.community_leiden(
             objective_function="modularity",
-            weights=wg.weights.tolist(),  # igraph reads a list of floats fast, numpy scalars slowly
+            weights=wg.weights,
             resolution=resolution,
             n_iterations=iterations,
             initial_membership=None if initial is None else initial.tolist(),
