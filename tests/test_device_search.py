@@ -99,3 +99,23 @@ def test_exact_knn_matches_faiss(precision):
     same = np.mean([len(set(a) & set(b)) / 15 for a, b in zip(got_n.tolist(), ref_n.tolist())])
     assert same > 0.999
     assert np.all(np.diff(got_s, axis=1) <= 0)
+
+
+def test_default_clustering_on_the_torch_knn_matches_the_faiss_one(monkeypatch):
+    """graph_clustering fed by the torch exact kNN (the GPU path, on CPU tensors here) gives the
+    partition the FAISS exact kNN gives."""
+    from sklearn.metrics import adjusted_rand_score
+
+    import clusterer.algorithms.knn as knn_module
+    from clusterer.algorithms.graph import graph_clustering
+
+    x = clustered(n=3000, d=32, k=12, noise=0.5, seed=11)
+    ref = graph_clustering(x, search="exact", device="cpu")
+
+    def torch_knn(x, k, **_):
+        return exact_knn(x, k, precision="float16")
+
+    monkeypatch.setattr(knn_module, "knn", torch_knn)
+    got = graph_clustering(x, search="exact", device="cpu")
+    assert ref.info["clusters"] >= 8
+    assert adjusted_rand_score(ref.labels, got.labels) > 0.99
