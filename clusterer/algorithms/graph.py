@@ -25,6 +25,11 @@ DEFAULT_K = 30
 LARGE_N = 200_000
 DEFAULT_K_LARGE = 15
 """Neighbours per point above :data:`LARGE_N` points, where the graph's size bounds time and memory."""
+LARGE_START_RESOLUTION = 256.0
+"""Above :data:`LARGE_N` points the granularity's base partition starts this fine, so one Leiden
+pass over the full graph usually gives a base finer than the resolution chosen (from 16 the
+rule needed a second full pass, the costliest step at 1M); the choice itself is then made on
+the contracted graph as below that size."""
 DEFAULT_MIN_SIZE = 5
 DEFAULT_RESOLUTION = 1.0
 
@@ -216,7 +221,7 @@ def graph_clustering(
     """
     import time
 
-    from clusterer.algorithms.granularity import choose_resolution
+    from clusterer.algorithms.granularity import START_RESOLUTION, choose_resolution
     from clusterer.algorithms.leiden import build_graph, leiden
 
     n = len(x)
@@ -254,7 +259,8 @@ def graph_clustering(
     scores: dict[str, Any] = {}
     if resolution is None:
         large = n > LARGE_N
-        chosen, membership, scores = choose_resolution(wg, wg.strengths(), seed, iterations=2)
+        start = LARGE_START_RESOLUTION if large else START_RESOLUTION
+        chosen, membership, scores = choose_resolution(wg, wg.strengths(), seed, iterations=2, start=start)
         timings["granularity"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         if init is not None or not large:
