@@ -129,6 +129,10 @@ def leiden(
     return np.asarray(part.membership, dtype=np.int64)
 
 
+DENSE_PAIRS = 1 << 24
+"""Group pairs up to which :func:`contract` sums weights in a dense table instead of sorting."""
+
+
 def contract(wg: WeightedGraph, membership: np.ndarray, groups: int) -> WeightedGraph:
     """The graph of ``groups`` super-nodes: edge weights between groups summed, edges inside
     a group kept as self-loops (so modularity of a merge of groups equals that of the original)."""
@@ -139,6 +143,13 @@ def contract(wg: WeightedGraph, membership: np.ndarray, groups: int) -> Weighted
     del a, b, ok
     key = lo.astype(np.int64) * groups + hi
     del lo, hi
+    if groups * groups <= DENSE_PAIRS:
+        # few groups: sum per pair in a dense table (bincount adds in edge order, as before;
+        # every weight is positive, so a pair is present exactly where its sum is)
+        summed = np.bincount(key, weights=w, minlength=groups * groups)
+        present = np.flatnonzero(summed)
+        pairs = np.stack(np.divmod(present, groups), axis=1)
+        return from_edges(pairs, summed[present].astype(np.float64), groups)
     order = np.argsort(key, kind="stable")  # sums in edge order, as np.bincount would
     key, w = key[order], w[order]
     del order

@@ -155,8 +155,17 @@ def _top_k_rows(sims: np.ndarray, k: int) -> np.ndarray:
     if k >= m:
         top = np.argsort(-sims, axis=1)
         return np.concatenate([top, np.repeat(top[:, :1], k - m, axis=1)], axis=1) if k > m else top
-    if k == 1:
-        return np.argmax(sims, axis=1)[:, None]
+    if k <= 2:
+        # one or two passes of argmax beat a partition and a sort of every row
+        best = np.argmax(sims, axis=1)
+        if k == 1:
+            return best[:, None]
+        rows = np.arange(len(sims))
+        kept = sims[rows, best].copy()
+        sims[rows, best] = -np.inf
+        second = np.argmax(sims, axis=1)
+        sims[rows, best] = kept
+        return np.stack([best, second], axis=1)
     top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
     order = np.argsort(-np.take_along_axis(sims, top, axis=1), axis=1)
     return np.take_along_axis(top, order, axis=1)
