@@ -20,6 +20,7 @@ Only pairs that are never compared are missed; ``nprobe`` is the recall knob.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -196,6 +197,20 @@ def cell_layout(x: np.ndarray, nlist: int, nprobe: int, seed: int) -> tuple[np.n
     return order, bounds, _top_cells(means, means, nprobe)
 
 
+@contextmanager
+def _parallel():
+    """A pool of one thread per core, with BLAS single-threaded while it runs (the products per
+    cell are small; two threads of cells beat one product on two BLAS threads)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    from indexer.hardware import cpu_threads
+
+    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(cpu_threads()) as pool:
+        yield pool
+
+
 def _symmetric_probes(cell_probes: np.ndarray) -> list[np.ndarray]:
     """For each cell ``c``, the cells ``p >= c`` with ``p`` probed by ``c`` or ``c`` by ``p``."""
     nlist = len(cell_probes)
@@ -235,19 +250,19 @@ def partitioned_neighbor_graph(
 
     from tqdm.auto import tqdm
 
+    # Phase 1: every pair of cells once, in parallel over cells; each pair found goes to the list
+    # of its row's cell (list.append is atomic). Phase 2: each cell's lists, complete now, are
+    # sorted. Both phases run one thread per core with BLAS single-threaded inside them.
     pending: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = [[] for _ in range(nlist)]
-    centre_parts, count_parts, cols_parts, sims_parts = [], [], [], []
-    for c in tqdm(range(nlist), desc="Neighbour search", disable=not show_progress, mininterval=1.0):
+
+    def compare(c: int) -> None:
         members = order[bounds[c] : bounds[c + 1]]
         if not len(members):
-            continue
-        local_of[members] = np.arange(len(members))
+            return
         cand_cells = later[c]
         cand = np.concatenate([order[bounds[p] : bounds[p + 1]] for p in cand_cells])
         cand_cell = np.repeat(cand_cells, bounds[cand_cells + 1] - bounds[cand_cells])
         xc = x[cand].T
-        parts = pending[c]
-        pending[c] = []
         for s in range(0, len(members), QUERY_BLOCK):
             q = members[s : s + QUERY_BLOCK]
             sims = x[q] @ xc
@@ -258,7 +273,7 @@ def partitioned_neighbor_graph(
             rows, cols = q[r], cand[k]
             forward = values.copy()
             keep = settle_border(x, rows, cols, forward, t32, eps)
-            parts.append((rows[keep], cols[keep], forward[keep]))
+            pending[c].append((rows[keep], cols[keep], forward[keep]))
             away = np.flatnonzero(cand_cell[k] != c)
             if not len(away):
                 continue
@@ -272,18 +287,31 @@ def partitioned_neighbor_graph(
             last = np.append(first[1:], len(target))
             for p, i, j in zip(cells_hit.tolist(), first.tolist(), last.tolist()):
                 pending[p].append((cols[away[i:j]], rows[away[i:j]], backward[i:j]))
+
+    def lists(c: int):
+        parts = pending[c]
+        pending[c] = []
         if not parts:
-            continue
+            return None
+        members = order[bounds[c] : bounds[c + 1]]
+        local_of[members] = np.arange(len(members))
         rows = np.concatenate([p[0] for p in parts])
         cols = np.concatenate([p[1] for p in parts])
         values = np.concatenate([p[2] for p in parts])
         local, counts, cols, values = sort_lists(local_of[rows], cols, values, min_size)
         if not len(local):
-            continue
-        centre_parts.append(members[local])
-        count_parts.append(counts)
-        cols_parts.append(cols.astype(index_dtype))
-        sims_parts.append(values)
+            return None
+        return members[local], counts, cols.astype(index_dtype), values
+
+    centre_parts, count_parts, cols_parts, sims_parts = [], [], [], []
+    with _parallel() as pool:
+        list(tqdm(pool.map(compare, range(nlist)), total=nlist, desc="Neighbour search", disable=not show_progress))
+        for done in pool.map(lists, range(nlist)):
+            if done is not None:
+                centre_parts.append(done[0])
+                count_parts.append(done[1])
+                cols_parts.append(done[2])
+                sims_parts.append(done[3])
     if not centre_parts:
         return NeighborGraph.empty(n, threshold, min_size)
     centres = np.concatenate(centre_parts)
