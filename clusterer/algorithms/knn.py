@@ -113,6 +113,7 @@ def cell_blocked_knn(
     nlist = max(1, min(nlist or default_knn_nlist(n), n))
     nprobe = max(1, min(nprobe, nlist))
     order, bounds, probes = cell_layout(x, nlist, nprobe, seed)
+    nlist = len(bounds) - 1
     kk = k + 1
     out_n = np.full((n, kk), -1, np.int64)
     out_s = np.full((n, kk), -np.inf, np.float32)

@@ -189,8 +189,12 @@ def _cell_means(x: np.ndarray, order: np.ndarray, bounds: np.ndarray) -> np.ndar
 def cell_layout(x: np.ndarray, nlist: int, nprobe: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Points grouped by home cell: (``order``, ``bounds``, ``probes``). Cell ``c`` holds
     ``order[bounds[c]:bounds[c + 1]]``; ``probes[c]`` are the ``nprobe`` cells whose means are
-    most similar to that of ``c`` (``nlist`` and ``nprobe`` already clamped by the caller)."""
+    most similar to that of ``c`` (``nlist`` and ``nprobe`` already clamped by the caller). There
+    are ``len(bounds) - 1`` cells, at least ``nlist``."""
     home = partition(x, nlist, 1, seed)[:, 0]
+    # the two-level partition rounds each coarse cell's share up or down, so it may make a few
+    # more cells than asked: every cell it made is one here
+    nlist = max(nlist, int(home.max(initial=-1)) + 1)
     order = np.argsort(home, kind="stable")
     bounds = np.searchsorted(home[order], np.arange(nlist + 1))
     means = _cell_means(x, order, bounds)
@@ -242,6 +246,7 @@ def partitioned_neighbor_graph(
     nlist = max(1, min(nlist or default_nlist(n), n))
     nprobe = max(1, min(nprobe, nlist))
     order, bounds, probes = cell_layout(x, nlist, nprobe, seed)
+    nlist = len(bounds) - 1
     later = _symmetric_probes(probes)
     t32 = np.float32(threshold)
     low = t32 - np.float32(eps)
