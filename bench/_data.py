@@ -122,3 +122,29 @@ def stackoverflow() -> tuple[np.ndarray, np.ndarray, list[str]]:
 
 def newsgroups20() -> tuple[np.ndarray, np.ndarray, list[str]]:
     return labelled("20newsgroups")
+
+
+def planted_mixture(
+    n: int, d: int = 384, centres: int = 1000, clustered: float = 0.6, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` unit vectors: a ``clustered`` share around ``centres`` random centres, each with its own
+    spread (0.02 to 0.055 per coordinate, so pairwise similarities inside a cluster straddle 0.75),
+    the rest uniform on the sphere. Returns (x float32, planted label or -1 for a uniform point).
+    Generated in blocks, so the peak memory is the output's."""
+    rng = np.random.default_rng(seed)
+    c = rng.standard_normal((centres, d), dtype=np.float32)
+    c /= np.linalg.norm(c, axis=1, keepdims=True)
+    spread = (0.02 + 0.035 * rng.random(centres)).astype(np.float32)
+    x = np.empty((n, d), np.float32)
+    y = np.empty(n, np.int64)
+    step = 65536
+    for s in range(0, n, step):
+        m = min(step, n - s)
+        block = rng.standard_normal((m, d), dtype=np.float32)
+        who = rng.integers(0, centres, m)
+        inside = rng.random(m) < clustered
+        block[inside] = c[who[inside]] + spread[who[inside], None] * block[inside]
+        block /= np.linalg.norm(block, axis=1, keepdims=True)
+        x[s : s + m] = block
+        y[s : s + m] = np.where(inside, who, -1)
+    return x, y

@@ -85,6 +85,7 @@ def test_cluster_imports_only_the_search(store_dir):
     )
     assert data["run"]["clusters"] >= 1
     assert not heavy & {
+        "torch",
         "transformers",
         "sentence_transformers",
         "sklearn",

@@ -80,10 +80,23 @@ def test_edge_cases():
     assert len(out) == 1 and sorted(out[0].members) == list(range(25)) and out[0].centre == 0
     assert_same_as_st(same, 0.9, 10, out)
     x = clustered(n=400)
-    for threshold, min_size in [(1.0, 1), (1.0, 2), (0.0, 5), (0.0, 500)]:
+    for threshold, min_size in [(0.0, 5), (0.0, 500)]:
         assert_same_as_st(x, threshold, min_size, detect_communities(x, threshold, min_size))
+    # at 1.0 only self-similarities can pass, and whether one does is decided by its last ulp:
+    # sentence-transformers takes torch's float32 rounding of it, the exact search the float64 value
+    xn = torch.nn.functional.normalize(torch.from_numpy(x)).numpy().astype(np.float64)
+    passing = {i for i in range(len(x)) if xn[i] @ xn[i] >= 1.0}
+    ones = detect_communities(x, 1.0, 1)
+    assert {c.centre for c in ones} == passing and all(c.members == [c.centre] for c in ones)
+    assert_same_as_st(x, 1.0, 1, torch_neighbor_communities(x, 1.0, 1))
+    assert detect_communities(x, 1.0, 2) == []
     everything = detect_communities(x, -1.0, 3)
     assert len(everything) == 1 and len(everything[0]) == 400
+
+
+def torch_neighbor_communities(x, threshold, min_size):
+    xn = torch.nn.functional.normalize(torch.from_numpy(x)).numpy()
+    return community_detection(torch_neighbor_graph(xn, threshold, min_size))
 
 
 def test_taken_centre_is_skipped_and_leftovers_must_reach_min_size():

@@ -278,3 +278,28 @@ def test_warm_start_splits_an_old_cluster_the_grown_data_separates():
     assert assigned_ari(truth, result.labels) >= 0.95
     fixed = graph_clustering(x, initial=merged, resolution=1.0)
     assert assigned_ari(truth, fixed.labels) >= 0.95
+
+
+def test_large_path_starts_fine_and_passes_over_the_full_graph_once(monkeypatch):
+    """Above LARGE_N the base partition starts at LARGE_START_RESOLUTION: one Leiden pass over
+    the full graph, the granularity then chosen on the contracted graph; the planted groups are
+    still recovered."""
+    import clusterer.algorithms.granularity as granularity
+    import clusterer.algorithms.graph as graph_module
+
+    x, truth = planted([60] * 40, d=48, spread=0.35, seed=21)
+    monkeypatch.setattr(graph_module, "LARGE_N", 1000)
+    full_passes = []
+    graphs = []
+    real = granularity.leiden
+
+    def counting(wg, resolution, seed, **kw):
+        graphs.append(wg)
+        if wg is graphs[0]:  # the first call is on the full graph
+            full_passes.append(resolution)
+        return real(wg, resolution, seed, **kw)
+
+    monkeypatch.setattr(granularity, "leiden", counting)
+    res = graph_clustering(x)
+    assert full_passes == [graph_module.LARGE_START_RESOLUTION]
+    assert assigned_ari(truth, res.labels) > 0.9

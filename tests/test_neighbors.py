@@ -25,6 +25,11 @@ def dense_lists(x, t, m):
     return {i: set(np.flatnonzero(mask[i].numpy()).tolist()) for i in range(len(x)) if mask[i].sum() >= m}
 
 
+def exact_lists(x, t, m):
+    mask = x.astype(np.float64) @ x.astype(np.float64).T >= np.float64(np.float32(t))
+    return {i: set(np.flatnonzero(mask[i]).tolist()) for i in range(len(x)) if mask[i].sum() >= m}
+
+
 def as_dict(g: NeighborGraph):
     return {c: set(nb.tolist()) for c, nb, _ in g}
 
@@ -58,13 +63,35 @@ def test_lists_sorted_self_included_and_sims_exact():
         assert np.all(s >= np.float32(0.7))
 
 
-def test_borderline_pairs_follow_torch_matmul():
+def test_borderline_pairs_are_decided_in_exact_arithmetic():
+    """A threshold at the float32 rounding of one pair's exact similarity: that pair (and any
+    other within a float32 matmul's rounding error) is decided by the exact float64 product."""
     x = clustered(n=800, d=16, noise=0.8, seed=3)
-    sims = (torch.from_numpy(x) @ torch.from_numpy(x).T).numpy()
-    off = sims[~np.eye(len(x), dtype=bool)]
-    t = float(np.sort(off)[len(off) // 2])
+    exact = x.astype(np.float64) @ x.astype(np.float64).T
+    off = exact[~np.eye(len(x), dtype=bool)]
+    t = float(np.float32(np.sort(off)[len(off) // 2]))
     g = faiss_neighbor_graph(x, t, 2)
-    assert as_dict(g) == dense_lists(x, t, 2)
+    mask = exact >= np.float64(np.float32(t))
+    expected = {i: set(np.flatnonzero(mask[i]).tolist()) for i in range(len(x)) if mask[i].sum() >= 2}
+    assert as_dict(g) == expected
+
+
+def test_border_recheck_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np\n"
+        "from clusterer.algorithms.neighbors import faiss_neighbor_graph\n"
+        "rng = np.random.default_rng(0)\n"
+        "x = rng.standard_normal((400, 8)).astype(np.float32)\n"
+        "x /= np.linalg.norm(x, axis=1, keepdims=True)\n"
+        "g = faiss_neighbor_graph(x, 0.5, 3)\n"
+        "assert len(g) > 0\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_edge_cases():
@@ -81,7 +108,10 @@ def test_edge_cases():
     g0 = faiss_neighbor_graph(x, -1.0, 3)
     assert len(g0) == 300 and g0.total_edges == 300 * 300
     for t in (0.0, 1.0):
-        assert as_dict(faiss_neighbor_graph(x, t, 1)) == dense_lists(x, t, 1) == as_dict(torch_neighbor_graph(x, t, 1))
+        # at 1.0 self-similarities decide, one ulp apart: faiss' border recheck is exact (float64),
+        # the torch graph is torch's float32 matmul
+        assert as_dict(faiss_neighbor_graph(x, t, 1)) == exact_lists(x, t, 1)
+        assert as_dict(torch_neighbor_graph(x, t, 1)) == dense_lists(x, t, 1)
     with pytest.raises(ValueError):
         faiss_neighbor_graph(x, 0.5, 0)
 

@@ -79,3 +79,17 @@ def test_small_and_empty_inputs():
 def test_bad_parameters():
     with pytest.raises(ValueError):
         partitioned_neighbor_graph(clustered(n=100), 0.5, 0)
+
+
+def test_cell_layout_keeps_every_cell_the_two_level_partition_makes():
+    """The two-level partition may make more cells than asked (each coarse cell's share is
+    rounded); every point must still be in exactly one cell of the layout."""
+    from clusterer.algorithms.partitioned import cell_layout
+
+    rng = np.random.default_rng(3)
+    x = clustered(n=6000, centres=7, d=16)
+    x = np.concatenate([x, clustered(n=700, centres=3, d=16, seed=4)])[rng.permutation(6700)]
+    order, bounds, probes = cell_layout(x, 1100, 4, 0)
+    assert bounds[0] == 0 and bounds[-1] == len(x)
+    assert np.array_equal(np.sort(order), np.arange(len(x)))
+    assert len(probes) == len(bounds) - 1 >= 1100

@@ -25,6 +25,11 @@ DEFAULT_K = 30
 LARGE_N = 200_000
 DEFAULT_K_LARGE = 15
 """Neighbours per point above :data:`LARGE_N` points, where the graph's size bounds time and memory."""
+LARGE_START_RESOLUTION = 256.0
+"""Above :data:`LARGE_N` points the granularity's base partition starts this fine, so one Leiden
+pass over the full graph usually gives a base finer than the resolution chosen (from 16 the
+rule needed a second full pass, the costliest step at 1M); the choice itself is then made on
+the contracted graph as below that size."""
 DEFAULT_MIN_SIZE = 5
 DEFAULT_RESOLUTION = 1.0
 
@@ -170,11 +175,21 @@ def unique_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     h = np.empty((len(x), 2), np.float64)
     for s in range(0, len(x), 65536):
         h[s : s + 65536] = x[s : s + 65536].astype(np.float64) @ proj
-    _, first, inverse = np.unique(h, axis=0, return_index=True, return_inverse=True)
-    order = np.argsort(first)
-    rank = np.empty_like(order)
-    rank[order] = np.arange(len(order))
-    return first[order], rank[inverse.reshape(-1)]
+    order = np.lexsort((h[:, 1], h[:, 0]))  # stable: equal rows stay in position order
+    hs = h[order]
+    new = np.ones(len(x), bool)
+    new[1:] = np.any(hs[1:] != hs[:-1], axis=1)
+    if new.all():
+        every = np.arange(len(x))
+        return every, every
+    starts = np.flatnonzero(new)
+    first = order[starts]
+    inverse = np.empty(len(x), np.int64)
+    inverse[order] = np.cumsum(new) - 1
+    by_position = np.argsort(first)
+    rank = np.empty_like(by_position)
+    rank[by_position] = np.arange(len(by_position))
+    return first[by_position], rank[inverse]
 
 
 def graph_clustering(
@@ -213,7 +228,7 @@ def graph_clustering(
     """
     import time
 
-    from clusterer.algorithms.granularity import choose_resolution
+    from clusterer.algorithms.granularity import START_RESOLUTION, choose_resolution
     from clusterer.algorithms.leiden import build_graph, leiden
 
     n = len(x)
@@ -255,7 +270,8 @@ def graph_clustering(
     scores: dict[str, Any] = {}
     if resolution is None:
         large = n > LARGE_N
-        chosen, membership, scores = choose_resolution(wg, wg.strengths(), seed, iterations=2)
+        start = LARGE_START_RESOLUTION if large else START_RESOLUTION
+        chosen, membership, scores = choose_resolution(wg, wg.strengths(), seed, iterations=2, start=start)
         timings["granularity"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         if init is not None or not large:

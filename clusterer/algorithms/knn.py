@@ -4,8 +4,11 @@ Small inputs get an exact search (all pairs, in blocks). Larger ones get a cell-
 approximate search: points are partitioned into cells around spherical k-means centroids (the
 partition of :mod:`clusterer.algorithms.partitioned`), and every cell compares all its points
 at once, as one dense matrix product, with the points of the ``nprobe`` cells whose means are
-most similar to its own; each row keeps its ``k`` best. On the CPU the products run in numpy
-(BLAS) and FAISS; on CUDA (``device`` "cuda", or "auto" where a GPU is present) in torch.
+most similar to its own; each row keeps its ``k`` best. On the CPU each cell's product and
+selection is one single-threaded FAISS call (``faiss.knn``), with one thread of cells per core.
+On CUDA (``device`` "cuda", or "auto" where a GPU is present) the search is exact, in torch
+(:func:`clusterer.algorithms.device_search.exact_knn`: a float16 screen on the tensor cores, the
+candidates ranked in float32, everything kept on the device until one copy at the end).
 """
 
 from __future__ import annotations
@@ -85,19 +88,9 @@ def exact_knn(x: np.ndarray, k: int, *, device: str = "cpu") -> tuple[np.ndarray
         out_s, out_n = index.search(x, kk)
         nbrs, sims = _drop_self(out_n.astype(np.int64), out_s, np.arange(n), k)
         return _pad(nbrs, sims, k)
-    import torch
+    from clusterer.algorithms.device_search import exact_knn as device_knn
 
-    xt = torch.from_numpy(x).to(dev)
-    out_n = np.empty((n, kk), np.int64)
-    out_s = np.empty((n, kk), np.float32)
-    with torch.inference_mode():
-        for s in range(0, n, QUERY_BLOCK):
-            block = xt[s : s + QUERY_BLOCK] @ xt.T
-            top = torch.topk(block, kk, dim=1)
-            out_s[s : s + QUERY_BLOCK] = top.values.cpu().numpy()
-            out_n[s : s + QUERY_BLOCK] = top.indices.cpu().numpy()
-    nbrs, sims = _drop_self(out_n, out_s, np.arange(n), k)
-    return _pad(nbrs, sims, k)
+    return device_knn(x, k, device=dev)
 
 
 def cell_blocked_knn(
@@ -110,7 +103,8 @@ def cell_blocked_knn(
     device: str = "cpu",
     show_progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Approximate ``k`` nearest neighbours (see the module docstring); same output as :func:`exact_knn`."""
+    """Approximate ``k`` nearest neighbours (see the module docstring); same output as :func:`exact_knn`.
+    Runs on the CPU (``device`` is accepted for callers that pass one)."""
     from tqdm.auto import tqdm
 
     from clusterer.algorithms.partitioned import cell_layout
@@ -119,51 +113,60 @@ def cell_blocked_knn(
     nlist = max(1, min(nlist or default_knn_nlist(n), n))
     nprobe = max(1, min(nprobe, nlist))
     order, bounds, probes = cell_layout(x, nlist, nprobe, seed)
-    dev = resolve_device(device)
+    nlist = len(bounds) - 1
     kk = k + 1
     out_n = np.full((n, kk), -1, np.int64)
     out_s = np.full((n, kk), -np.inf, np.float32)
-    top_k = _numpy_top_k if dev == "cpu" else _torch_top_k(x, dev)
-    for c in tqdm(range(nlist), desc="kNN search", disable=not show_progress, mininterval=1.0):
-        members = order[bounds[c] : bounds[c + 1]]
-        if not len(members):
-            continue
-        cand = np.concatenate([order[bounds[p] : bounds[p + 1]] for p in probes[c]])
-        take = min(kk, len(cand))
-        for s in range(0, len(members), QUERY_BLOCK):
-            q = members[s : s + QUERY_BLOCK]
-            values, cols = top_k(x, q, cand, take)
-            out_s[q, :take] = values
-            out_n[q, :take] = cand[cols]
+
+    def search(cells: range, bar) -> None:
+        import faiss
+
+        faiss.omp_set_num_threads(1)  # this thread only: each cell's problem is too small to share
+        for c in cells:
+            members = order[bounds[c] : bounds[c + 1]]
+            if len(members):
+                cand = np.concatenate([order[bounds[p] : bounds[p + 1]] for p in probes[c]])
+                take = min(kk, len(cand))
+                for s in range(0, len(members), QUERY_BLOCK):
+                    q = members[s : s + QUERY_BLOCK]
+                    values, cols = _faiss_top_k(x, q, cand, take)
+                    out_s[q, :take] = values
+                    out_n[q, :take] = cand[cols]
+            bar.update(1)
+
+    workers = _search_threads()
+    with tqdm(total=nlist, desc="kNN search", disable=not show_progress, mininterval=1.0) as bar:
+        if workers == 1:
+            search(range(nlist), bar)
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(workers) as pool:
+                for done in [pool.submit(search, range(w, nlist, workers), bar) for w in range(workers)]:
+                    done.result()
     nbrs, sims = _drop_self(out_n, out_s, np.arange(n), k)
     missing = nbrs < 0
     sims[missing] = 0.0
     return nbrs, sims
 
 
-def _numpy_top_k(x: np.ndarray, q: np.ndarray, cand: np.ndarray, take: int) -> tuple[np.ndarray, np.ndarray]:
-    sims = x[q] @ x[cand].T
-    if take < sims.shape[1]:
-        cols = np.argpartition(-sims, take - 1, axis=1)[:, :take]
-    else:
-        cols = np.broadcast_to(np.arange(sims.shape[1]), sims.shape).copy()
-    values = np.take_along_axis(sims, cols, axis=1)
-    order = np.argsort(-values, axis=1, kind="stable")
-    return np.take_along_axis(values, order, axis=1), np.take_along_axis(cols, order, axis=1)
+def _search_threads() -> int:
+    """Threads for the cell loop: one per core the process may use (each runs FAISS single-threaded)."""
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - platforms without affinity
+        return max(1, os.cpu_count() or 1)
 
 
-def _torch_top_k(x: np.ndarray, dev: str):
-    import torch
+def _faiss_top_k(x: np.ndarray, q: np.ndarray, cand: np.ndarray, take: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each query row's ``take`` best candidates by inner product (FAISS: one BLAS product and a
+    heap per row, releasing the GIL), most similar first."""
+    import faiss
 
-    xt = torch.from_numpy(x).to(dev)
-
-    def top_k(_x: np.ndarray, q: np.ndarray, cand: np.ndarray, take: int) -> tuple[np.ndarray, np.ndarray]:
-        with torch.inference_mode():
-            sims = xt[torch.from_numpy(q).to(dev)] @ xt[torch.from_numpy(cand).to(dev)].T
-            top = torch.topk(sims, take, dim=1)
-            return top.values.cpu().numpy(), top.indices.cpu().numpy()
-
-    return top_k
+    values, cols = faiss.knn(x[q], x[cand], take, metric=faiss.METRIC_INNER_PRODUCT)
+    return values, cols
 
 
 def knn(
@@ -187,7 +190,8 @@ def knn(
     if n <= 1:
         return np.full((n, k), -1, np.int64), np.zeros((n, k), np.float32)
     exact = search == "exact" or (search == "auto" and n < EXACT_BELOW)
-    if exact or n <= 2 * POINTS_PER_CELL:
+    if exact or n <= 2 * POINTS_PER_CELL or (search == "auto" and resolve_device(device) == "cuda"):
+        # on a GPU the exact search (float16 screen, float32 ranking) is faster than cells
         return exact_knn(x, k, device=device)
     default_nprobe = DEFAULT_KNN_NPROBE if n <= LARGE_ABOVE else LARGE_KNN_NPROBE
     return cell_blocked_knn(

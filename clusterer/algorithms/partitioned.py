@@ -12,7 +12,7 @@ sort of the edges is ever needed. The work is half that of an IVF search with th
 and ``nprobe`` (each pair is computed once, not twice), done by BLAS at full speed.
 
 Similarities are exact inner products for every pair compared; pairs within ``eps`` of the
-threshold are recomputed in torch float32 arithmetic as in :mod:`clusterer.algorithms.neighbors`, in the
+threshold are recomputed in float64 as in :mod:`clusterer.algorithms.neighbors`, in the
 orientation of the list they go to, so with ``nprobe >= nlist`` the graph equals the exact one.
 Only pairs that are never compared are missed; ``nprobe`` is the recall knob.
 """
@@ -20,6 +20,7 @@ Only pairs that are never compared are missed; ``nprobe`` is the recall knob.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -51,6 +52,11 @@ def default_nlist(n: int) -> int:
     return int(max(1, min(target, n // 32)))
 
 
+SMALL_KMEANS = 1 << 24
+"""Sample points x centroids under which FAISS trains single-threaded (its threads' start-up
+costs more than such a problem: 12 ms against 26 ms for 88 centroids on 2,816 points)."""
+
+
 def _kmeans(x: np.ndarray, k: int, seed: int, niter: int = 4) -> np.ndarray:
     import faiss
 
@@ -60,67 +66,86 @@ def _kmeans(x: np.ndarray, k: int, seed: int, niter: int = 4) -> np.ndarray:
         x if len(x) <= k * TRAIN_PER_CENTROID else x[np.sort(rng.choice(len(x), k * TRAIN_PER_CENTROID, replace=False))]
     )
     if k == 1 or len(sample) <= k:
-        centroids = sample[:k].copy()
-    else:
-        km = faiss.Kmeans(
-            x.shape[1],
-            k,
-            niter=niter,
-            seed=seed,
-            spherical=True,
-            max_points_per_centroid=TRAIN_PER_CENTROID,
-            min_points_per_centroid=1,
-            verbose=False,
-        )
+        return np.ascontiguousarray(sample[:k], dtype=np.float32)
+    km = faiss.Kmeans(
+        x.shape[1],
+        k,
+        niter=niter,
+        seed=seed,
+        spherical=True,
+        max_points_per_centroid=TRAIN_PER_CENTROID,
+        min_points_per_centroid=1,
+        verbose=False,
+    )
+    threads = faiss.omp_get_max_threads()
+    if len(sample) * k < SMALL_KMEANS:
+        faiss.omp_set_num_threads(1)
+    try:
         km.train(np.ascontiguousarray(sample))
-        assert km.centroids is not None, "faiss.Kmeans.train sets centroids"
-        centroids = km.centroids
-    return np.ascontiguousarray(centroids, dtype=np.float32)
+    finally:
+        faiss.omp_set_num_threads(threads)
+    assert km.centroids is not None, "faiss.Kmeans.train sets centroids"
+    return np.ascontiguousarray(km.centroids, dtype=np.float32)
+
+
+CHUNK_ROWS = 16384
+"""Rows per matrix product when assigning points to centroids (a few MiB of similarities)."""
 
 
 def _top_cells(x: np.ndarray, centroids: np.ndarray, k: int) -> np.ndarray:
-    import faiss
-
-    index = faiss.IndexFlatIP(centroids.shape[1])
-    index.add(centroids)
-    _, cells = index.search(x, min(k, len(centroids)))
-    return cells
+    """Each row's ``k`` most similar centroids, most similar first (chunked products)."""
+    k = min(k, len(centroids))
+    out = np.empty((len(x), k), np.int64)
+    for s in range(0, len(x), CHUNK_ROWS):
+        out[s : s + CHUNK_ROWS] = _top_k_rows(x[s : s + CHUNK_ROWS] @ centroids.T, k)
+    return out
 
 
 def partition(x: np.ndarray, nlist: int, nprobe: int, seed: int = 0) -> np.ndarray:
-    """For each point, the ids of its ``nprobe`` nearest cells (first = home cell)."""
+    """For each point, the ids of its ``nprobe`` nearest cells (first = home cell).
+
+    Above :data:`TWO_LEVEL_ABOVE` cells the partition has two levels: about ``sqrt(nlist)``
+    coarse cells, each split into fine cells trained on its own points; a point's cells are the
+    best among the fine cells of its two nearest coarse cells (so neither training nor
+    assignment ever costs ``n x nlist``)."""
     if nlist <= TWO_LEVEL_ABOVE:
         return _top_cells(x, _kmeans(x, nlist, seed), nprobe)
     coarse_k = math.ceil(math.sqrt(nlist))
     coarse = _kmeans(x, coarse_k, seed)
     coarse_of = _top_cells(x, coarse, 2)
-    home_coarse = coarse_of[:, 0]
-    fine_parts, owner = [], []
-    for c in range(len(coarse)):
-        members = np.flatnonzero(home_coarse == c)
-        if not len(members):
-            continue
-        k = max(1, round(nlist * len(members) / len(x)))
-        fine_parts.append(_kmeans(x[members], k, seed + 1 + c))
-        owner.append(np.full(len(fine_parts[-1]), c))
-    fine = np.vstack(fine_parts)
-    owner_arr = np.concatenate(owner)
+    fine_parts = []
     starts = np.zeros(len(coarse) + 1, np.int64)
-    np.add.at(starts, owner_arr + 1, 1)
-    starts = np.cumsum(starts)
-    cells = np.empty((len(x), nprobe), np.int64)
-    key = coarse_of[:, 0] * len(coarse) + (coarse_of[:, 1] if coarse_of.shape[1] > 1 else coarse_of[:, 0])
-    by_key = np.argsort(key, kind="stable")
-    keys, key_starts = np.unique(key[by_key], return_index=True)
-    key_bounds = [*key_starts[1:].tolist(), len(key)]
-    for kv, a, b in zip(keys.tolist(), key_starts.tolist(), key_bounds):
-        sel = by_key[a:b]
-        first, second = divmod(kv, len(coarse))
-        cand = np.concatenate(
-            [np.arange(starts[first], starts[first + 1]), np.arange(starts[second], starts[second + 1])]
-        )
-        cand = np.unique(cand)
-        cells[sel] = cand[_top_k_rows(x[sel] @ fine[cand].T, nprobe)]
+    for c in range(len(coarse)):
+        members = np.flatnonzero(coarse_of[:, 0] == c)
+        if len(members):
+            k = max(1, round(nlist * len(members) / len(x)))
+            fine_parts.append(_kmeans(x[members], k, seed + 1 + c))
+        starts[c + 1] = starts[c] + (len(fine_parts[-1]) if len(members) else 0)
+    fine = np.vstack(fine_parts)
+    # the best nprobe fine cells within each of a point's two coarse cells, then the best of both
+    roles = coarse_of.shape[1]
+    values = np.full((len(x), roles * nprobe), -np.inf, np.float32)
+    cells = np.zeros((len(x), roles * nprobe), np.int64)
+    for role in range(roles):
+        col = slice(role * nprobe, (role + 1) * nprobe)
+        by_cell = np.argsort(coarse_of[:, role], kind="stable")
+        bounds = np.searchsorted(coarse_of[by_cell, role], np.arange(len(coarse) + 1))
+        for c in range(len(coarse)):
+            sel = by_cell[bounds[c] : bounds[c + 1]]
+            if not len(sel) or starts[c] == starts[c + 1]:
+                continue
+            own = fine[starts[c] : starts[c + 1]]
+            for s in range(0, len(sel), CHUNK_ROWS):
+                rows = sel[s : s + CHUNK_ROWS]
+                sims = x[rows] @ own.T
+                top = _top_k_rows(sims, nprobe)
+                values[rows, col] = np.take_along_axis(sims, top, axis=1)
+                cells[rows, col] = starts[c] + top
+    if roles > 1:
+        # a point whose two coarse cells coincide cannot happen (top-2 are distinct), but the same
+        # fine cell may repeat when a coarse cell has fewer than nprobe fine cells
+        best = _top_k_rows(values, nprobe)
+        return np.take_along_axis(cells, best, axis=1)
     return cells
 
 
@@ -131,18 +156,32 @@ def _top_k_rows(sims: np.ndarray, k: int) -> np.ndarray:
     if k >= m:
         top = np.argsort(-sims, axis=1)
         return np.concatenate([top, np.repeat(top[:, :1], k - m, axis=1)], axis=1) if k > m else top
+    if k <= 2:
+        # one or two passes of argmax beat a partition and a sort of every row
+        best = np.argmax(sims, axis=1)
+        if k == 1:
+            return best[:, None]
+        rows = np.arange(len(sims))
+        kept = sims[rows, best].copy()
+        sims[rows, best] = -np.inf
+        second = np.argmax(sims, axis=1)
+        sims[rows, best] = kept
+        return np.stack([best, second], axis=1)
     top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
     order = np.argsort(-np.take_along_axis(sims, top, axis=1), axis=1)
     return np.take_along_axis(top, order, axis=1)
 
 
 def _cell_means(x: np.ndarray, order: np.ndarray, bounds: np.ndarray) -> np.ndarray:
-    """Normalised mean of each cell's points (points sorted by cell in ``order``)."""
+    """Normalised mean of each cell's points (points sorted by cell in ``order``), summed over
+    chunks of ``order`` so no copy of ``x`` is made."""
     nlist = len(bounds) - 1
-    sizes = np.diff(bounds)
-    starts = np.minimum(bounds[:-1], len(order) - 1)
-    sums = np.add.reduceat(x[order], starts, axis=0).astype(np.float64)
-    sums[sizes == 0] = 0.0
+    home = np.repeat(np.arange(nlist), np.diff(bounds))
+    sums = np.zeros((nlist, x.shape[1]), np.float64)
+    for s in range(0, len(order), CHUNK_ROWS):
+        cells = home[s : s + CHUNK_ROWS]
+        first = np.flatnonzero(np.concatenate([[True], cells[1:] != cells[:-1]]))
+        sums[cells[first]] += np.add.reduceat(x[order[s : s + CHUNK_ROWS]], first, axis=0)
     norms = np.linalg.norm(sums, axis=1, keepdims=True)
     return np.ascontiguousarray(sums / np.where(norms > 0, norms, 1.0), dtype=np.float32).reshape(nlist, x.shape[1])
 
@@ -150,12 +189,30 @@ def _cell_means(x: np.ndarray, order: np.ndarray, bounds: np.ndarray) -> np.ndar
 def cell_layout(x: np.ndarray, nlist: int, nprobe: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Points grouped by home cell: (``order``, ``bounds``, ``probes``). Cell ``c`` holds
     ``order[bounds[c]:bounds[c + 1]]``; ``probes[c]`` are the ``nprobe`` cells whose means are
-    most similar to that of ``c`` (``nlist`` and ``nprobe`` already clamped by the caller)."""
+    most similar to that of ``c`` (``nlist`` and ``nprobe`` already clamped by the caller). There
+    are ``len(bounds) - 1`` cells, at least ``nlist``."""
     home = partition(x, nlist, 1, seed)[:, 0]
+    # the two-level partition rounds each coarse cell's share up or down, so it may make a few
+    # more cells than asked: every cell it made is one here
+    nlist = max(nlist, int(home.max(initial=-1)) + 1)
     order = np.argsort(home, kind="stable")
     bounds = np.searchsorted(home[order], np.arange(nlist + 1))
     means = _cell_means(x, order, bounds)
     return order, bounds, _top_cells(means, means, nprobe)
+
+
+@contextmanager
+def _parallel():
+    """A pool of one thread per core, with BLAS single-threaded while it runs (the products per
+    cell are small; two threads of cells beat one product on two BLAS threads)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    from indexer.hardware import cpu_threads
+
+    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(cpu_threads()) as pool:
+        yield pool
 
 
 def _symmetric_probes(cell_probes: np.ndarray) -> list[np.ndarray]:
@@ -189,6 +246,7 @@ def partitioned_neighbor_graph(
     nlist = max(1, min(nlist or default_nlist(n), n))
     nprobe = max(1, min(nprobe, nlist))
     order, bounds, probes = cell_layout(x, nlist, nprobe, seed)
+    nlist = len(bounds) - 1
     later = _symmetric_probes(probes)
     t32 = np.float32(threshold)
     low = t32 - np.float32(eps)
@@ -197,19 +255,19 @@ def partitioned_neighbor_graph(
 
     from tqdm.auto import tqdm
 
+    # Phase 1: every pair of cells once, in parallel over cells; each pair found goes to the list
+    # of its row's cell (list.append is atomic). Phase 2: each cell's lists, complete now, are
+    # sorted. Both phases run one thread per core with BLAS single-threaded inside them.
     pending: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = [[] for _ in range(nlist)]
-    centre_parts, count_parts, cols_parts, sims_parts = [], [], [], []
-    for c in tqdm(range(nlist), desc="Neighbour search", disable=not show_progress, mininterval=1.0):
+
+    def compare(c: int) -> None:
         members = order[bounds[c] : bounds[c + 1]]
         if not len(members):
-            continue
-        local_of[members] = np.arange(len(members))
+            return
         cand_cells = later[c]
         cand = np.concatenate([order[bounds[p] : bounds[p + 1]] for p in cand_cells])
         cand_cell = np.repeat(cand_cells, bounds[cand_cells + 1] - bounds[cand_cells])
         xc = x[cand].T
-        parts = pending[c]
-        pending[c] = []
         for s in range(0, len(members), QUERY_BLOCK):
             q = members[s : s + QUERY_BLOCK]
             sims = x[q] @ xc
@@ -220,7 +278,7 @@ def partitioned_neighbor_graph(
             rows, cols = q[r], cand[k]
             forward = values.copy()
             keep = settle_border(x, rows, cols, forward, t32, eps)
-            parts.append((rows[keep], cols[keep], forward[keep]))
+            pending[c].append((rows[keep], cols[keep], forward[keep]))
             away = np.flatnonzero(cand_cell[k] != c)
             if not len(away):
                 continue
@@ -234,18 +292,31 @@ def partitioned_neighbor_graph(
             last = np.append(first[1:], len(target))
             for p, i, j in zip(cells_hit.tolist(), first.tolist(), last.tolist()):
                 pending[p].append((cols[away[i:j]], rows[away[i:j]], backward[i:j]))
+
+    def lists(c: int):
+        parts = pending[c]
+        pending[c] = []
         if not parts:
-            continue
+            return None
+        members = order[bounds[c] : bounds[c + 1]]
+        local_of[members] = np.arange(len(members))
         rows = np.concatenate([p[0] for p in parts])
         cols = np.concatenate([p[1] for p in parts])
         values = np.concatenate([p[2] for p in parts])
         local, counts, cols, values = sort_lists(local_of[rows], cols, values, min_size)
         if not len(local):
-            continue
-        centre_parts.append(members[local])
-        count_parts.append(counts)
-        cols_parts.append(cols.astype(index_dtype))
-        sims_parts.append(values)
+            return None
+        return members[local], counts, cols.astype(index_dtype), values
+
+    centre_parts, count_parts, cols_parts, sims_parts = [], [], [], []
+    with _parallel() as pool:
+        list(tqdm(pool.map(compare, range(nlist)), total=nlist, desc="Neighbour search", disable=not show_progress))
+        for done in pool.map(lists, range(nlist)):
+            if done is not None:
+                centre_parts.append(done[0])
+                count_parts.append(done[1])
+                cols_parts.append(done[2])
+                sims_parts.append(done[3])
     if not centre_parts:
         return NeighborGraph.empty(n, threshold, min_size)
     centres = np.concatenate(centre_parts)
