@@ -63,7 +63,7 @@ def test_rows_keep_the_store_size_they_were_searched_at(tmp_path):
     rg.append_rows(tmp_path, 1, *_rows([4]))
     g = rg.load_graph(tmp_path, 1)
     assert g is not None and g.at is not None and g.at.tolist() == [100, 100, 150, 0]
-    nbrs, sims, missing, at = rg.align(g, np.array([1, 2, 3, 5]), 3)
+    nbrs, _sims, missing, at = rg.align(g, np.array([1, 2, 3, 5]), 3)
     assert missing.tolist() == [False, False, False, True] and at.tolist() == [100, 100, 150, 0]
     assert nbrs[0].tolist() == [1, 2, -1]  # neighbours 2, 3 (positions 1, 2); 4 is outside the ids
 
