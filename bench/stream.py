@@ -153,6 +153,7 @@ def main() -> None:
     parser.add_argument("--growth", default="10,100", help="comma-separated growth factors after the first run")
     parser.add_argument("--batches", type=int, default=0, help="batches after the first run (default: growth - 1)")
     parser.add_argument("--frozen", action="store_true", help="also stream with re-optimisation off")
+    parser.add_argument("--modes", choices=["upkeep", "frozen", "both"], default="upkeep", help="which streams to run")
     args = parser.parse_args()
     rows = []
     for name in args.corpora.split(","):
@@ -160,15 +161,17 @@ def main() -> None:
         for order in args.orders.split(","):
             for growth in (int(g) for g in args.growth.split(",")):
                 batches = args.batches or growth - 1
-                modes = [False, True] if args.frozen else [False]
+                modes = {"upkeep": [False], "frozen": [True], "both": [False, True]}[args.modes]
+                if args.frozen and args.modes == "upkeep":
+                    modes = [False, True]
                 for frozen in modes:
-                    saved = reoptimise.GROWTH
+                    saved = reoptimise.GROWTH, reoptimise.BORN_SHARE
                     if frozen:
-                        reoptimise.GROWTH = float("inf")
+                        reoptimise.GROWTH = reoptimise.BORN_SHARE = float("inf")
                     try:
                         r = stream(name, x, labels, texts, order, 1 / growth, batches)
                     finally:
-                        reoptimise.GROWTH = saved
+                        reoptimise.GROWTH, reoptimise.BORN_SHARE = saved
                     r["mode"] = "frozen" if frozen else "upkeep"
                     r["batches"] = batches
                     rows.append(r)

@@ -108,7 +108,11 @@ def test_reoptimisation_is_a_recorded_run_with_its_reason_and_events(tmp_path, d
         assert len(made) == 3 and len(runs) == 4
         trigger = made[0].params["stats"]["trigger"]
         assert trigger["by"] == "upkeep" and trigger["previous_run"] == made[0].id - 1
-        assert made[0].params["stats"]["graph"]["searched_rows"] == 0  # the stored graph served
+        graphs = [r.params["stats"]["graph"] for r in reversed(made)]  # oldest first
+        assert graphs[0]["searched_rows"] == 0  # at 2x the stored rows are all current enough
+        # later, rows searched when the store was under half its size are searched again
+        assert all(g["searched_rows"] == g["stale_rows"] > 0 for g in graphs[1:])
+        assert all(g["stored_rows"] > g["searched_rows"] for g in graphs)
         done = next(r.upkeep for r in reports if r.upkeep)
         assert done["message"].startswith("re-optimised (store grew 2.0x since the last optimisation): ")
         events = [e for r in made for e in store.events(r.id)]
@@ -203,11 +207,11 @@ def test_recluster_at_a_new_resolution_reuses_the_stored_graph(tmp_path):
         store.ingest(texts[600:700])  # appended rows
         finer = store.recluster(resolution=8.0)
         facts = finer.params["stats"]["graph"]
-        assert facts == {"reused_from_run": first.id, "stored_rows": 700, "searched_rows": 0}
+        assert facts == {"reused_from_run": first.id, "stored_rows": 700, "searched_rows": 0, "stale_rows": 0}
         assert finer.params["resolution"] == 8.0 and finer.clusters > first.clusters
         # a damaged cache: the missing rows are searched in the index, the run is the same
         shutil.rmtree(rg.graph_dir(store.data_dir, finer.id))
-        rg.append_rows(store.data_dir, finer.id, *_rows_of(store, 50))
+        rg.append_rows(store.data_dir, finer.id, *_rows_of(store, 50), at=700)
         again = store.recluster()
         assert again.params["stats"]["graph"]["searched_rows"] == 650
         shutil.rmtree(rg.graph_dir(store.data_dir, again.id))

@@ -55,3 +55,23 @@ def test_save_replaces_and_prunes_older_runs(tmp_path):
     g = rg.load_graph(tmp_path, 3)
     assert g is not None and g.ids.tolist() == [20]
     assert rg.append_rows(tmp_path, 3, *_rows([])) is None
+
+
+def test_rows_keep_the_store_size_they_were_searched_at(tmp_path):
+    rg.save_graph(tmp_path, 1, *_rows([1, 2]), at=100)
+    rg.append_rows(tmp_path, 1, *_rows([3]), at=[150])
+    rg.append_rows(tmp_path, 1, *_rows([4]))
+    g = rg.load_graph(tmp_path, 1)
+    assert g is not None and g.at is not None and g.at.tolist() == [100, 100, 150, 0]
+    nbrs, _sims, missing, at = rg.align(g, np.array([1, 2, 3, 5]), 3)
+    assert missing.tolist() == [False, False, False, True] and at.tolist() == [100, 100, 150, 0]
+    assert nbrs[0].tolist() == [1, 2, -1]  # neighbours 2, 3 (positions 1, 2); 4 is outside the ids
+
+
+def test_refine_takes_the_best_of_own_and_naming_rows():
+    # row 0 was searched early: its neighbours are 1 and 2 at 0.5; rows 3 and 4 name it at 0.9
+    nbrs = np.array([[1, 2], [0, 2], [0, 1], [0, 4], [0, 3]])
+    sims = np.array([[0.5, 0.5], [0.5, 0.4], [0.5, 0.4], [0.9, 0.8], [0.9, 0.8]], np.float32)
+    out_n, out_s = rg.refine(nbrs, sims, 2)
+    assert sorted(out_n[0].tolist()) == [3, 4] and np.allclose(out_s[0], 0.9)
+    assert out_n[3].tolist() == [0, 4]  # a current row stays as it is

@@ -11,6 +11,12 @@ label, those upkeep assigned included) on the kNN graph kept by the run and its 
 (:mod:`clusterer.service.run_graph`: no new neighbour search over the store), and the run's
 resolution rule is evaluated again on the grown graph (a resolution the user fixed stays fixed).
 
+It also re-optimises once :data:`BORN_SHARE` of the run's sentences lie in clusters upkeep
+founded since then (topics that arrive late): those were cut from a small pool of unassigned
+sentences, not by the resolution rule on the graph that holds them. Between two such
+re-optimisations the run grows by at least a third of itself, so their costs form a geometric
+sum as well.
+
 Why a growth factor: it is the drift bound that costs least and needs no tuning. Optimising at
 sizes n, 2n, 4n, ... costs at most twice one run on the final store in total (a geometric sum),
 and at any time the run in use was optimised on at least half of the sentences. Clusters that

@@ -40,6 +40,8 @@ class RunGraph:
     ids: np.ndarray
     neighbors: np.ndarray
     sims: np.ndarray
+    at: np.ndarray | None = None
+    """How many sentences the store held when each row was searched (0: unknown)."""
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -69,13 +71,17 @@ def _checked(ids, neighbors, sims) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return ids, neighbors, sims
 
 
-def _write_part(folder: Path, number: int, ids, neighbors, sims) -> Path:
+def _at(at, n: int) -> np.ndarray:
+    return np.broadcast_to(np.asarray(0 if at is None else at, dtype=np.int64), (n,)).copy()
+
+
+def _write_part(folder: Path, number: int, ids, neighbors, sims, at=None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"part-{number:06d}.npz"
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".part-", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, ids=ids, neighbors=neighbors, sims=sims)
+            np.savez(f, ids=ids, neighbors=neighbors, sims=sims, at=_at(at, len(ids)))
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -83,14 +89,15 @@ def _write_part(folder: Path, number: int, ids, neighbors, sims) -> Path:
     return target
 
 
-def save_graph(data_dir: str | Path, run_id: int, ids, neighbors, sims) -> Path:
+def save_graph(data_dir: str | Path, run_id: int, ids, neighbors, sims, at=None) -> Path:
     """Store a run's whole graph (replacing any stored for that run) and drop the graphs of
-    runs older than the :data:`KEEP_RUNS` most recent."""
+    runs older than the :data:`KEEP_RUNS` most recent. ``at``: the store's size when the rows
+    were searched (one value or one per row)."""
     ids, neighbors, sims = _checked(ids, neighbors, sims)
     folder = graph_dir(data_dir, run_id)
     if folder.exists():
         shutil.rmtree(folder, ignore_errors=True)
-    path = _write_part(folder, 0, ids, neighbors, sims)
+    path = _write_part(folder, 0, ids, neighbors, sims, at)
     root = Path(data_dir) / FOLDER
     runs = sorted((int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit()), reverse=True)
     for old in [r for r in runs if r != int(run_id)][KEEP_RUNS - 1 :]:
@@ -99,14 +106,14 @@ def save_graph(data_dir: str | Path, run_id: int, ids, neighbors, sims) -> Path:
     return path
 
 
-def append_rows(data_dir: str | Path, run_id: int, ids, neighbors, sims) -> Path | None:
+def append_rows(data_dir: str | Path, run_id: int, ids, neighbors, sims, at=None) -> Path | None:
     """Add rows (an upkeep batch's kNN) to a run's stored graph; nothing for an empty batch."""
     ids, neighbors, sims = _checked(ids, neighbors, sims)
     if len(ids) == 0:
         return None
     folder = graph_dir(data_dir, run_id)
     parts = _parts(folder)
-    return _write_part(folder, (parts[-1][0] + 1) if parts else 0, ids, neighbors, sims)
+    return _write_part(folder, (parts[-1][0] + 1) if parts else 0, ids, neighbors, sims, at)
 
 
 def load_graph(data_dir: str | Path, run_id: int) -> RunGraph | None:
@@ -116,20 +123,23 @@ def load_graph(data_dir: str | Path, run_id: int) -> RunGraph | None:
     for _, path in _parts(graph_dir(data_dir, run_id)):
         try:
             with np.load(path, allow_pickle=False) as z:
-                loaded.append(_checked(z["ids"], z["neighbors"], z["sims"]))
+                rows = _checked(z["ids"], z["neighbors"], z["sims"])
+                at = _at(z["at"] if "at" in z.files else None, len(rows[0]))
+                loaded.append((*rows, at))
         except (OSError, ValueError, KeyError, EOFError):
             continue  # a damaged part: its rows are recomputed by the caller
     if not loaded:
         return None
-    k = max(n.shape[1] for _, n, _ in loaded)
-    ids = np.concatenate([i for i, _, _ in loaded])
-    neighbors = np.concatenate([np.pad(n, ((0, 0), (0, k - n.shape[1])), constant_values=-1) for _, n, _ in loaded])
-    sims = np.concatenate([np.pad(s, ((0, 0), (0, k - s.shape[1]))) for _, _, s in loaded])
+    k = max(n.shape[1] for _, n, _, _ in loaded)
+    ids = np.concatenate([i for i, _, _, _ in loaded])
+    neighbors = np.concatenate([np.pad(n, ((0, 0), (0, k - n.shape[1])), constant_values=-1) for _, n, _, _ in loaded])
+    sims = np.concatenate([np.pad(s, ((0, 0), (0, k - s.shape[1]))) for _, _, s, _ in loaded])
+    at = np.concatenate([a for _, _, _, a in loaded])
     # the latest row of each id: reverse, keep first occurrences, ids ascending
     rev = np.arange(len(ids) - 1, -1, -1)
     _, first = np.unique(ids[rev], return_index=True)
     keep = rev[first]
-    return RunGraph(ids[keep], neighbors[keep], sims[keep])
+    return RunGraph(ids[keep], neighbors[keep], sims[keep], at[keep])
 
 
 def remove_graph(data_dir: str | Path, run_id: int) -> None:
@@ -139,16 +149,18 @@ def remove_graph(data_dir: str | Path, run_id: int) -> None:
 # -- the graph of a run's sentences, from the cache and the index -----------------------------
 
 
-def align(stored: RunGraph | None, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def align(stored: RunGraph | None, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The stored rows of ``ids`` (ascending sentence ids) as positions in ``ids``: neighbours
-    (n, k), -1 where padding or outside ``ids``; their similarities; and which rows are missing."""
+    (n, k), -1 where padding or outside ``ids``; their similarities; which rows are missing;
+    and the store's size when each was searched (0 for missing or unknown)."""
     ids = np.asarray(ids, dtype=np.int64)
     n = len(ids)
     nbrs = np.full((n, k), -1, np.int64)
     sims = np.zeros((n, k), np.float32)
     missing = np.ones(n, bool)
+    at = np.zeros(n, np.int64)
     if stored is None or n == 0 or len(stored) == 0:
-        return nbrs, sims, missing
+        return nbrs, sims, missing, at
     pos = np.minimum(np.searchsorted(stored.ids, ids), len(stored) - 1)
     have = stored.ids[pos] == ids
     rows = pos[have]
@@ -159,7 +171,9 @@ def align(stored: RunGraph | None, ids: np.ndarray, k: int) -> tuple[np.ndarray,
     nbrs[have, :width] = np.where(inside, where, -1)
     sims[have, :width] = np.where(inside, stored.sims[rows, :width], 0.0)
     missing[have] = False
-    return nbrs, sims, missing
+    if stored.at is not None:
+        at[have] = stored.at[rows]
+    return nbrs, sims, missing, at
 
 
 def refine(nbrs: np.ndarray, sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -215,42 +229,59 @@ def search_rows(index, x: np.ndarray, ids: np.ndarray, rows: np.ndarray, k: int)
     return nbrs, sims
 
 
+STALE = 2.0
+"""A stored row searched when the store held less than 1/STALE of the sentences it holds now is
+searched again: its neighbours were found at a lower density, and some of them (weak links
+across topics) would not be among its nearest now, which shifts the granularity the rule
+chooses. With re-optimisation at every doubling each row is searched again at most once per
+doubling, so the searches of a whole stream add up to about one search over the final store."""
+
+
 def graph_for_run(
     data_dir: str | Path, run_id: int, index, ids: np.ndarray, x: np.ndarray, k: int
-) -> tuple[np.ndarray, np.ndarray, dict[str, int]] | None:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, int]] | None:
     """The kNN graph over ``ids`` (ascending; ``x`` their vectors) from run ``run_id``'s stored
-    rows, the missing ones searched in ``index``, refined (:func:`refine`): (neighbour
-    positions, similarities, counts of stored and searched rows). None when the stored graph
-    is absent or narrower than ``k`` (a full search is then the honest answer)."""
+    rows, the missing and stale ones (:data:`STALE`) searched in ``index``, refined
+    (:func:`refine`): (neighbour positions, similarities, each row's search size, counts of
+    stored and searched rows). None when the stored graph is absent or narrower than ``k``
+    (a full search is then the honest answer)."""
     stored = load_graph(data_dir, run_id)
     if stored is None or stored.k < k:
         return None
-    nbrs, sims, missing = align(stored, ids, k)
-    rows = np.flatnonzero(missing)
+    nbrs, sims, missing, at = align(stored, ids, k)
+    stale = ~missing & (at * STALE < len(ids))
+    rows = np.flatnonzero(missing | stale)
     if len(rows):
         nbrs[rows], sims[rows] = search_rows(index, x, ids, rows, k)
+        at[rows] = len(ids)
     nbrs, sims = refine(nbrs, sims, k)
-    return nbrs, sims, {"stored_rows": int(len(ids) - len(rows)), "searched_rows": len(rows)}
+    facts = {"stored_rows": int(len(ids) - len(rows)), "searched_rows": len(rows), "stale_rows": int(stale.sum())}
+    return nbrs, sims, at, facts
 
 
 def stored_knn(store, run_id: int, ids: np.ndarray, x: np.ndarray, params: dict[str, Any]):
-    """(:class:`clusterer.algorithms.graph.KnnGraph` over the positions of ``ids``, facts) from
-    run ``run_id``'s stored graph for a run with ``params``, or (None, None) when it cannot serve."""
+    """(:class:`clusterer.algorithms.graph.KnnGraph` over the positions of ``ids``, facts, each
+    row's search size) from run ``run_id``'s stored graph for a run with ``params``, or
+    (None, None, None) when it cannot serve."""
     from clusterer.algorithms.graph import KnnGraph, default_k
 
     k = int(params["k"]) if params.get("k") is not None else default_k(len(ids))
     if len(ids) and np.any(np.diff(ids) <= 0):
-        return None, None  # positions need ascending ids
+        return None, None, None  # positions need ascending ids
     found = graph_for_run(store.data_dir, run_id, store.index, ids, x, k)
     if found is None:
-        return None, None
-    nbrs, sims, facts = found
-    return KnnGraph(nbrs, sims), facts
+        return None, None, None
+    nbrs, sims, at, facts = found
+    return KnnGraph(nbrs, sims), facts, at
 
 
-def save_run_graph(store, run_id: int, ids: np.ndarray, graph) -> None:
-    """Keep a run's kNN graph (positions of ``ids``) as sentence ids; a cache, so a failure to
-    write it only costs the next re-optimisation a search."""
+def save_run_graph(store, run_id: int, ids: np.ndarray, graph, at=None) -> None:
+    """Keep a run's kNN graph (positions of ``ids``) as sentence ids, with each row's search
+    size (``at``; None: all searched now); a cache, so a failure to write it only costs the
+    next re-optimisation a search."""
     nbrs = np.asarray(graph.neighbours, dtype=np.int64)
+    at = len(ids) if at is None else at
     with contextlib.suppress(OSError):
-        save_graph(store.data_dir, run_id, ids, np.where(nbrs >= 0, ids[np.maximum(nbrs, 0)], -1), graph.similarities)
+        save_graph(
+            store.data_dir, run_id, ids, np.where(nbrs >= 0, ids[np.maximum(nbrs, 0)], -1), graph.similarities, at
+        )

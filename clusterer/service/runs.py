@@ -390,9 +390,9 @@ def run_clustering(
             ids, x = ids[keep], x[keep]
         seconds["load"] = time.perf_counter() - tick
         tick = time.perf_counter()
-        graph, graph_facts = None, None
+        graph, graph_facts, graph_at = None, None, None
         if graph_from is not None and spec.stores_graph:
-            graph, graph_facts = rg.stored_knn(store, graph_from, ids, x, params)
+            graph, graph_facts, graph_at = rg.stored_knn(store, graph_from, ids, x, params)
             if graph_facts is not None:
                 seconds["graph"] = time.perf_counter() - tick
                 tick = time.perf_counter()
@@ -443,5 +443,5 @@ def run_clustering(
             cq.fail_run(session, run_id, f"{type(exc).__name__}: {exc}")
         raise
     if result.graph is not None:
-        rg.save_run_graph(store, run_id, ids, result.graph)
+        rg.save_run_graph(store, run_id, ids, result.graph, graph_at)
     return run_id, time.perf_counter() - started

@@ -63,12 +63,12 @@ class Upkeep:
         gather = Gather(session, state, self.store.index, self.store.dimension, self.store.embedding_dtype)
         plan = plan_batch(gather, ids, vectors)
         change = write_batch(gather, ids, vectors, list(texts), plan, max_seq)
-        data_dir, run_id = self.store.data_dir, state.run_id
+        data_dir, run_id, size = self.store.data_dir, state.run_id, state.n_sentences + len(ids)
 
         def committed():
             if plan.knn is not None:  # the batch's kNN rows join the run's stored graph
                 with contextlib.suppress(OSError):  # a cache: a re-optimisation searches what is missing
-                    run_graph.append_rows(data_dir, run_id, ids, *plan.knn)
+                    run_graph.append_rows(data_dir, run_id, ids, *plan.knn, at=size)
             return change.apply(state)
 
         return committed
