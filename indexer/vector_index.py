@@ -45,8 +45,23 @@ def _faiss():
 BLOCKED_RANGE_MIN_QUERIES = 32
 
 
-def _blocked_ivf_range_search(index, queries: np.ndarray, threshold: np.float32):
+def _probed_lists(index, lists: np.ndarray, d: int):
+    """(start, end, vectors, ids) of each run of one inverted list in the sorted probe list
+    ``lists``: the stored vectors and ids of that list, read in place; empty lists are skipped."""
     faiss = _faiss()
+    starts = np.flatnonzero(np.r_[True, lists[1:] != lists[:-1]]) if len(lists) else np.zeros(0, np.int64)
+    ends = np.r_[starts[1:], len(lists)]
+    invlists = index.invlists
+    for a, b in zip(starts.tolist(), ends.tolist()):
+        lst = int(lists[a])
+        size = invlists.list_size(lst)
+        if not size:
+            continue
+        codes = faiss.rev_swig_ptr(invlists.get_codes(lst), size * d * 4).view(np.float32).reshape(size, d)
+        yield a, b, codes, faiss.rev_swig_ptr(invlists.get_ids(lst), size)
+
+
+def _blocked_ivf_range_search(index, queries: np.ndarray, threshold: np.float32):
     nq, d = queries.shape
     _, probes = index.quantizer.search(queries, index.nprobe)
     lists = probes.ravel()
@@ -55,17 +70,8 @@ def _blocked_ivf_range_search(index, queries: np.ndarray, threshold: np.float32)
     lists, owners = lists[valid], owners[valid]
     order = np.argsort(lists, kind="stable")
     lists, owners = lists[order], owners[order]
-    starts = np.flatnonzero(np.r_[True, lists[1:] != lists[:-1]]) if len(lists) else np.zeros(0, np.int64)
-    ends = np.r_[starts[1:], len(lists)]
-    invlists = index.invlists
     rows, cols, sims = [], [], []
-    for a, b in zip(starts.tolist(), ends.tolist()):
-        lst = int(lists[a])
-        size = invlists.list_size(lst)
-        if not size:
-            continue
-        codes = faiss.rev_swig_ptr(invlists.get_codes(lst), size * d * 4).view(np.float32).reshape(size, d)
-        list_ids = faiss.rev_swig_ptr(invlists.get_ids(lst), size)
+    for a, b, codes, list_ids in _probed_lists(index, lists, d):
         q = owners[a:b]
         block = queries[q] @ codes.T
         r, c = np.nonzero(block >= threshold)
@@ -111,7 +117,6 @@ def _blocked_ivf_search(index, queries: np.ndarray, k: int) -> tuple[np.ndarray,
 
 
 def _blocked_chunk(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    faiss = _faiss()
     nq, d = queries.shape
     nprobe = index.nprobe
     _, probes = index.quantizer.search(queries, nprobe)
@@ -119,18 +124,10 @@ def _blocked_chunk(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.n
     order = np.argsort(flat, kind="stable")
     order = order[flat[order] >= 0]
     lists = flat[order]
-    starts = np.flatnonzero(np.r_[True, lists[1:] != lists[:-1]]) if len(lists) else np.zeros(0, np.int64)
-    ends = np.r_[starts[1:], len(lists)]
     cand_s = np.full((nq, nprobe * k), -np.inf, np.float32)
     cand_i = np.full((nq, nprobe * k), -1, np.int64)
-    invlists = index.invlists
-    for a, b in zip(starts.tolist(), ends.tolist()):
-        lst = int(lists[a])
-        size = invlists.list_size(lst)
-        if not size:
-            continue
-        codes = faiss.rev_swig_ptr(invlists.get_codes(lst), size * d * 4).view(np.float32).reshape(size, d)
-        list_ids = faiss.rev_swig_ptr(invlists.get_ids(lst), size)
+    for a, b, codes, list_ids in _probed_lists(index, lists, d):
+        size = len(codes)
         pairs = order[a:b]
         rows, slots = pairs // nprobe, pairs % nprobe
         block = queries[rows] @ codes.T
