@@ -34,6 +34,22 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 from bench._data import CACHE_DIR, DATA_ROOT, read_csv
 
 
+def start_local_ray():
+    """A local Ray of two CPUs on 127.0.0.1, quiet and without the dashboard; returns the module."""
+    from clusterer.distributed.ray_env import import_ray
+
+    ray = import_ray()
+    ray.init(
+        address="local",
+        num_cpus=2,
+        logging_level="ERROR",
+        include_dashboard=False,
+        log_to_driver=False,
+        _node_ip_address="127.0.0.1",
+    )
+    return ray
+
+
 def texts_for(n: int) -> list[str]:
     texts: list[str] = []
     for name in ("clinc150/clinc150.csv", "banking77/banking77.csv", "stackoverflow/stackoverflow.csv"):
@@ -63,7 +79,6 @@ def stored_rows(store) -> list[tuple]:
 
 def bench_ingest(n: int, root: Path) -> None:
     from clusterer.api import Store
-    from clusterer.distributed.ray_env import import_ray
     from clusterer.distributed.ray_ingest import ingest_on_ray
     from clusterer.settings import Settings
 
@@ -79,15 +94,7 @@ def bench_ingest(n: int, root: Path) -> None:
     print(
         f"  one machine (Store.ingest_file, model load included): {one_s:.1f} s, {report.added / one_s:,.0f} sentences/s"
     )
-    ray = import_ray()
-    ray.init(
-        address="local",
-        num_cpus=2,
-        logging_level="ERROR",
-        include_dashboard=False,
-        log_to_driver=False,
-        _node_ip_address="127.0.0.1",
-    )
+    ray = start_local_ray()
     try:
         for workers in (1, 2):
             settings = Settings(data_dir=root / f"ray{workers}", ray_address="local", device="cpu")
@@ -136,7 +143,6 @@ def bench_cluster(n: int, root: Path, pg_url: str | None = None) -> None:
 
     from clusterer.api import Store
     from clusterer.distributed.ray_cluster import cluster_on_ray
-    from clusterer.distributed.ray_env import import_ray
     from storage import clusters as cq
     from tests.fakes import LookupEncoder
 
@@ -174,15 +180,7 @@ def bench_cluster(n: int, root: Path, pg_url: str | None = None) -> None:
         return np.asarray([-1 if v is None else v for v in lab])
 
     print(f"cluster {len(x):,} vectors ({source}), load {os.getloadavg()[0]:.1f}")
-    ray = import_ray()
-    ray.init(
-        address="local",
-        num_cpus=2,
-        logging_level="ERROR",
-        include_dashboard=False,
-        log_to_driver=False,
-        _node_ip_address="127.0.0.1",
-    )
+    ray = start_local_ray()
     try:
         runs: dict[str, np.ndarray] = {}
         for method, params in (("leiden", {}), ("leiden", {"search": "exact"}), ("kmeans", {"k": 100})):

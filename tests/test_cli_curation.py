@@ -12,17 +12,13 @@ from click.testing import CliRunner
 
 from clusterer.api import Store
 from clusterer.cli import cli
-from tests.test_curation import BANK
-from tests.test_upkeep import topic_of, topic_texts
+from tests.test_curation import clustered_dir
+from tests.test_upkeep import topic_of
 
 
 @pytest.fixture
 def data_dir(tmp_path):
-    path = tmp_path / "data"
-    with Store.open(path, device="cpu") as s:
-        s.ingest(topic_texts() + BANK)
-        s.cluster("leiden", k=10, resolution=1.0, min_size=5)
-    return path
+    return clustered_dir(tmp_path / "data")
 
 
 def run(data_dir, *args, code=0):

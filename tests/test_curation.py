@@ -33,6 +33,14 @@ def store(tmp_path, db_url, monkeypatch):
     s.close()
 
 
+def clustered_dir(path):
+    """A data folder holding the topic corpus and BANK, clustered by leiden at resolution 1."""
+    with Store.open(path, device="cpu") as s:
+        s.ingest(topic_texts() + BANK)
+        s.cluster("leiden", k=10, resolution=1.0, min_size=5)
+    return path
+
+
 def members(store, cluster_id):
     return {m.id for m in store.members(cluster_id, limit=100_000)}
 

@@ -12,18 +12,14 @@ from fastapi.testclient import TestClient
 from clusterer.api import Store
 from clusterer.server import create_app
 from clusterer.settings import ServerSettings
-from tests.test_curation import BANK
+from tests.test_curation import clustered_dir
 from tests.test_server import get_map, wait_job, wait_ready
-from tests.test_upkeep import topic_of, topic_texts
+from tests.test_upkeep import topic_of
 
 
 @pytest.fixture
 def data_dir(tmp_path):
-    path = tmp_path / "data"
-    with Store.open(path, device="cpu") as s:
-        s.ingest(topic_texts() + BANK)
-        s.cluster("leiden", k=10, resolution=1.0, min_size=5)
-    return path
+    return clustered_dir(tmp_path / "data")
 
 
 def open_client(data_dir, **settings):

@@ -94,31 +94,16 @@ def cluster(method, force, where, as_json, ray_address, **kwargs):
     settings = with_ray(settings_from(kwargs), ray_address)
     given = _given(method, kwargs)
     say = (lambda msg: None) if as_json else (lambda msg: click.echo(f"… {msg}", err=True))
+    options = dict(
+        device=settings.device, force=force, progress=say, show_progress=not as_json, where=where_value(where)
+    )
     with open_store(settings) as store:
         if settings.ray_address:
             from clusterer.distributed.ray_cluster import cluster_on_ray
 
-            run = cluster_on_ray(
-                store,
-                settings.ray_address,
-                method,
-                device=settings.device,
-                force=force,
-                progress=say,
-                show_progress=not as_json,
-                where=where_value(where),
-                **given,
-            )
+            run = cluster_on_ray(store, settings.ray_address, method, **options, **given)
         else:
-            run = store.cluster(
-                method,
-                device=settings.device,
-                force=force,
-                progress=say,
-                show_progress=not as_json,
-                where=where_value(where),
-                **given,
-            )
+            run = store.cluster(method, **options, **given)
         top = store.clusters(run.id)[:10]
         coarse = store.clusters(run.id, level="coarse")[:10]
     data = {
