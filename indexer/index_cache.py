@@ -110,6 +110,17 @@ class IndexCache:
     def loaded(self) -> bool:
         return self._index is not None
 
+    @property
+    def version(self) -> tuple[int, int]:
+        """(the last sequence number in the index, the deletions it reflects): a change of
+        either means the store changed."""
+        return self.index_seq, self._deletions_seen
+
+    @property
+    def current(self) -> VectorIndex | None:
+        """The index in memory (None before the first load), without loading it."""
+        return self._index
+
     # -- loading -------------------------------------------------------------------
 
     def _record(self, session):

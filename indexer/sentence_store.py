@@ -23,6 +23,7 @@ from indexer.ingest import PYTHON_SOURCE, IngestReport, Progress, ingest_records
 from indexer.listener import StoreListener
 from indexer.lock import DatabaseWriterLock, WriterLock
 from indexer.normalize import normalize_text
+from indexer.replica import LookupCopy
 from indexer.vector_index import FLAT_MAX, VectorIndex
 from storage import sentences as q
 from storage.db import CONNECT_TIMEOUT_S, Database, describe_url, sqlite_url
@@ -116,6 +117,7 @@ class SentenceStore:
             self.embedding_dtype = info.embedding_dtype if info else "float32"
         self.cache = IndexCache(self.db, self.data_dir, self.index_path, self.lock, flat_max)
         self.cache.configure(self.dimension, self.embedding_dtype)
+        self.lookup_copy = LookupCopy(self.cache)
         self._check_model()
         if recover:
             self.recover()
@@ -201,6 +203,11 @@ class SentenceStore:
     @property
     def index(self) -> VectorIndex:
         return self.cache.index
+
+    def lookup_index(self) -> VectorIndex:
+        """The index lookups and unfiltered searches use: the cache's, or its IVF copy once
+        :attr:`lookup_copy` is enabled and the copy is built (see :mod:`indexer.replica`)."""
+        return self.lookup_copy.index()
 
     def reading(self):
         """Hold while searching the in-memory index from several threads: no batch, replay or
@@ -354,7 +361,7 @@ class SentenceStore:
             if allowed is not None:
                 result = self.index.search_within(vector[None, :], k, allowed)
             else:
-                result = self.index.search(vector[None, :], k)
+                result = self.lookup_index().search(vector[None, :], k)
         pairs = [(int(i), float(s)) for i, s in zip(result.ids[0], result.similarities[0]) if i >= 0]
         with self.db.read() as session:
             rows = q.get_sentences(session, [i for i, _ in pairs])

@@ -166,6 +166,8 @@ class VectorIndex:
     def __init__(self, index, dimension: int):
         self.index = index
         self.dimension = dimension
+        self.follower: VectorIndex | None = None
+        self._journal: list[tuple[np.ndarray, np.ndarray | None]] | None = None
 
     @classmethod
     def flat(cls, dimension: int) -> VectorIndex:
@@ -217,9 +219,13 @@ class VectorIndex:
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         if len(ids) == 0:
             return
-        self.index.add_with_ids(
-            np.ascontiguousarray(vectors, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64)
-        )
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        self.index.add_with_ids(vectors, ids)
+        if self.follower is not None:
+            self.follower.add(ids, vectors)
+        if self._journal is not None:
+            self._journal.append((ids.copy(), vectors.copy()))
 
     def remove(self, ids) -> int:
         faiss = _faiss()
@@ -227,7 +233,44 @@ class VectorIndex:
         if len(ids) == 0:
             return 0
         selector = faiss.IDSelectorArray(len(ids), faiss.swig_ptr(ids))
-        return int(self.index.remove_ids(selector))
+        removed = int(self.index.remove_ids(selector))
+        if self.follower is not None:
+            self.follower.remove(ids)
+        if self._journal is not None:
+            self._journal.append((ids.copy(), None))  # None: removed
+        return removed
+
+    # -- a follower: a copy kept in step with this index ---------------------------
+
+    def snapshot(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) copies of everything stored, in storage order, and from now on a journal
+        of the changes made after it, for :meth:`attach_follower`. Call it where nothing changes
+        the index meanwhile (under the read side of the store's lock)."""
+        faiss = _faiss()
+        if isinstance(self.index, faiss.IndexIDMap) and isinstance(self.index.index, faiss.IndexFlat):
+            n = self.ntotal
+            ids = faiss.vector_to_array(self.index.id_map).astype(np.int64)
+            flat = faiss.rev_swig_ptr(self.index.index.get_xb(), n * self.dimension)
+            vectors = np.array(flat, dtype=np.float32).reshape(n, self.dimension)
+        else:
+            ids, vectors = self.vectors()
+        self._journal = []
+        return ids, vectors
+
+    def attach_follower(self, follower: VectorIndex) -> None:
+        """Bring ``follower`` (built from :meth:`snapshot`) up to date with the changes journalled
+        since, and keep it so: every later add and remove is applied to it too. Call it where
+        nothing searches or changes the index meanwhile (under the write side of the lock)."""
+        for ids, vectors in self._journal or []:
+            if vectors is not None:
+                follower.add(ids, vectors)
+            else:
+                follower.remove(ids)
+        self._journal = None
+        self.follower = follower
+
+    def drop_follower(self) -> None:
+        self.follower, self._journal = None, None
 
     def search(self, queries: np.ndarray, k: int) -> SearchResult:
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
