@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from clusterer.errors import ClustererError, InvalidParameterError, UnknownClusterError
-from clusterer.service import curation_writer, incremental, methods, reoptimise
+from clusterer.service import cards, curation_writer, incremental, methods, reoptimise
 from clusterer.service import duplicates as dup_service
 from clusterer.service import lookups as lookup_service
 from clusterer.service import runs as run_service
@@ -35,10 +35,6 @@ class UnknownSentenceError(ClustererError):
 
 
 LEVELS = ("fine", "coarse")
-LOOKUP_NEIGHBOURS = 10
-LOOKUP_SCAN = 64
-"""A lookup's one kNN scan; its neighbours above the threshold are all of them unless the
-64th is still above it (then a range search runs too)."""
 
 
 class Store(SentenceStore):
@@ -50,6 +46,7 @@ class Store(SentenceStore):
 
     def __init__(self, *args: Any, **kwargs: Any):
         self.upkeep = Upkeep(self)
+        self.cards = cards.CardCache()
         kwargs.setdefault("listener", self.upkeep)
         super().__init__(*args, **kwargs)
 
@@ -141,44 +138,6 @@ class Store(SentenceStore):
         with self.db.read() as session:
             return [RunInfo.from_row(r) for r in cq.list_runs(session, limit)]
 
-    def _members(self, rows) -> list[Member]:
-        return [Member(s.id, s.text, None if sim is None else round(float(sim), 6), s.meta) for s, sim in rows]
-
-    def _info(
-        self,
-        session,
-        cluster,
-        members: list[Member] | None = None,
-        children: list[int] | None = None,
-        texts: dict[int, str] | None = None,
-        names: dict[int, str] | None = None,
-    ) -> ClusterInfo:
-        """``texts``: the texts of the cluster's centre and representatives, when already read;
-        ``names``: the curated names of clusters, when already read."""
-        names = cur.names(session, [cluster.label]) if names is None else names
-        if texts is None:
-            wanted = list(cluster.representatives or [])
-            if cluster.centre_id is not None:
-                wanted.append(cluster.centre_id)
-            texts = sq.texts_for(session, wanted)
-        kw = cluster.keywords or []
-        return ClusterInfo(
-            id=cluster.label,
-            run_id=cluster.run_id,
-            size=cluster.size,
-            keywords=[k[0] for k in kw],
-            keyword_scores=[k[1] for k in kw],
-            centre_id=cluster.centre_id,
-            centre_text=texts.get(cluster.centre_id),
-            cohesion=cluster.cohesion,
-            representatives=[Member(i, texts.get(i, ""), None) for i in (cluster.representatives or []) if i in texts],
-            members=members or [],
-            level=cluster.level or "fine",
-            parent=cluster.parent_label,
-            children=children or [],
-            label=names.get(cluster.label),
-        )
-
     @staticmethod
     def _children(session, run_id: int) -> dict[int, list[int]]:
         """Each coarse label's fine labels, largest first."""
@@ -198,7 +157,7 @@ class Store(SentenceStore):
             rows = cq.clusters_of_run(session, run.id, level=level)
             children = self._children(session, run.id) if level == "coarse" else {}
             names = cur.names(session)
-            return [self._info(session, c, children=children.get(c.label), names=names) for c in rows]
+            return [cards.card(session, c, children=children.get(c.label), names=names) for c in rows]
 
     def cluster_info(
         self, cluster_id: int, *, run_id: int | None = None, limit: int = 20, offset: int = 0
@@ -207,7 +166,7 @@ class Store(SentenceStore):
         with self.db.read() as session:
             run, cluster, children = self._cluster_row(session, run_id, cluster_id)
             rows = self._member_rows(session, run.id, cluster, children, offset, limit)
-            return self._info(session, cluster, self._members(rows), children)
+            return cards.card(session, cluster, cards.members_of(rows), children)
 
     def _cluster_row(self, session, run_id: int | None, cluster_id: int):
         """(run, cluster, child labels of a coarse cluster or None); UnknownClusterError if absent."""
@@ -281,49 +240,7 @@ class Store(SentenceStore):
         each answer equals that of a lookup of its row alone."""
         vecs = np.asarray(vectors, dtype=np.float32)
         counts = [members] * len(vecs) if isinstance(members, int) else [int(m) for m in members]
-        if len(vecs) == 0:
-            return []
-        self.refresh()
-        with self.reading(), self.db.read() as session:
-            state = self._run_state(session)
-            if state is None or self.dimension is None:
-                raise NoRunError("no clustering run yet: run `clusterer cluster` first")
-            decisions = lookup_service.decide_batch(
-                session, state, self.index, vecs, self.dimension, self.embedding_dtype, LOOKUP_SCAN
-            )
-            near = [[int(i) for i in d["near"][0][:LOOKUP_NEIGHBOURS] if i >= 0] for d in decisions]
-            every = sorted({i for ids in near for i in ids})
-            near_known = cq.labels_for(session, state.run_id, every)
-            rows = cq.clusters_by_label(session, state.run_id, {d["label"] for d in decisions if d["label"] >= 0})
-            shown = [i for r in rows.values() for i in [*(r.representatives or []), r.centre_id] if i is not None]
-            texts = sq.texts_for(session, every + shown)
-            infos: dict[tuple[int, int], ClusterInfo] = {}
-            for d, m in zip(decisions, counts):
-                key = (d["label"], m)
-                if d["label"] in rows and key not in infos:
-                    found = cq.members(session, state.run_id, d["label"], limit=m)
-                    infos[key] = self._info(session, rows[d["label"]], self._members(found), texts=texts)
-        out = []
-        for d, m, ids in zip(decisions, counts, near):
-            label, sim = d["label"], d["similarity"]
-            info = infos.get((label, m))
-            answer = {
-                "run_id": state.run_id,
-                "method": state.method,
-                "where": state.params.get("where"),
-                "cluster": info.to_dict() if info is not None else None,
-                "cluster_id": label if label >= 0 else None,
-                "similarity": None if sim is None or not np.isfinite(sim) else round(float(sim), 6),
-                "votes": d["votes"],
-                "nearest": [
-                    {"id": i, "text": texts.get(i, ""), "similarity": round(float(s), 6), "cluster": near_known.get(i)}
-                    for i, s in zip(ids, d["near"][1])
-                ],
-            }
-            if "share" in d:
-                answer["share"] = round(float(d["share"]), 6)
-            out.append(answer)
-        return out
+        return lookup_service.answer_batch(self, vecs, counts, self.cards) if len(vecs) else []
 
     def cluster_of(self, sentence_id: int) -> dict[str, Any]:
         """The cluster of a stored sentence under the latest run, and under every earlier run."""
@@ -348,7 +265,7 @@ class Store(SentenceStore):
             cluster = None
             if current is not None and current.label is not None:
                 c = cq.get_cluster(session, run.id, current.label)
-                cluster = self._info(session, c).to_dict() if c else None
+                cluster = cards.card(session, c).to_dict() if c else None
             return {
                 "sentence": sentence_record(row),
                 "run_id": run.id,
@@ -365,14 +282,14 @@ class Store(SentenceStore):
         """Members of a cluster (of its fine clusters, for a coarse one), most similar to the centre first."""
         with self.db.read() as session:
             run, cluster, children = self._cluster_row(session, run_id, cluster_id)
-            return self._members(self._member_rows(session, run.id, cluster, children, offset, limit))
+            return cards.members_of(self._member_rows(session, run.id, cluster, children, offset, limit))
 
     def unassigned(self, *, offset: int = 0, limit: int = 50, run_id: int | None = None) -> tuple[int, list[Member]]:
         """(how many, a page of) sentences the run left in no cluster."""
         with self.db.read() as session:
             run = self._run_row(session, run_id)
             total = cq.count_members(session, run.id, None)
-            return total, self._members(cq.members(session, run.id, None, offset=offset, limit=limit))
+            return total, cards.members_of(cq.members(session, run.id, None, offset=offset, limit=limit))
 
     def recluster(self, **kwargs: Any) -> RunInfo:
         """A full run with the latest run's method and parameters; ids carry over (leiden starts

@@ -227,13 +227,17 @@ def get_cluster(session: Session, run_id: int, label: int) -> Cluster | None:
     return session.scalars(select(Cluster).where(Cluster.run_id == run_id, Cluster.label == label)).first()
 
 
+MemberRow = tuple[int, str, dict[str, Any] | None, float | None]
+"""A member: (sentence id, text, metadata, similarity to its cluster's centre)."""
+
+
 def members(
     session: Session, run_id: int, label: int | None, offset: int = 0, limit: int | None = 50
-) -> list[tuple[Sentence, float | None]]:
+) -> list[MemberRow]:
     """Sentences of a cluster (or the unassigned ones for ``label=None``), most similar to the centre first."""
     cond = Assignment.label.is_(None) if label is None else Assignment.label == label
     query = (
-        select(Sentence, Assignment.similarity)
+        select(Sentence.id, Sentence.text, Sentence.meta, Assignment.similarity)
         .join(Assignment, and_(Assignment.sentence_id == Sentence.id, Assignment.run_id == run_id))
         .where(cond)
         .order_by(Assignment.similarity.desc().nulls_last() if label is not None else Sentence.id, Sentence.id)
@@ -241,18 +245,18 @@ def members(
     )
     if limit is not None:
         query = query.limit(limit)
-    return [(row[0], row[1]) for row in session.execute(query)]
+    return [(row[0], row[1], row[2], row[3]) for row in session.execute(query)]
 
 
 def members_of_labels(
     session: Session, run_id: int, labels: Sequence[int], offset: int = 0, limit: int | None = 50
-) -> list[tuple[Sentence, float | None]]:
+) -> list[MemberRow]:
     """Sentences of several clusters (a coarse cluster's children), most similar to their
     own cluster's centre first."""
     if not labels:
         return []
     query = (
-        select(Sentence, Assignment.similarity)
+        select(Sentence.id, Sentence.text, Sentence.meta, Assignment.similarity)
         .join(Assignment, and_(Assignment.sentence_id == Sentence.id, Assignment.run_id == run_id))
         .where(Assignment.label.in_([int(label) for label in labels]))
         .order_by(Assignment.similarity.desc().nulls_last(), Sentence.id)
@@ -260,7 +264,7 @@ def members_of_labels(
     )
     if limit is not None:
         query = query.limit(limit)
-    return [(row[0], row[1]) for row in session.execute(query)]
+    return [(row[0], row[1], row[2], row[3]) for row in session.execute(query)]
 
 
 def count_members(session: Session, run_id: int, label: int | None) -> int:

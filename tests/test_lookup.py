@@ -64,7 +64,7 @@ def test_lookup_returns_the_cluster_of_the_nearest_members_and_stores_nothing(cl
 
 
 def test_lookup_counts_every_member_above_the_threshold_beyond_one_scan(tmp_path):
-    from clusterer.api import LOOKUP_SCAN
+    from clusterer.service.lookups import SCAN as LOOKUP_SCAN
 
     with Store.open(tmp_path / "big", device="cpu") as store:
         store.ingest(topic_texts(per_topic=LOOKUP_SCAN + 16))
@@ -188,3 +188,31 @@ def test_lookups_on_a_kmeans_run(store):
         assert store.lookup(text)["cluster_id"] == store.cluster_of(hit.id)["cluster_id"]
     # even a sentence far from everything gets the nearest centroid
     assert store.lookup("zebra quantum umbrella")["cluster_id"] is not None
+
+
+def test_lookup_cards_are_cached_until_the_store_changes(tmp_path, clustered):
+    store = clustered
+    pin = topic_clusters(store)["pin"]
+    first = store.lookup("forgot pin code reset please")
+    hits = store.cards.hits
+    again = store.lookup("forgot pin code reset again")
+    assert again["cluster"] == first["cluster"] and store.cards.hits == hits + 1
+    again["cluster"]["members"][0]["text"] = "changed by the caller"
+    again["cluster"]["keywords"].append("mine")
+    assert store.lookup("forgot pin code reset")["cluster"] == first["cluster"]  # the cached card is untouched
+
+    report = store.ingest([TOPICS["pin"] + " once more"])  # a new member: the card is read again
+    assert report.clustering["assigned"] == 1
+    grown = store.lookup("forgot pin code reset please")["cluster"]
+    assert grown["size"] == first["cluster"]["size"] + 1
+    store.label(pin, "PIN resets")
+    assert store.lookup("forgot pin code reset please")["cluster"]["label"] == "PIN resets"
+
+    other = Store.open(store.data_dir, device="cpu")  # another process's writes are seen too
+    try:
+        other.label(pin, "PINs")
+        other.delete([other.members(pin, limit=1)[0].id])
+    finally:
+        other.close()
+    after = store.lookup("forgot pin code reset please")["cluster"]
+    assert after["label"] == "PINs" and after["size"] == grown["size"] - 1

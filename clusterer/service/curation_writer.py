@@ -267,4 +267,5 @@ def label(store, cluster_id: int, text: str | None) -> Edit:
             cur.set_name(session, cluster_id, name)
             detail = {}
         cq.record_event(session, run.id, cluster_id, "label", row.size, None, {"label": name, "curated": True})
+        _finish(session, run, 0)
         return Edit("label", run.id, cluster_id, [], row.size, [k[0] for k in row.keywords or []], name, detail)

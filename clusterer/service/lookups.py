@@ -14,11 +14,73 @@ from typing import Any
 
 import numpy as np
 
+from clusterer.service import cards as cards_
 from clusterer.service import incremental as inc
+from clusterer.service.runs import NoRunError
 from clusterer.service.upkeep import Gather, graph_params, knn, range_neighbours
+from storage import clusters as cq
+from storage import curation as cur
+from storage import sentences as sq
+
+NEIGHBOURS = 10
+"""Nearest stored sentences an answer shows."""
+SCAN = 64
+"""A lookup's one kNN scan; its neighbours above the threshold are all of them unless the
+64th is still above it (then a range search runs too)."""
 
 SEARCH_CHUNK = 256
 """Queries per index search at most (bounds the distance block FAISS allocates)."""
+
+
+def answer_batch(store, vectors: np.ndarray, counts: list[int], cards: cards_.CardCache) -> list[dict[str, Any]]:
+    """The answers of ``store.lookup_vectors``: for each row, the cluster it would join under the
+    latest run with that cluster's card (``counts[r]`` members shown), the similarity, the votes
+    and the nearest stored sentences. One index search and one read of labels, cluster rows,
+    names and texts for the batch; cards come from ``cards`` while the store is unchanged."""
+    store.refresh()
+    with store.reading(), store.db.read() as session:
+        state = store.upkeep.state_for(session)
+        if state is None or store.dimension is None:
+            raise NoRunError("no clustering run yet: run `clusterer cluster` first")
+        version = cards_.store_version(state, *store.cache.version)
+        index = store.lookup_index()
+        decisions = decide_batch(session, state, index, vectors, store.dimension, store.embedding_dtype, SCAN)
+        near = [[int(i) for i in d["near"][0][:NEIGHBOURS] if i >= 0] for d in decisions]
+        every = sorted({i for ids in near for i in ids})
+        near_known = cq.labels_for(session, state.run_id, every)
+        wanted = {(d["label"], m) for d, m in zip(decisions, counts) if d["label"] >= 0}
+        found = {key: c for key in wanted if (c := cards.get(version, key)) is not None}
+        missing = wanted - found.keys()
+        rows = cq.clusters_by_label(session, state.run_id, {label for label, _ in missing})
+        shown = [i for r in rows.values() for i in [*(r.representatives or []), r.centre_id] if i is not None]
+        texts = sq.texts_for(session, every + shown)
+        names = cur.names(session, rows) if rows else {}
+        for label, m in missing:
+            if label in rows:
+                members = cards_.members_of(cq.members(session, state.run_id, label, limit=m))
+                found[(label, m)] = cards_.card(session, rows[label], members, texts=texts, names=names).to_dict()
+                cards.put(version, (label, m), found[(label, m)])
+    out = []
+    for d, m, ids in zip(decisions, counts, near):
+        label, sim = d["label"], d["similarity"]
+        card = found.get((label, m))
+        answer = {
+            "run_id": state.run_id,
+            "method": state.method,
+            "where": state.params.get("where"),
+            "cluster": None if card is None else cards_.copy_card(card),
+            "cluster_id": label if label >= 0 else None,
+            "similarity": None if sim is None or not np.isfinite(sim) else round(float(sim), 6),
+            "votes": d["votes"],
+            "nearest": [
+                {"id": i, "text": texts.get(i, ""), "similarity": round(float(s), 6), "cluster": near_known.get(i)}
+                for i, s in zip(ids, d["near"][1])
+            ],
+        }
+        if "share" in d:
+            answer["share"] = round(float(d["share"]), 6)
+        out.append(answer)
+    return out
 
 
 def search_batch(index, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
