@@ -75,6 +75,7 @@ class ServerSettings:
     lookup_batch: int = 32
     lookup_wait_ms: float = 1.0
     lookup_cache: int = 4096
+    lookup_exact_max: int = 20_000
     cors_origins: tuple[str, ...] = ()
 
     @classmethod

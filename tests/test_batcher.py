@@ -169,21 +169,47 @@ def test_pipeline_answers_equal_single_lookups_with_fewer_batches(store):
     texts = [t + " again" for t in topic_texts()[::7]] + ["zebra quantum kettle"]
     try:
         with ThreadPoolExecutor(8) as pool:
-
-            def one(text):
-                vectors = pipeline.embed([text]).result(10)
-                return pipeline.lookup(vectors, 3).result(10)[0]
-
-            answers = list(pool.map(one, texts))
+            answers = list(pool.map(lambda text: pipeline.lookup([text], 3).result(10)[0], texts))
         assert answers == [store.lookup(t, members=3) for t in texts]
         lookup_batches = [n for s, n in batches if s == "lookup"]
         assert sum(lookup_batches) == len(texts) and len(lookup_batches) < len(texts)
-        assert len(embed.calls) == len(texts) and all(len(c) == 1 for c in embed.calls)
+        assert sorted(t for call in embed.calls for t in call) == sorted(texts)  # each text embedded once
+        calls = len(embed.calls)
         pipeline.embed([texts[0]]).result(10)  # the cache answers a text seen before
-        assert len(embed.calls) == len(texts) and pipeline.cache.hits >= 1
+        assert len(embed.calls) == calls and pipeline.cache.hits >= 1
         with pytest.raises(Exception, match="empty"):
-            pipeline.embed(["   "]).result(10)
+            pipeline.lookup(["   "], 3).result(10)
+        assert pipeline.lookup([texts[1]], 2).result(10) == [store.lookup(texts[1], members=2)]
     finally:
+        pipeline.close()
+
+
+def test_texts_waiting_together_are_embedded_in_one_call_and_errors_stay_apart(store):
+    gate = threading.Event()
+    calls = []
+
+    def embed(texts):
+        calls.append(list(texts))
+        assert gate.wait(10)
+        return store.embed(texts)
+
+    pipeline = LookupPipeline(embed, store.lookup_vectors, max_batch=32, max_wait=0.0)
+    try:
+        first = pipeline.lookup(["the first question"], 1)
+        deadline = time.monotonic() + 5
+        while not calls and time.monotonic() < deadline:
+            time.sleep(0.005)
+        waiting = [pipeline.lookup([f"question number {i}"], 1) for i in range(6)]
+        bad = pipeline.lookup([" "], 1)
+        gate.set()
+        first.result(10)
+        answers = [f.result(10)[0] for f in waiting]
+        with pytest.raises(Exception, match="empty"):
+            bad.result(10)
+        assert calls[1] == [f"question number {i}" for i in range(6)] + [" "]  # one call for all that waited
+        assert answers == [store.lookup(f"question number {i}", members=1) for i in range(6)]
+    finally:
+        gate.set()
         pipeline.close()
 
 

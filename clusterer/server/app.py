@@ -85,6 +85,7 @@ class Service:
             vector = self.store.embed(["warm up"])[0]
             pipeline = self.pipeline
             self.store.wrap_encoder(lambda encoder: ReaderFirst(encoder, pipeline))
+            self.store.lookup_copy.enable(self.settings.lookup_exact_max or None)
             self.store.refresh()
             if self.store.dimension is not None:
                 with suppress(ClustererError):

@@ -2,11 +2,12 @@
 
 A :class:`MicroBatcher` is a queue and one worker thread: the worker takes the first request
 waiting, then every request that arrives within ``max_wait`` seconds of it (up to
-``max_batch`` items), and answers them all with one call. Lookups go through two of them in a
-row (:class:`LookupPipeline`): the model embeds each text (one at a time, so an embedding is
-bit for bit what ``Store.lookup`` computes, with recent ones kept in an LRU cache) while the
-second batcher answers the previous batch with one index search and one set of database reads
-(``Store.lookup_vectors``). The two stages overlap: the model runs outside the GIL.
+``max_batch`` items), and answers them all with one call. Two of them in a row make the lookup
+pipeline (:class:`LookupPipeline`): the first embeds every text waiting with one model call
+(recent texts come from an LRU cache) and hands each request on to the second, which answers
+the batch with one index search and one set of database reads (``Store.lookup_vectors``). A
+request is one future from the first stage to the last, so the event loop is woken once per
+lookup; the two stages overlap, since the model runs outside the GIL.
 
 A failing batch is answered again item by item, so an error reaches only the caller it
 belongs to.
@@ -21,7 +22,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import numpy as np
 
@@ -53,6 +54,8 @@ class MicroBatcher(Generic[T, R]):
     ``max_batch`` bounds the summed ``size`` of a batch (a single larger item still runs alone);
     ``max_wait`` is how long the worker waits after the first item for more (0: only those
     already waiting); ``max_queued`` bounds the requests waiting (:class:`BatcherFull` beyond).
+    ``forward(item, result, future)``, when given, may take a result on to a next stage with
+    the request's future and return True; the future is then that stage's to answer.
     """
 
     def __init__(
@@ -64,8 +67,10 @@ class MicroBatcher(Generic[T, R]):
         max_queued: int = 4096,
         name: str = "clusterer-batcher",
         on_batch: Callable[[int], None] | None = None,
+        forward: Callable[[T, R, Future], bool] | None = None,
     ):
         self._process = process
+        self.forward = forward
         self.max_batch = max(1, int(max_batch))
         self.max_wait = max(0.0, float(max_wait))
         self.on_batch = on_batch or (lambda n: None)
@@ -76,10 +81,11 @@ class MicroBatcher(Generic[T, R]):
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
-    def submit(self, item: T, size: int = 1) -> Future:
+    def submit(self, item: T, size: int = 1, future: Future | None = None) -> Future:
+        """Queue ``item``; its answer is set on ``future`` (a new one by default), which is returned."""
         if self._closed.is_set():
             raise BatcherClosed("the service is shutting down")
-        request = _Request(item, max(1, size), Future())
+        request = _Request(item, max(1, size), future or Future())
         try:
             self._queue.put_nowait(request)
         except queue.Full:
@@ -151,6 +157,12 @@ class MicroBatcher(Generic[T, R]):
                     self._answer([r])
             return
         for r, result in zip(batch, results):
+            try:
+                if self.forward is not None and self.forward(r.item, result, r.future):
+                    continue
+            except Exception as exc:  # noqa: BLE001 (the next stage refused it: the caller hears why)
+                r.future.set_exception(exc)
+                continue
             r.future.set_result(result)
 
     def _fail_waiting(self) -> None:
@@ -208,29 +220,34 @@ class EmbeddingCache:
 
 
 class Embedder:
-    """Embeds texts one model call per text (each as ``store.embed([text])`` would), through the cache."""
+    """Embeds the texts of a batch of requests with one model call, through the cache."""
 
     def __init__(self, embed: Callable[[list[str]], np.ndarray], cache: EmbeddingCache):
         self.embed, self.cache = embed, cache
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        rows = []
-        for text in texts:
-            vector = self.cache.get(text)
-            if vector is None:
-                vector = self.embed([text])[0]
-                self.cache.put(text, vector)
-            rows.append(vector)
-        return np.vstack(rows).astype(np.float32, copy=False)
+        rows: list[np.ndarray | None] = [self.cache.get(t) for t in texts]
+        missing = [i for i, row in enumerate(rows) if row is None]
+        if missing:
+            fresh = self.embed([texts[i] for i in missing])
+            for i, vector in zip(missing, fresh):
+                rows[i] = vector
+                self.cache.put(texts[i], vector)
+        return np.vstack(cast(list[np.ndarray], rows)).astype(np.float32, copy=False)
 
-    def batch(self, requests: list[list[str]]) -> list[np.ndarray]:
-        """Answers of a batch of requests (each a list of texts); a bad text fails the batch,
-        which :class:`MicroBatcher` then answers request by request."""
-        return [self(texts) for texts in requests]
+    def batch(self, requests: Sequence[tuple[list[str], Any]]) -> list[np.ndarray]:
+        """The embeddings of each request's texts (``(texts, anything)`` pairs), all in one call;
+        a bad text fails the batch, which :class:`MicroBatcher` then answers request by request."""
+        vectors = self([t for texts, _ in requests for t in texts])
+        out, start = [], 0
+        for texts, _ in requests:
+            out.append(vectors[start : start + len(texts)])
+            start += len(texts)
+        return out
 
 
 class LookupPipeline:
-    """``lookup(texts, members)``: the embedding stage, then the batched lookup stage."""
+    """``lookup(texts, members)``: the embedding stage, then the batched lookup stage, one future."""
 
     def __init__(
         self,
@@ -246,13 +263,6 @@ class LookupPipeline:
         self.embedder = Embedder(embed, self.cache)
         self.lookup_vectors = lookup_vectors
         report = on_batch or (lambda stage, n: None)
-        self.encoder: MicroBatcher[list[str], np.ndarray] = MicroBatcher(
-            self.embedder.batch,
-            max_batch=max_batch,
-            max_wait=0.0,  # each text is embedded alone: waiting for company would gain nothing
-            name="clusterer-embed",
-            on_batch=lambda n: report("embed", n),
-        )
         self.searcher: MicroBatcher[tuple[np.ndarray, int], list[dict[str, Any]]] = MicroBatcher(
             self._lookups,
             max_batch=max_batch,
@@ -260,6 +270,21 @@ class LookupPipeline:
             name="clusterer-lookup",
             on_batch=lambda n: report("lookup", n),
         )
+        self.encoder: MicroBatcher[tuple[list[str], int | None], np.ndarray] = MicroBatcher(
+            self.embedder.batch,
+            max_batch=max_batch,
+            max_wait=0.0,  # what waits while the previous batch ran is the batch: no timer
+            name="clusterer-embed",
+            on_batch=lambda n: report("embed", n),
+            forward=self._to_search,
+        )
+
+    def _to_search(self, item: tuple[list[str], int | None], vectors: np.ndarray, future: Future) -> bool:
+        members = item[1]
+        if members is None:  # an embedding was asked for, not a lookup
+            return False
+        self.searcher.submit((vectors, members), len(vectors), future)
+        return True
 
     def _lookups(self, requests: list[tuple[np.ndarray, int]]) -> list[list[dict[str, Any]]]:
         vectors = np.vstack([v for v, _ in requests])
@@ -272,10 +297,12 @@ class LookupPipeline:
         return out
 
     def embed(self, texts: list[str]) -> Future:
-        return self.encoder.submit(list(texts), len(texts))
+        """A future of the texts' embeddings."""
+        return self.encoder.submit((list(texts), None), len(texts))
 
-    def lookup(self, vectors: np.ndarray, members: int) -> Future:
-        return self.searcher.submit((vectors, members), len(vectors))
+    def lookup(self, texts: list[str], members: int) -> Future:
+        """A future of the lookups of ``texts`` (embedded, then searched with company)."""
+        return self.encoder.submit((list(texts), int(members)), len(texts))
 
     def close(self) -> None:
         self.encoder.close()

@@ -204,8 +204,7 @@ async def lookup(request: Request, body: LookupBody):
         from clusterer.service.runs import NoRunError
 
         raise NoRunError("no clustering run yet: run `clusterer cluster` first")
-    vectors = await _await(svc.pipeline.embed(texts))
-    results = await _await(svc.pipeline.lookup(vectors, body.members))
+    results = await _await(svc.pipeline.lookup(texts, body.members))
     return JSONResponse(results[0] if body.text is not None else {"results": results})
 
 
