@@ -1,29 +1,38 @@
 """`clusterer serve` under load: lookup latency and throughput over HTTP against `Store.lookup`.
 
-For each store (the bundled 3k sample, a 100k and a 1M store), in one run:
+For each store (the bundled 3k sample, a 100k store of real sentences, a 1M synthetic store), in
+one run:
 
-- the in-process peer: ``Store.lookup(text)`` in one thread (embedding included), p50/p99;
+- the in-process peer: ``Store.lookup(text)`` in one thread, as the CLI and the Python API run
+  it (embedding included, exact search below 200,000 sentences), p50/p99;
 - ``POST /lookup`` at 1, 8 and 32 concurrent clients (p50, p99, lookups/s), each phase with
-  texts no earlier phase sent (the server's embedding cache does not help);
-- readers with a writer: 8 lookup clients while one client ingests batches over
-  ``POST /sentences``; readers' p99 against the idle 8-client p99, and every text ingested
-  is found stored afterwards (sample and 100k stores, on a copy).
+  texts no earlier phase sent (the server's embedding cache does not help). The 1-client phase
+  sends the peer's own texts, and ``agree`` is the share of its answers naming the cluster the
+  peer named (the server searches an IVF copy above 20,000 sentences; the peer searches exactly);
+- readers with a writer: 8 lookup clients while one client posts batches of new sentences
+  (``POST /sentences``); the readers' p99 against the idle 8-client p99, and every posted text
+  is found stored afterwards (on a copy of the store).
 
-The sample store is ingested with the real model; the 100k and 1M stores hold synthetic 384-d
-vectors in clusters of 50 inserted directly (no model), under the bundled model's name so the
-server opens them with the real model (lookups embed real text, as a user's would). The 1M
-store is the one ``bench/incremental.py --synthetic-only --method leiden --keep DIR`` keeps
-(``--large DIR``); stores are kept under ``bench/.cache``. Query texts are CLINC150 sentences,
-ingested ones BANKING77 (shared data folder). Every loop is bounded in count and time; servers
-bind 127.0.0.1.
+The sample store is ingested with the real model. The 100k store holds the shared corpora's
+sentences (mix50k, BANKING77, 20 Newsgroups, the rest of Stack Overflow and half of CLINC150)
+with their cached embeddings of the bundled model, clustered by the default method; its
+queries are the other half of CLINC150. The 1M store holds synthetic 384-d vectors in planted
+groups of 50 (``bench/incremental.py``), under the bundled model's name, so the server opens
+all three with the real model and lookups embed real text, as a user's would. Stores are kept
+under ``bench/.cache``.
 
-    python bench/service.py [--stores sample,100k,1m] [--large DIR] [--lookups 300]
+Clients are threads of this process, each with one keep-alive connection (``http.client``, far
+lighter than an HTTP library, since on a small machine the clients share the cores with the
+server). Every loop is bounded in count and time; servers bind 127.0.0.1.
+
+    python bench/service.py [--stores sample,100k,1m] [--lookups 1500] [--writer-stores sample,100k]
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import http.client
 import json
 import os
 import shutil
@@ -41,34 +50,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench._data import CACHE_DIR, DATA_ROOT  # noqa: E402
+from bench._data import CACHE_DIR, DATA_ROOT, labelled, load_mix50k, mix50k  # noqa: E402
 
-DIM = 384
 SAMPLE_CSV = ROOT / "clusterer" / "data" / "banking77_sample.csv"
-
-
-class SyntheticEncoder:
-    """Vectors for ``synthetic {i} ...`` texts: unit vectors scattered around one centre per 50 ids."""
-
-    def __init__(self, model_name: str, seed: int = 0, per_cluster: int = 50, spread: float = 0.45):
-        self.model_name, self.dimension, self.precision = model_name, DIM, "synthetic"
-        self.per_cluster, self.spread, self.seed = per_cluster, spread, seed
-        self._centres: dict[int, np.ndarray] = {}
-
-    def _centre(self, c: int) -> np.ndarray:
-        if c not in self._centres:
-            v = np.random.default_rng((self.seed, c)).standard_normal(DIM).astype(np.float32)
-            self._centres[c] = v / np.linalg.norm(v)
-        return self._centres[c]
-
-    def encode(self, texts, show_progress=False):
-        out = np.empty((len(texts), DIM), np.float32)
-        for r, text in enumerate(texts):
-            i = int(text.split()[1])
-            noise = np.random.default_rng((self.seed, 1, i)).standard_normal(DIM).astype(np.float32)
-            v = self._centre(i // self.per_cluster) + self.spread * noise / np.sqrt(DIM)
-            out[r] = v / np.linalg.norm(v)
-        return out
+PHASE_CAP_S = 180.0
 
 
 def read_texts(path: Path) -> list[str]:
@@ -80,6 +65,9 @@ def pct(values: list[float], q: float) -> float:
     return round(float(np.percentile(np.asarray(values), q)) * 1000, 1) if values else float("nan")
 
 
+# -- the stores -------------------------------------------------------------------------
+
+
 def build_sample(path: Path) -> None:
     from clusterer.api import Store
 
@@ -88,17 +76,49 @@ def build_sample(path: Path) -> None:
         store.cluster()
 
 
-def build_synthetic(path: Path, size: int, method: str) -> None:
+def real_100k() -> tuple[list[str], np.ndarray, list[str]]:
+    """(stored texts, their embeddings, query texts): the shared corpora with half of CLINC150
+    stored and the other half as queries."""
+    texts, parts = list(load_mix50k()[0]), [mix50k()[0]]
+    for name, start in (("banking77", 0), ("20newsgroups", 0), ("stackoverflow", 50_000 - 36_825)):
+        x, _, t = labelled(name)
+        texts += t[start:]
+        parts.append(x[start:])
+    x, _, clinc = labelled("clinc150")
+    texts += clinc[0::2]
+    parts.append(x[0::2])
+    return texts, np.vstack(parts), clinc[1::2]
+
+
+def build_100k(path: Path) -> None:
+    from bench.incremental import TableEncoder
     from clusterer.api import Store
     from indexer.encoder import DEFAULT_MODEL
+    from indexer.normalize import normalize_text
 
+    texts, x, _ = real_100k()
+    encoder = TableEncoder(dict(zip(map(normalize_text, texts), x)), DEFAULT_MODEL)
     started = time.perf_counter()
-    with Store.open(path, encoder=SyntheticEncoder(DEFAULT_MODEL), batch_size=8192) as store:
-        store.ingest(f"synthetic {i} sentence topic{i // 50}" for i in range(size))
-        run = store.cluster(method)
-        print(
-            f"built {size:,} ({method}) in {time.perf_counter() - started:.0f} s: {run.clusters} clusters", flush=True
-        )
+    with Store.open(path, encoder=encoder, batch_size=8192) as store:
+        store.ingest(texts)
+        run = store.cluster()
+        print(f"built {store.count():,} sentences in {time.perf_counter() - started:.0f} s: {run.clusters} clusters")
+
+
+def build_1m(path: Path) -> None:
+    script = ROOT / "bench" / "incremental.py"
+    options = ["--synthetic-only", "--method", "leiden", "--batches", "1", "--keep", str(path)]
+    subprocess.run([sys.executable, str(script), *options], check=True, cwd=ROOT)
+
+
+BUILDERS = {"sample": build_sample, "100k": build_100k, "1m": build_1m}
+
+
+def store_path(name: str) -> Path:
+    return CACHE_DIR / f"service-{name}"
+
+
+# -- the server and its clients ---------------------------------------------------------
 
 
 def free_port() -> int:
@@ -107,20 +127,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def call(conn: http.client.HTTPConnection, method: str, path: str, body=None) -> tuple[int, dict]:
+    data = None if body is None else json.dumps(body)
+    conn.request(method, path, data, {"Content-Type": "application/json"} if data else {})
+    response = conn.getresponse()
+    return response.status, json.loads(response.read() or b"null")
+
+
 class Server:
-    """``clusterer serve`` on a free loopback port, stopped on exit."""
+    """``clusterer serve`` on a free loopback port, ready (and its lookup copy built), stopped on exit."""
 
     def __init__(self, path: Path, log: Path):
-        self.url = ""
         self.path, self.log_path = path, log
 
     def __enter__(self) -> Server:
-        import httpx
-
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
+        self.port = free_port()
         self.log = open(self.log_path, "w")
-        cmd = [sys.executable, "-m", "clusterer", "serve", "--data-dir", str(self.path), "--port", str(port)]
+        cmd = [sys.executable, "-m", "clusterer", "serve", "--data-dir", str(self.path), "--port", str(self.port)]
         self.proc = subprocess.Popen(
             [*cmd, "--log-level", "warning"],
             cwd=ROOT,
@@ -129,17 +152,21 @@ class Server:
             stderr=subprocess.STDOUT,
         )
         started = time.perf_counter()
-        while time.perf_counter() - started < 300:
+        while time.perf_counter() - started < 600:
             if self.proc.poll() is not None:
                 raise SystemExit("server died:\n" + self.log_path.read_text())
             try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                status, body = call(self.connect(), "GET", "/readyz")
+                if status == 200 and body.get("lookup_index") != "building":
                     self.ready_s = time.perf_counter() - started
                     return self
-            except httpx.HTTPError:
+            except (OSError, http.client.HTTPException, ValueError):
                 pass
             time.sleep(0.3)
-        raise SystemExit("server not ready after 300 s")
+        raise SystemExit("server not ready after 600 s")
+
+    def connect(self) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
 
     def __exit__(self, *exc) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -150,30 +177,33 @@ class Server:
         self.log.close()
 
 
-def http_lookups(url: str, queries: list[str], clients: int, total: int, cap_s: float = 120.0) -> dict:
-    """``total`` lookups (at most ``cap_s`` seconds) from ``clients`` threads, one request at a time each."""
-    import httpx
-
+def http_lookups(server: Server, texts: list[str], clients: int, cap_s: float = PHASE_CAP_S) -> dict:
+    """Every text looked up once (at most ``cap_s`` seconds) by ``clients`` threads, one request at a time each."""
     latencies: list[float] = []
+    answers: dict[int, int | None] = {}
     errors = [0]
     lock = threading.Lock()
-    counter = iter(range(total))
+    counter = iter(range(len(texts)))
     deadline = time.monotonic() + cap_s
 
     def worker() -> None:
-        mine = []
-        with httpx.Client(base_url=url, timeout=60) as client:
-            for i in counter:
-                if time.monotonic() > deadline:
-                    break
-                t = time.perf_counter()
-                r = client.post("/lookup", json={"text": queries[i % len(queries)]})
-                mine.append(time.perf_counter() - t)
-                if r.status_code != 200:
-                    with lock:
-                        errors[0] += 1
+        mine, got = [], {}
+        conn = server.connect()
+        for i in counter:
+            if time.monotonic() > deadline:
+                break
+            t = time.perf_counter()
+            status, body = call(conn, "POST", "/lookup", {"text": texts[i]})
+            mine.append(time.perf_counter() - t)
+            if status == 200:
+                got[i] = body["cluster_id"]
+            else:
+                with lock:
+                    errors[0] += 1
+        conn.close()
         with lock:
             latencies.extend(mine)
+            answers.update(got)
 
     threads = [threading.Thread(target=worker) for _ in range(clients)]
     started = time.perf_counter()
@@ -189,81 +219,92 @@ def http_lookups(url: str, queries: list[str], clients: int, total: int, cap_s: 
         "p50_ms": pct(latencies, 50),
         "p99_ms": pct(latencies, 99),
         "per_s": round(len(latencies) / wall, 1),
+        "answers": answers,
     }
 
 
-def in_process(path: Path, queries: list[str]) -> dict:
+def in_process(path: Path, texts: list[str]) -> tuple[dict, list[int | None]]:
     from clusterer.api import Store
 
     with Store.open(path) as store:
         store.lookup("warm up the model")
-        lat = []
-        for q in queries:
+        lat, answers = [], []
+        for text in texts:
             t = time.perf_counter()
-            store.lookup(q)
+            answers.append(store.lookup(text)["cluster_id"])
             lat.append(time.perf_counter() - t)
-    return {"clients": "in-process", "requests": len(lat), "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99)}
+    row = {"clients": "in-process", "requests": len(lat), "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99)}
+    row["per_s"] = round(len(lat) / sum(lat), 1)
+    return row, answers
 
 
-def with_writer(url: str, queries: list[str], texts: list[str], batch: int, total: int) -> dict:
-    """8 lookup clients while one client ingests ``texts`` in batches; readers' latency and what landed."""
-    import httpx
-
-    before = httpx.get(url + "/stats", timeout=60).json()["sentences"]
-    added = [0]
-    write_s = [0.0]
-    done = threading.Event()
+def with_writer(server: Server, texts: list[str], posted: list[str], batch: int) -> dict:
+    """8 lookup clients while one client posts ``posted`` in batches; readers' latency and what landed."""
+    conn = server.connect()
+    before = call(conn, "GET", "/stats")[1]["sentences"]
+    added, write_s, done = [0], [0.0], threading.Event()
 
     def writer() -> None:
-        with httpx.Client(base_url=url, timeout=300) as client:
-            t = time.perf_counter()
-            for start in range(0, len(texts), batch):
-                r = client.post("/sentences", json={"texts": texts[start : start + batch]})
-                r.raise_for_status()
-                added[0] += r.json()["added"]
-            write_s[0] = time.perf_counter() - t
+        wconn = server.connect()
+        t = time.perf_counter()
+        for start in range(0, len(posted), batch):
+            status, body = call(wconn, "POST", "/sentences", {"texts": posted[start : start + batch]})
+            if status != 200:
+                raise SystemExit(f"POST /sentences: {status} {body}")
+            added[0] += body["added"]
+        write_s[0] = time.perf_counter() - t
         done.set()
 
     w = threading.Thread(target=writer)
     w.start()
-    readers = http_lookups(url, queries, 8, total, cap_s=120)
-    w.join(300)
-    after = httpx.get(url + "/stats", timeout=60).json()["sentences"]
-    return dict(
-        readers,
-        clients="8 + writer",
-        written=len(texts),
-        added=added[0],
-        stored=after - before,
-        write_s=round(write_s[0], 1),
-        writer_done=done.is_set(),
-    )
+    readers = http_lookups(server, texts, 8)
+    w.join(600)
+    after = call(conn, "GET", "/stats")[1]["sentences"]
+    return dict(readers, clients="8 + writer", posted=len(posted), added=added[0], stored=after - before,
+                write_s=round(write_s[0], 1), writer_done=done.is_set())  # fmt: skip
 
 
-def run_store(name: str, path: Path, queries: list[str], ingest: list[str], args, tmp: Path) -> list[dict]:
-    rows = [dict(in_process(path, queries[:200]), store=name)]
+# -- one store ------------------------------------------------------------------------
+
+
+def run_store(name: str, queries: list[str], posted: list[str], args, tmp: Path) -> list[dict]:
+    path = store_path(name)
+    if not (path / "clusterer.db").exists():
+        BUILDERS[name](path)
+    peer_texts = queries[: args.peer]
+    row, peer_answers = in_process(path, peer_texts)
+    rows = [dict(row, store=name)]
     print(name, rows[-1], flush=True)
     served = path
-    if ingest:
+    if name in args.writer_stores:
         served = tmp / f"{name}-copy"
         shutil.copytree(path, served)
-    offset = 200
-    with Server(served, tmp / f"{name}.log") as server:
-        http_lookups(server.url, [q + " (warm-up)" for q in queries[-50:]], 4, 40)
-        for clients in (1, 8, 32):
-            total = args.lookups * max(1, clients // 8)
-            phase = [f"{q} ({clients})" for q in queries[offset : offset + total]]
-            offset += total
-            rows.append(
-                dict(http_lookups(server.url, phase, clients, total), store=name, ready_s=round(server.ready_s, 1))
-            )
-            print(name, rows[-1], flush=True)
-        if ingest:
-            phase = [f"{q} (writer)" for q in queries[offset : offset + args.lookups * 2]]
-            rows.append(dict(with_writer(server.url, phase, ingest, args.batch, len(phase)), store=name))
-            print(name, rows[-1], flush=True)
-    if ingest:
-        shutil.rmtree(served, ignore_errors=True)
+    offset = args.peer
+    try:
+        with Server(served, tmp / f"{name}.log") as server:
+            http_lookups(server, [f"{q} (warm-up)" for q in queries[-100:]], 4)
+            for clients in args.clients:
+                if clients == 1:
+                    phase = peer_texts
+                else:
+                    phase = [f"{q} ({clients})" for q in queries[offset : offset + args.lookups]]
+                    offset += args.lookups
+                result = http_lookups(server, phase, clients)
+                answers = result.pop("answers")
+                if clients == 1:
+                    same = [answers[i] == a for i, a in enumerate(peer_answers) if i in answers]
+                    result["agree"] = round(float(np.mean(same)), 4) if same else None
+                rows.append(dict(result, store=name, ready_s=round(server.ready_s, 1)))
+                print(name, rows[-1], flush=True)
+            if name in args.writer_stores:
+                phase = [f"{q} (writer)" for q in queries[offset : offset + args.lookups]]
+                result = with_writer(server, phase, posted, args.batch)
+                result.pop("answers")
+                rows.append(dict(result, store=name))
+                print(name, rows[-1], flush=True)
+    finally:
+        if served != path:
+            shutil.rmtree(served, ignore_errors=True)
     return rows
 
 
@@ -272,17 +313,19 @@ def table(rows: list[dict]) -> str:
     lines = [head]
     idle = {r["store"]: r["p99_ms"] for r in rows if r["clients"] == 8}
     for r in rows:
-        note = ""
+        notes = []
         if r["clients"] == "8 + writer":
-            note = (
-                f"{r['written']} texts posted in {r['write_s']} s, {r['added']} added, {r['stored']} stored; "
+            notes.append(
+                f"{r['posted']} texts posted in {r['write_s']} s, {r['added']} added, {r['stored']} stored; "
                 f"p99 {r['p99_ms'] / idle[r['store']]:.2f}x idle"
             )
-        elif r.get("errors"):
-            note = f"{r['errors']} errors"
+        if r.get("agree") is not None:
+            notes.append(f"same cluster as in-process: {r['agree']:.3f}")
+        if r.get("errors"):
+            notes.append(f"{r['errors']} errors")
         lines.append(
             f"| {r['store']} | {r['clients']} | {r['requests']} | {r['p50_ms']} | {r['p99_ms']} | "
-            f"{r.get('per_s', '')} | {note} |"
+            f"{r.get('per_s', '')} | {'; '.join(notes)} |"
         )
     return "\n".join(lines)
 
@@ -290,39 +333,31 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--stores", default="sample,100k,1m")
-    ap.add_argument("--large", type=Path, default=CACHE_DIR / "service-1m", help="the 1M store (see the docstring)")
-    ap.add_argument("--method", default="community", help="method of the 100k store's run")
-    ap.add_argument("--lookups", type=int, default=300, help="requests per client count (x clients/8 above 8)")
-    ap.add_argument("--ingest", type=int, default=1000, help="texts the writer posts alongside the readers")
+    ap.add_argument("--clients", default="1,8,32", help="client counts, in order")
+    ap.add_argument("--lookups", type=int, default=1500, help="lookups per phase")
+    ap.add_argument("--peer", type=int, default=300, help="lookups of the in-process peer (and of the 1-client phase)")
+    ap.add_argument("--writer-stores", default="sample,100k", help="stores with a writer phase (on a copy)")
+    ap.add_argument("--posted", type=int, default=1000, help="texts the writer posts alongside the readers")
     ap.add_argument("--batch", type=int, default=100, help="texts per POST /sentences")
     args = ap.parse_args()
+    args.clients = [int(c) for c in args.clients.split(",")]
+    args.writer_stores = set(args.writer_stores.split(",")) if args.writer_stores else set()
 
-    queries = read_texts(DATA_ROOT / "clinc150" / "clinc150.csv")
+    clinc = read_texts(DATA_ROOT / "clinc150" / "clinc150.csv")[1::2]  # the half no store holds
     rng = np.random.default_rng(0)
-    queries = [queries[i] for i in rng.permutation(len(queries))]
+    queries = [clinc[i] for i in rng.permutation(len(clinc))]
+    need = args.peer + args.lookups * (len(args.clients) + 1) + 100
+    if need > len(queries):
+        raise SystemExit(f"{need} query texts needed, {len(queries)} available: lower --lookups")
     bank = read_texts(DATA_ROOT / "banking77" / "banking77.csv")
-    ingest = [f"{t} [posted]" for t in bank[: args.ingest]]
-    wanted = args.stores.split(",")
+    posted = [f"{t} [posted]" for t in bank[: args.posted]]
     rows: list[dict] = []
     tmp = Path(tempfile.mkdtemp(prefix="clusterer-bench-service-"))
     try:
-        for name in wanted:
-            if name == "sample":
-                path = CACHE_DIR / "service-sample"
-                if not (path / "clusterer.db").exists():
-                    build_sample(path)
-            elif name == "100k":
-                path = CACHE_DIR / f"service-100k-{args.method}"
-                if not (path / "clusterer.db").exists():
-                    build_synthetic(path, 100_000, args.method)
-            elif name == "1m":
-                path = args.large
-                if not (path / "clusterer.db").exists():
-                    print(f"no 1M store at {path}: build it with bench/incremental.py --keep", flush=True)
-                    continue
-            else:
+        for name in args.stores.split(","):
+            if name not in BUILDERS:
                 raise SystemExit(f"unknown store {name!r}")
-            rows += run_store(name, path, queries, ingest if name != "1m" else [], args, tmp)
+            rows += run_store(name, queries, posted, args, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(rows))

@@ -76,6 +76,7 @@ class ServerSettings:
     lookup_wait_ms: float = 1.0
     lookup_cache: int = 4096
     lookup_exact_max: int = 20_000
+    freeze_gc: bool = True
     cors_origins: tuple[str, ...] = ()
 
     @classmethod
@@ -97,5 +98,7 @@ class ServerSettings:
                 value = int(value)
             elif f.type == "float":
                 value = float(value)
+            elif f.type == "bool" and not isinstance(value, bool):
+                value = str(value).strip().lower() in ("1", "true", "yes", "on")
             values[f.name] = value
         return cls(**values)

@@ -188,8 +188,7 @@ class IndexCache:
             self.index  # noqa: B018  (loaded now, so that readers never load it under the read lock)
             return
         with self.db.read() as session:
-            deletions = q.deletion_count(session)
-            newest = q.max_seq(session)
+            deletions, newest = q.change_marks(session)
         if deletions == self._deletions_seen and newest <= self.index_seq:
             return
         with self.rw.write():  # re-checked inside: two threads never replay the same rows

@@ -21,7 +21,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,37 @@ log = logging.getLogger(__name__)
 ONNX_EXPORT_VERSION = 2
 ONNX_BATCH_SIZE = 32
 ONNX_MAX_CHUNK = 16384  # sentences tokenised and length-sorted together
+CALL_TOKENS = 8
+"""What one model call costs beyond its tokens, in tokens: a call streams every weight matrix
+from memory whatever its size (measured with all-MiniLM-L6-v2 on a 2-core EPYC, one thread:
+2.1 ms a call plus 0.24 ms a token), so a short text batched with a long one can cost less
+padded than alone, and a batch of mixed lengths can cost less split than padded."""
+GROUPED_MAX = 256
+"""Up to this many texts (the lookups of a server, small writes) are split into calls by
+:func:`length_groups`; larger inputs, sorted by length, already have little padding in fixed
+batches."""
+
+
+def length_groups(lengths: Sequence[int], max_batch: int, call_tokens: float = CALL_TOKENS) -> list[int]:
+    """Where to cut ``lengths`` (ascending token counts) into model calls of at most ``max_batch``
+    texts so that the padded tokens plus ``call_tokens`` a call are fewest (a call pads its
+    texts to its longest). Returns the end (exclusive) of each call, the last being ``len``."""
+    n = len(lengths)
+    best = [0.0] + [float("inf")] * n
+    cut = [0] * (n + 1)
+    for end in range(1, n + 1):
+        longest = lengths[end - 1]
+        for start in range(max(0, end - max_batch), end):
+            cost = best[start] + call_tokens + (end - start) * longest
+            if cost < best[end]:
+                best[end], cut[end] = cost, start
+    ends, end = [], n
+    while end > 0:
+        ends.append(end)
+        end = cut[end]
+    return ends[::-1]
+
+
 _ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
@@ -198,8 +229,12 @@ class OnnxRunner:
             types = [e.type_ids for e in encs] if "token_type_ids" in self.input_names else None
             lens = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
             order = np.argsort(lens, kind="stable")
-            for b in range(0, len(order), batch_size):
-                idx = order[b : b + batch_size]
+            if len(order) <= GROUPED_MAX:
+                ends = length_groups(lens[order].tolist(), batch_size)
+            else:
+                ends = [*range(batch_size, len(order), batch_size), len(order)]
+            for b, e in zip([0, *ends[:-1]], ends):
+                idx = order[b:e]
                 width = int(lens[idx].max())
                 arr = np.zeros((len(idx), width), dtype=np.int64)
                 mask = np.zeros((len(idx), width), dtype=np.int64)

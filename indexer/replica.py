@@ -108,6 +108,22 @@ class LookupCopy:
             self._thread = threading.Thread(target=self.build, args=(index,), name="clusterer-lookup-copy", daemon=True)
             self._thread.start()
 
+    def status(self) -> str:
+        """What lookups search: "exact" (the index itself: off, small or being loaded), "building"
+        (its copy is being built; the index itself meanwhile), "copy" or "approximate" (an IVF
+        index too large to copy)."""
+        index = self.cache.current
+        if index is None:
+            return "exact"
+        if index.follower is not None:
+            return "copy"
+        if not index.is_exact:
+            return "approximate"
+        thread = self._thread
+        if self._building is index and thread is not None and thread.is_alive():
+            return "building"
+        return "exact"
+
     def wait(self, timeout: float | None = None) -> bool:
         """Wait for a build in progress; True when none is left running."""
         thread = self._thread

@@ -298,6 +298,14 @@ def deletion_count(session: Session) -> int:
     return session.scalar(select(IndexState.deletions).where(IndexState.id == 1)) or 0
 
 
+def change_marks(session: Session) -> tuple[int, int]:
+    """(:func:`deletion_count`, :func:`max_seq`) in one round trip: what a reader compares to
+    learn whether anything was stored or deleted since it last looked."""
+    deletions = select(IndexState.deletions).where(IndexState.id == 1).scalar_subquery()
+    row = session.execute(select(deletions, func.coalesce(func.max(Sentence.seq), 0))).one()
+    return int(row[0] or 0), int(row[1] or 0)
+
+
 def start_ingest(session: Session, source: str) -> int:
     log = IngestLog(source=source)
     session.add(log)

@@ -243,3 +243,40 @@ def test_backend_arguments():
         Encoder(backend="onnx", precision="bf16")
     with pytest.raises(ValueError):
         Encoder(backend="onnx", device="cuda")
+
+
+def _cost(lengths, ends, call_tokens):
+    starts = [0, *ends[:-1]]
+    return sum(call_tokens + (e - s) * lengths[e - 1] for s, e in zip(starts, ends))
+
+
+def test_length_groups_cut_where_padding_costs_more_than_a_call():
+    import itertools
+
+    from indexer.onnx_backend import length_groups
+
+    assert length_groups([10, 10, 10, 10], 32, call_tokens=8) == [4]  # one call, nothing padded
+    assert length_groups([5, 6, 7, 60], 32, call_tokens=8) == [3, 4]  # the long one alone
+    ends = length_groups([10] * 10, 4, call_tokens=8)  # never above max_batch, no more calls than needed
+    assert len(ends) == 3 and all(0 < e - s <= 4 for s, e in zip([0, *ends[:-1]], ends)) and ends[-1] == 10
+    assert length_groups([], 8) == []
+    rng = np.random.default_rng(0)
+    for _ in range(30):  # the fewest tokens of every way to cut, found by trying them all
+        lengths = sorted(rng.integers(3, 40, rng.integers(1, 9)).tolist())
+        n = len(lengths)
+        best = min(
+            _cost(lengths, [*cuts, n], 8)
+            for r in range(n)
+            for cuts in itertools.combinations(range(1, n), r)
+            if all(e - s <= 4 for s, e in zip([0, *cuts], [*cuts, n]))
+        )
+        ends = length_groups(lengths, 4, call_tokens=8)
+        assert ends[-1] == n and _cost(lengths, ends, 8) == best
+
+
+@pytest.mark.slow
+def test_onnx_mixed_lengths_in_groups_equal_alone(onnx_cache):
+    _, enc = onnx_cache
+    texts = ["hi", "a much longer sentence about the weather " * 6, "short one", "medium sized sentence here ok"]
+    grouped = enc.encode(texts)
+    np.testing.assert_allclose(grouped, np.vstack([enc.encode([t]) for t in texts]), atol=1e-5)

@@ -74,13 +74,16 @@ def big_store(tmp_path):
 def test_lookups_use_the_copy_once_built_and_it_follows_ingests_and_deletes(big_store):
     store = big_store
     assert store.lookup_index() is store.index  # off by default: one-off commands keep the exact search
+    assert store.lookup_copy.status() == "exact"
     queries = [f"a question about topic{i % 23} in colour{i % 7}" for i in range(30)]
     vectors = store.embed(queries)
     exact = store.lookup_vectors(vectors)
     store.lookup_copy.enable(above=1000)
     first = store.lookup_index()  # starts the build; the exact index answers meanwhile
     assert first is store.index or first is store.index.follower
+    assert store.lookup_copy.status() in ("building", "copy")
     assert store.lookup_copy.wait(60)
+    assert store.lookup_copy.status() == "copy"
     copy = store.lookup_index()
     assert copy is store.index.follower and copy.kind.startswith("IVFFlat")
     approx = store.lookup_vectors(vectors)
@@ -105,5 +108,6 @@ def test_the_copy_is_not_built_for_small_or_approximate_indexes(tmp_path, big_st
         assert not store.index.is_exact
         store.lookup_copy.enable(above=100)
         assert store.lookup_index() is store.index and store.lookup_copy.wait(1)
+        assert store.lookup_copy.status() == "approximate"
     finally:
         store.close()

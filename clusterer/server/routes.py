@@ -99,6 +99,7 @@ def readyz(request: Request):
         "ready": svc.ready.is_set(),
         "model": bool(store._encoder is not None and svc.ready.is_set()),
         "index": store.cache.loaded,
+        "lookup_index": store.lookup_copy.status(),
         "error": svc.load_error,
     }
     return JSONResponse(

@@ -120,3 +120,36 @@ class CardCache:
             self._data[key] = kept
             while len(self._data) > self.size:
                 self._data.popitem(last=False)
+
+
+class TextCache:
+    """Texts by sentence id, least recently used dropped first. A stored sentence's text never
+    changes and ids are never reused, so an entry never goes stale (a deleted sentence is simply
+    no longer found by a search). Thread-safe."""
+
+    def __init__(self, size: int = 65536):
+        self.size = max(0, int(size))
+        self._data: OrderedDict[int, str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def read(self, ids, fetch) -> dict[int, str]:
+        """``{id: text}`` of ``ids``, those not held read with ``fetch(missing_ids)``."""
+        out: dict[int, str] = {}
+        missing = []
+        with self._lock:
+            for i in ids:
+                text = self._data.get(i)
+                if text is None:
+                    missing.append(i)
+                else:
+                    self._data.move_to_end(i)
+                    out[i] = text
+        if missing:
+            found = fetch(missing)
+            out.update(found)
+            if self.size:
+                with self._lock:
+                    self._data.update(found)
+                    while len(self._data) > self.size:
+                        self._data.popitem(last=False)
+        return out

@@ -32,28 +32,31 @@ SEARCH_CHUNK = 256
 """Queries per index search at most (bounds the distance block FAISS allocates)."""
 
 
-def answer_batch(store, vectors: np.ndarray, counts: list[int], cards: cards_.CardCache) -> list[dict[str, Any]]:
+def answer_batch(
+    store, vectors: np.ndarray, counts: list[int], cards: cards_.CardCache, texts_of: cards_.TextCache
+) -> list[dict[str, Any]]:
     """The answers of ``store.lookup_vectors``: for each row, the cluster it would join under the
     latest run with that cluster's card (``counts[r]`` members shown), the similarity, the votes
     and the nearest stored sentences. One index search and one read of labels, cluster rows,
-    names and texts for the batch; cards come from ``cards`` while the store is unchanged."""
+    names and texts for the batch; cards come from ``cards`` while the store is unchanged, texts
+    from ``texts_of``."""
     store.refresh()
     with store.reading(), store.db.read() as session:
         state = store.upkeep.state_for(session)
         if state is None or store.dimension is None:
             raise NoRunError("no clustering run yet: run `clusterer cluster` first")
         version = cards_.store_version(state, *store.cache.version)
-        index = store.lookup_index()
-        decisions = decide_batch(session, state, index, vectors, store.dimension, store.embedding_dtype, SCAN)
+        gather = Gather(session, state, store.lookup_index(), store.dimension, store.embedding_dtype)
+        decisions = decide_batch(gather, vectors, SCAN)
         near = [[int(i) for i in d["near"][0][:NEIGHBOURS] if i >= 0] for d in decisions]
         every = sorted({i for ids in near for i in ids})
-        near_known = cq.labels_for(session, state.run_id, every)
+        near_known = gather.labels(every)
         wanted = {(d["label"], m) for d, m in zip(decisions, counts) if d["label"] >= 0}
         found = {key: c for key in wanted if (c := cards.get(version, key)) is not None}
         missing = wanted - found.keys()
         rows = cq.clusters_by_label(session, state.run_id, {label for label, _ in missing})
         shown = [i for r in rows.values() for i in [*(r.representatives or []), r.centre_id] if i is not None]
-        texts = sq.texts_for(session, every + shown)
+        texts = texts_of.read(every + shown, lambda ids: sq.texts_for(session, ids))
         names = cur.names(session, rows) if rows else {}
         for label, m in missing:
             if label in rows:
@@ -91,9 +94,7 @@ def search_batch(index, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.nda
     return np.vstack([p[0] for p in parts]), np.vstack([p[1] for p in parts])
 
 
-def decide_batch(
-    session, state: inc.RunState, index, vectors: np.ndarray, dimension: int, dtype: str, scan: int
-) -> list[dict[str, Any]]:
+def decide_batch(gather: Gather, vectors: np.ndarray, scan: int) -> list[dict[str, Any]]:
     """What ingesting each row of ``vectors`` alone would assign it to (nothing is written).
 
     Per row: ``label`` (-1 for none), ``similarity`` (to the centre on community runs, else to
@@ -101,7 +102,7 @@ def decide_batch(
     share of the kNN weight) and ``near``, the (ids, similarities) of the ``scan`` nearest
     stored sentences.
     """
-    gather = Gather(session, state, index, dimension, dtype)
+    state, index = gather.state, gather.index
     vecs = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32).reshape(len(vectors), -1))
     rule = state.rule
     graph = graph_params(state) if rule == "graph" else {"k": 0}

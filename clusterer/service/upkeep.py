@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -93,6 +93,10 @@ def restrict_to_run(session, state: inc.RunState, ids: np.ndarray, vectors: np.n
     return ids[keep], vectors[keep], [t for t, k in zip(texts, keep) if k]
 
 
+_ABSENT = object()
+"""A sentence the run holds no assignment for (not the same as unassigned: None)."""
+
+
 @dataclass
 class Gather:
     """Reads a batch's inputs inside its transaction, caching centres and centroids in the state."""
@@ -102,9 +106,18 @@ class Gather:
     index: Any
     dimension: int
     dtype: str = "float32"
+    _labels: dict[int, Any] = field(default_factory=dict, repr=False)
 
     def labels(self, ids) -> dict[int, int | None]:
-        return cq.labels_for(self.session, self.state.run_id, [int(i) for i in np.asarray(ids).ravel() if i >= 0])
+        """The labels of ``ids`` (those the run holds), each read once per transaction."""
+        seen = self._labels
+        wanted = [i for i in {int(i) for i in np.asarray(ids).ravel() if i >= 0} if i not in seen]
+        if wanted:
+            found = cq.labels_for(self.session, self.state.run_id, wanted)
+            seen.update({i: found.get(i, _ABSENT) for i in wanted})
+        return {
+            i: label for i in (int(i) for i in np.asarray(ids).ravel() if i >= 0) if (label := seen[i]) is not _ABSENT
+        }
 
     @staticmethod
     def label_fn(known: dict[int, int | None]) -> Callable[[np.ndarray], np.ndarray]:
