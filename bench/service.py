@@ -14,9 +14,9 @@ one run:
   is found stored afterwards (on a copy of the store).
 
 The sample store is ingested with the real model. The 100k store holds the shared corpora's
-sentences (mix50k, BANKING77, 20 Newsgroups, the rest of Stack Overflow and half of CLINC150)
+sentences (mix50k, 20 Newsgroups, the rest of Stack Overflow, CLINC150 and half of BANKING77)
 with their cached embeddings of the bundled model, clustered by the default method; its
-queries are the other half of CLINC150. The 1M store holds synthetic 384-d vectors in planted
+queries are the other half of BANKING77 (CLINC150's unstored half for the other stores). The 1M store holds synthetic 384-d vectors in planted
 groups of 50 (``bench/incremental.py``), under the bundled model's name, so the server opens
 all three with the real model and lookups embed real text, as a user's would. Stores are kept
 under ``bench/.cache``.
@@ -77,17 +77,18 @@ def build_sample(path: Path) -> None:
 
 
 def real_100k() -> tuple[list[str], np.ndarray, list[str]]:
-    """(stored texts, their embeddings, query texts): the shared corpora with half of CLINC150
-    stored and the other half as queries."""
+    """(stored texts, their embeddings, query texts): the shared corpora's sentences (about
+    100,000 once copies are dropped) but the first half of BANKING77, which are the queries."""
     texts, parts = list(load_mix50k()[0]), [mix50k()[0]]
-    for name, start in (("banking77", 0), ("20newsgroups", 0), ("stackoverflow", 50_000 - 36_825)):
+    x, _, bank = labelled("banking77")
+    half = len(bank) // 2
+    texts += bank[half:]
+    parts.append(x[half:])
+    for name, start in (("20newsgroups", 0), ("stackoverflow", 50_000 - 36_825), ("clinc150", 0)):
         x, _, t = labelled(name)
         texts += t[start:]
         parts.append(x[start:])
-    x, _, clinc = labelled("clinc150")
-    texts += clinc[0::2]
-    parts.append(x[0::2])
-    return texts, np.vstack(parts), clinc[1::2]
+    return texts, np.vstack(parts), bank[:half]
 
 
 def build_100k(path: Path) -> None:
@@ -240,8 +241,7 @@ def in_process(path: Path, texts: list[str]) -> tuple[dict, list[int | None]]:
 
 def with_writer(server: Server, texts: list[str], posted: list[str], batch: int) -> dict:
     """8 lookup clients while one client posts ``posted`` in batches; readers' latency and what landed."""
-    conn = server.connect()
-    before = call(conn, "GET", "/stats")[1]["sentences"]
+    before = call(server.connect(), "GET", "/stats")[1]["sentences"]
     added, write_s, done = [0], [0.0], threading.Event()
 
     def writer() -> None:
@@ -259,7 +259,7 @@ def with_writer(server: Server, texts: list[str], posted: list[str], batch: int)
     w.start()
     readers = http_lookups(server, texts, 8)
     w.join(600)
-    after = call(conn, "GET", "/stats")[1]["sentences"]
+    after = call(server.connect(), "GET", "/stats")[1]["sentences"]  # a new connection: the idle one timed out
     return dict(readers, clients="8 + writer", posted=len(posted), added=added[0], stored=after - before,
                 write_s=round(write_s[0], 1), writer_done=done.is_set())  # fmt: skip
 
@@ -267,10 +267,20 @@ def with_writer(server: Server, texts: list[str], posted: list[str], batch: int)
 # -- one store ------------------------------------------------------------------------
 
 
-def run_store(name: str, queries: list[str], posted: list[str], args, tmp: Path) -> list[dict]:
+def queries_for(name: str) -> list[str]:
+    """Texts the store does not hold, shuffled: half of CLINC150 (the 100k store: half of BANKING77)."""
+    texts = real_100k()[2] if name == "100k" else read_texts(DATA_ROOT / "clinc150" / "clinc150.csv")[1::2]
+    return [texts[i] for i in np.random.default_rng(0).permutation(len(texts))]
+
+
+def run_store(name: str, posted: list[str], args, tmp: Path) -> list[dict]:
     path = store_path(name)
     if not (path / "clusterer.db").exists():
         BUILDERS[name](path)
+    queries = queries_for(name)
+    need = args.peer + args.lookups * (len(args.clients) + 1) + 100
+    if need > len(queries):
+        raise SystemExit(f"{need} query texts needed, {len(queries)} available: lower --lookups")
     peer_texts = queries[: args.peer]
     row, peer_answers = in_process(path, peer_texts)
     rows = [dict(row, store=name)]
@@ -343,21 +353,15 @@ def main() -> None:
     args.clients = [int(c) for c in args.clients.split(",")]
     args.writer_stores = set(args.writer_stores.split(",")) if args.writer_stores else set()
 
-    clinc = read_texts(DATA_ROOT / "clinc150" / "clinc150.csv")[1::2]  # the half no store holds
-    rng = np.random.default_rng(0)
-    queries = [clinc[i] for i in rng.permutation(len(clinc))]
-    need = args.peer + args.lookups * (len(args.clients) + 1) + 100
-    if need > len(queries):
-        raise SystemExit(f"{need} query texts needed, {len(queries)} available: lower --lookups")
     bank = read_texts(DATA_ROOT / "banking77" / "banking77.csv")
-    posted = [f"{t} [posted]" for t in bank[: args.posted]]
+    posted = [f"{t} [posted]" for t in bank[-args.posted :]]
     rows: list[dict] = []
     tmp = Path(tempfile.mkdtemp(prefix="clusterer-bench-service-"))
     try:
         for name in args.stores.split(","):
             if name not in BUILDERS:
                 raise SystemExit(f"unknown store {name!r}")
-            rows += run_store(name, queries, posted, args, tmp)
+            rows += run_store(name, posted, args, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(rows))

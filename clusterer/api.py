@@ -46,8 +46,7 @@ class Store(SentenceStore):
 
     def __init__(self, *args: Any, **kwargs: Any):
         self.upkeep = Upkeep(self)
-        self.card_cache = cards.CardCache()
-        self.text_cache = cards.TextCache()
+        self.lookup_caches = cards.LookupCaches()
         kwargs.setdefault("listener", self.upkeep)
         super().__init__(*args, **kwargs)
 
@@ -241,7 +240,7 @@ class Store(SentenceStore):
         each answer equals that of a lookup of its row alone."""
         vecs = np.asarray(vectors, dtype=np.float32)
         counts = [members] * len(vecs) if isinstance(members, int) else [int(m) for m in members]
-        return lookup_service.answer_batch(self, vecs, counts, self.card_cache, self.text_cache) if len(vecs) else []
+        return lookup_service.answer_batch(self, vecs, counts, self.lookup_caches) if len(vecs) else []
 
     def cluster_of(self, sentence_id: int) -> dict[str, Any]:
         """The cluster of a stored sentence under the latest run, and under every earlier run."""

@@ -14,6 +14,7 @@ cheap.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import sys
@@ -233,6 +234,17 @@ class Encoder:
 
     def _load_fp32(self, device: str):
         return load_sentence_transformer(self._requested, device)
+
+    def with_threads(self, threads: int) -> Encoder:
+        """This encoder with a model session of its own on ``threads`` CPU threads (ONNX Runtime
+        backend), for work that must not take every core; the same object on other backends."""
+        self.load()
+        if not isinstance(self._model, OnnxRunner):
+            return self
+        other = copy.copy(self)
+        other._model = OnnxRunner(self._model.folder, threads=threads)
+        other._lock = threading.Lock()
+        return other
 
     def encode(self, texts: Sequence[str], show_progress: bool = False) -> np.ndarray:
         """Embed ``texts`` -> float32 array (len(texts), dimension), rows L2-normalised,

@@ -200,6 +200,7 @@ class OnnxRunner:
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
+        self.folder = folder
         meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
         if meta.get("export") != ONNX_EXPORT_VERSION:
             raise ValueError(f"export version {meta.get('export')} != {ONNX_EXPORT_VERSION}")

@@ -170,12 +170,13 @@ class SentenceStore:
         self._encoder = wrap(self.encoder)
         self._check_model()
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Embeddings of ``texts`` (as ingest would store them); an empty text is an error."""
+    def embed(self, texts: Sequence[str], encoder: Any = None) -> np.ndarray:
+        """Embeddings of ``texts`` (as ingest would store them), by ``encoder`` when given (the
+        store's model behind another wrapper than the store's); an empty text is an error."""
         normalised = [normalize_text(t) for t in texts]
         if any(not t for t in normalised):
             raise InvalidArgumentError("the text is empty: give a sentence to compare")
-        return self.encoder.encode(normalised)
+        return (encoder or self.encoder).encode(normalised)
 
     def _ensure_info(self) -> None:
         if self.model_name is not None:

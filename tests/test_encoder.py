@@ -280,3 +280,14 @@ def test_onnx_mixed_lengths_in_groups_equal_alone(onnx_cache):
     texts = ["hi", "a much longer sentence about the weather " * 6, "short one", "medium sized sentence here ok"]
     grouped = enc.encode(texts)
     np.testing.assert_allclose(grouped, np.vstack([enc.encode([t]) for t in texts]), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_with_threads_is_the_same_model_in_a_session_of_its_own(onnx_cache):
+    _, enc = onnx_cache
+    single = enc.with_threads(1)
+    assert single is not enc and single._model is not enc._model and single.backend == "onnx"
+    assert single._model.session.get_session_options().intra_op_num_threads == 1
+    np.testing.assert_allclose(single.encode(SENTENCES), enc.encode(SENTENCES), atol=1e-5)
+    torch_enc = Encoder(backend="torch", precision="fp32")
+    assert torch_enc.with_threads(1) is torch_enc

@@ -194,9 +194,9 @@ def test_lookup_cards_are_cached_until_the_store_changes(tmp_path, clustered):
     store = clustered
     pin = topic_clusters(store)["pin"]
     first = store.lookup("forgot pin code reset please")
-    hits = store.card_cache.hits
+    hits = store.lookup_caches.cards.hits
     again = store.lookup("forgot pin code reset again")
-    assert again["cluster"] == first["cluster"] and store.card_cache.hits == hits + 1
+    assert again["cluster"] == first["cluster"] and store.lookup_caches.cards.hits == hits + 1
     again["cluster"]["members"][0]["text"] = "changed by the caller"
     again["cluster"]["keywords"].append("mine")
     assert store.lookup("forgot pin code reset")["cluster"] == first["cluster"]  # the cached card is untouched

@@ -10,10 +10,11 @@ import time
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
-from clusterer.server.batcher import LookupPipeline, ReaderFirst
+from clusterer.server.batcher import LookupPipeline
 from clusterer.server.errors import NotReady, classify
 from clusterer.server.metrics import Metrics
 from clusterer.server.security import BodyLimit, TokenAuth
+from clusterer.server.write_encoder import BackgroundEncoder
 from clusterer.server.writer import Writer
 from clusterer.settings import ServerSettings
 
@@ -43,6 +44,12 @@ def single_threaded_search() -> None:
         _reader.set = True
 
 
+def writes_encoder(encoder) -> BackgroundEncoder:
+    """The store's encoder as the writer uses it: on a low-priority thread, one core at most."""
+    with_threads = getattr(encoder, "with_threads", None)
+    return BackgroundEncoder(encoder, with_threads(1) if with_threads else encoder)
+
+
 def freeze_loaded_objects() -> None:
     """Move everything loaded so far (model, index, frameworks, ORM) out of the garbage
     collector's reach. Those objects live as long as the process, yet each full collection
@@ -67,6 +74,7 @@ class Service:
         self.load_error: str | None = None
         self.writer: Writer | None = None
         self.lookups: LookupPipeline | None = None
+        self._model: Any = None
         self.metrics = Metrics(self.snapshot)
         from clusterer.service.projection import MapCache
 
@@ -81,7 +89,7 @@ class Service:
             on_done=lambda kind, s: self.metrics.writes.labels(kind).observe(s),
         )
         self.lookups = LookupPipeline(
-            self.store.embed,
+            self._embed_lookups,
             self._lookup_vectors,
             max_batch=self.settings.lookup_batch,
             max_wait=self.settings.lookup_wait_ms / 1000,
@@ -95,8 +103,8 @@ class Service:
 
         try:
             vector = self.store.embed(["warm up"])[0]
-            pipeline = self.pipeline
-            self.store.wrap_encoder(lambda encoder: ReaderFirst(encoder, pipeline))
+            self._model = self.store.encoder
+            self.store.wrap_encoder(writes_encoder)
             self.store.lookup_copy.enable(self.settings.lookup_exact_max or None)
             self.store.refresh()
             if self.store.dimension is not None:
@@ -117,6 +125,11 @@ class Service:
         single_threaded_search()
         return self.store
 
+    def _embed_lookups(self, texts: list[str]):
+        """Lookups call the model itself, on every core; writes go through the store's encoder
+        (:class:`BackgroundEncoder`)."""
+        return self.store.embed(texts, encoder=self._model)
+
     def _lookup_vectors(self, vectors, members):
         single_threaded_search()  # in the lookup thread: one batch, one small search
         return self.store.lookup_vectors(vectors, members=members)
@@ -135,6 +148,8 @@ class Service:
         if self.lookups:
             self.lookups.close()
         stopped = self.writer.stop(STOP_WAIT_S) if self.writer else True
+        if isinstance(self.store.encoder, BackgroundEncoder):
+            self.store.encoder.close()
         if not stopped:
             log.warning("the write in flight did not finish in %.0f s; leaving it to the next open", STOP_WAIT_S)
         elif self.close_store:

@@ -307,28 +307,3 @@ class LookupPipeline:
     def close(self) -> None:
         self.encoder.close()
         self.searcher.close()
-
-
-class ReaderFirst:
-    """The store's encoder as the writer uses it: a write's texts are encoded in chunks, and
-    before each chunk the lookups waiting to be embedded go first (for at most ``max_yield``
-    seconds a chunk, so writes always progress). Lookups themselves, embedded in the pipeline's
-    thread, call the model directly. Everything else is the wrapped encoder's."""
-
-    def __init__(self, inner: Any, pipeline: LookupPipeline, chunk: int = 8, max_yield: float = 0.02):
-        self.inner, self.pipeline, self.chunk, self.max_yield = inner, pipeline, chunk, max_yield
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def encode(self, texts: Sequence[str], show_progress: bool = False) -> np.ndarray:
-        batcher = self.pipeline.encoder
-        if threading.current_thread() is batcher.thread or len(texts) <= self.chunk:
-            if threading.current_thread() is not batcher.thread:
-                batcher.wait_idle(self.max_yield)
-            return self.inner.encode(texts, show_progress=show_progress)
-        parts = []
-        for start in range(0, len(texts), self.chunk):
-            batcher.wait_idle(self.max_yield)
-            parts.append(self.inner.encode(list(texts[start : start + self.chunk])))
-        return np.vstack(parts)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+from clusterer.server.write_encoder import one_core
 from clusterer.service.batches import Batch, ingest_batches
 
 
@@ -173,7 +174,8 @@ class Writer:
             items.append(nxt)
             total += len(nxt.payload.texts)
         try:
-            answers = ingest_batches(self.store, [i.payload for i in items])
+            with one_core():
+                answers = ingest_batches(self.store, [i.payload for i in items])
         except BaseException as exc:  # noqa: BLE001 (handed to every waiting caller)
             for i in items:
                 i.future.set_exception(exc)

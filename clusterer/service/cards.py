@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Hashable
+from dataclasses import dataclass, field
 from typing import Any
 
 from clusterer.service.views import ClusterInfo, Member
@@ -153,3 +154,30 @@ class TextCache:
                     while len(self._data) > self.size:
                         self._data.popitem(last=False)
         return out
+
+
+class LabelCache:
+    """The labels of sentences under the latest run, for one store version at a time: the memo a
+    batch's :class:`clusterer.service.upkeep.Gather` reads through, kept for the next batches
+    until the store changes (then a new, empty one). Dropped whole when it outgrows ``size``."""
+
+    def __init__(self, size: int = 200_000):
+        self.size = max(0, int(size))
+        self._version: Hashable = None
+        self._labels: dict[int, Any] = {}
+        self._lock = threading.Lock()
+
+    def for_version(self, version: Hashable) -> dict[int, Any]:
+        with self._lock:
+            if version != self._version or len(self._labels) > self.size:
+                self._version, self._labels = version, {}
+            return self._labels if self.size else {}
+
+
+@dataclass
+class LookupCaches:
+    """What a store's lookups keep between batches (see :func:`clusterer.service.lookups.answer_batch`)."""
+
+    cards: CardCache = field(default_factory=CardCache)
+    texts: TextCache = field(default_factory=TextCache)
+    labels: LabelCache = field(default_factory=LabelCache)

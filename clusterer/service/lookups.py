@@ -32,37 +32,36 @@ SEARCH_CHUNK = 256
 """Queries per index search at most (bounds the distance block FAISS allocates)."""
 
 
-def answer_batch(
-    store, vectors: np.ndarray, counts: list[int], cards: cards_.CardCache, texts_of: cards_.TextCache
-) -> list[dict[str, Any]]:
+def answer_batch(store, vectors: np.ndarray, counts: list[int], caches: cards_.LookupCaches) -> list[dict[str, Any]]:
     """The answers of ``store.lookup_vectors``: for each row, the cluster it would join under the
     latest run with that cluster's card (``counts[r]`` members shown), the similarity, the votes
     and the nearest stored sentences. One index search and one read of labels, cluster rows,
-    names and texts for the batch; cards come from ``cards`` while the store is unchanged, texts
-    from ``texts_of``."""
+    names and texts for the batch, less what ``caches`` hold: cards and labels while the store is
+    unchanged, texts for good."""
     store.refresh()
     with store.reading(), store.db.read() as session:
         state = store.upkeep.state_for(session)
         if state is None or store.dimension is None:
             raise NoRunError("no clustering run yet: run `clusterer cluster` first")
         version = cards_.store_version(state, *store.cache.version)
-        gather = Gather(session, state, store.lookup_index(), store.dimension, store.embedding_dtype)
+        known = caches.labels.for_version(version)
+        gather = Gather(session, state, store.lookup_index(), store.dimension, store.embedding_dtype, known)
         decisions = decide_batch(gather, vectors, SCAN)
         near = [[int(i) for i in d["near"][0][:NEIGHBOURS] if i >= 0] for d in decisions]
         every = sorted({i for ids in near for i in ids})
         near_known = gather.labels(every)
         wanted = {(d["label"], m) for d, m in zip(decisions, counts) if d["label"] >= 0}
-        found = {key: c for key in wanted if (c := cards.get(version, key)) is not None}
+        found = {key: c for key in wanted if (c := caches.cards.get(version, key)) is not None}
         missing = wanted - found.keys()
         rows = cq.clusters_by_label(session, state.run_id, {label for label, _ in missing})
         shown = [i for r in rows.values() for i in [*(r.representatives or []), r.centre_id] if i is not None]
-        texts = texts_of.read(every + shown, lambda ids: sq.texts_for(session, ids))
+        texts = caches.texts.read(every + shown, lambda ids: sq.texts_for(session, ids))
         names = cur.names(session, rows) if rows else {}
         for label, m in missing:
             if label in rows:
                 members = cards_.members_of(cq.members(session, state.run_id, label, limit=m))
                 found[(label, m)] = cards_.card(session, rows[label], members, texts=texts, names=names).to_dict()
-                cards.put(version, (label, m), found[(label, m)])
+                caches.cards.put(version, (label, m), found[(label, m)])
     out = []
     for d, m, ids in zip(decisions, counts, near):
         label, sim = d["label"], d["similarity"]

@@ -106,11 +106,12 @@ class Gather:
     index: Any
     dimension: int
     dtype: str = "float32"
-    _labels: dict[int, Any] = field(default_factory=dict, repr=False)
+    known: dict[int, Any] = field(default_factory=dict, repr=False)
+    """Labels read so far (a lookup passes one kept while the store is unchanged)."""
 
     def labels(self, ids) -> dict[int, int | None]:
         """The labels of ``ids`` (those the run holds), each read once per transaction."""
-        seen = self._labels
+        seen = self.known
         wanted = [i for i in {int(i) for i in np.asarray(ids).ravel() if i >= 0} if i not in seen]
         if wanted:
             found = cq.labels_for(self.session, self.state.run_id, wanted)
