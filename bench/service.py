@@ -5,21 +5,26 @@ one run:
 
 - the in-process peer: ``Store.lookup(text)`` in one thread, as the CLI and the Python API run
   it (embedding included, exact search below 200,000 sentences), p50/p99;
-- ``POST /lookup`` at 1, 8 and 32 concurrent clients (p50, p99, lookups/s), each phase with
-  texts no earlier phase sent (the server's embedding cache does not help). The 1-client phase
+- ``POST /lookup`` at 1, 8 and 32 concurrent clients, each sending its next request as soon as
+  its answer comes (p50, p99, lookups/s: the most the server answers, and the latency then),
+  then 8 clients offering 150 lookups/s in all on a fixed schedule (the latency at that load,
+  counted from each request's scheduled time). Every phase sends texts no earlier phase sent
+  (the server's embedding cache does not help). The 1-client phase
   sends the peer's own texts, and ``agree`` is the share of its answers naming the cluster the
   peer named (the server searches an IVF copy above 20,000 sentences; the peer searches exactly);
 - readers with a writer: 8 lookup clients while one client posts batches of new sentences
   (``POST /sentences``); the readers' p99 against the idle 8-client p99, and every posted text
   is found stored afterwards (on a copy of the store).
 
-The sample store is ingested with the real model. The 100k store holds the shared corpora's
-sentences (mix50k, 20 Newsgroups, the rest of Stack Overflow, CLINC150 and half of BANKING77)
-with their cached embeddings of the bundled model, clustered by the default method; its
-queries are the other half of BANKING77 (CLINC150's unstored half for the other stores). The 1M store holds synthetic 384-d vectors in planted
-groups of 50 (``bench/incremental.py``), under the bundled model's name, so the server opens
-all three with the real model and lookups embed real text, as a user's would. Stores are kept
-under ``bench/.cache``.
+The sample store is ingested with the real model. The 100k store holds every distinct text of
+the shared corpora (mix50k, BANKING77, 20 Newsgroups, Stack Overflow, CLINC150: 100,855) but
+800 CLINC150 texts held out, 100,055 sentences, with their cached embeddings of the bundled
+model, clustered by the default method. The 1M store holds synthetic 384-d vectors in planted
+groups of 50 (``bench/incremental.py``). All three are stored under the bundled model's name,
+so the server opens them with the real model and lookups embed real text, as a user's would.
+Queries are CLINC150 texts: the peer and the 1-client phase send held-out ones; the other
+phases send any, each with a mark of its own (so the 100k store holds a near-copy of some).
+Stores are kept under ``bench/.cache``.
 
 Clients are threads of this process, each with one keep-alive connection (``http.client``, far
 lighter than an HTTP library, since on a small machine the clients share the cores with the
@@ -76,19 +81,31 @@ def build_sample(path: Path) -> None:
         store.cluster()
 
 
-def real_100k() -> tuple[list[str], np.ndarray, list[str]]:
-    """(stored texts, their embeddings, query texts): the shared corpora's sentences (about
-    100,000 once copies are dropped) but the first half of BANKING77, which are the queries."""
+HELD_OUT = 800
+"""CLINC150 texts the 100k store does not hold (the shared corpora have 100,855 distinct texts)."""
+
+
+def clinc_split() -> tuple[list[str], list[str]]:
+    """(CLINC150 texts the 100k store holds, the :data:`HELD_OUT` it does not), fixed."""
+    texts = read_texts(DATA_ROOT / "clinc150" / "clinc150.csv")
+    out = set(np.random.default_rng(0).choice(len(texts), HELD_OUT, replace=False).tolist())
+    return [t for i, t in enumerate(texts) if i not in out], [t for i, t in enumerate(texts) if i in out]
+
+
+def real_100k() -> tuple[list[str], np.ndarray]:
+    """(texts, embeddings) of the 100k store: every distinct text of the shared corpora but the
+    held-out CLINC150 ones."""
     texts, parts = list(load_mix50k()[0]), [mix50k()[0]]
-    x, _, bank = labelled("banking77")
-    half = len(bank) // 2
-    texts += bank[half:]
-    parts.append(x[half:])
-    for name, start in (("20newsgroups", 0), ("stackoverflow", 50_000 - 36_825), ("clinc150", 0)):
+    for name, start in (("banking77", 0), ("20newsgroups", 0), ("stackoverflow", 50_000 - 36_825)):
         x, _, t = labelled(name)
         texts += t[start:]
         parts.append(x[start:])
-    return texts, np.vstack(parts), bank[:half]
+    x, _, clinc = labelled("clinc150")
+    kept = set(clinc_split()[0])
+    keep = [i for i, t in enumerate(clinc) if t in kept]
+    texts += [clinc[i] for i in keep]
+    parts.append(x[keep])
+    return texts, np.vstack(parts)
 
 
 def build_100k(path: Path) -> None:
@@ -97,7 +114,7 @@ def build_100k(path: Path) -> None:
     from indexer.encoder import DEFAULT_MODEL
     from indexer.normalize import normalize_text
 
-    texts, x, _ = real_100k()
+    texts, x = real_100k()
     encoder = TableEncoder(dict(zip(map(normalize_text, texts), x)), DEFAULT_MODEL)
     started = time.perf_counter()
     with Store.open(path, encoder=encoder, batch_size=8192) as store:
@@ -178,14 +195,20 @@ class Server:
         self.log.close()
 
 
-def http_lookups(server: Server, texts: list[str], clients: int, cap_s: float = PHASE_CAP_S) -> dict:
-    """Every text looked up once (at most ``cap_s`` seconds) by ``clients`` threads, one request at a time each."""
+def http_lookups(
+    server: Server, texts: list[str], clients: int, rate: float | None = None, cap_s: float = PHASE_CAP_S
+) -> dict:
+    """Every text looked up once (at most ``cap_s`` seconds) by ``clients`` threads, one request at
+    a time each: as fast as answers come (closed loop), or at ``rate`` lookups a second in all,
+    the i-th sent at ``i / rate`` s (open loop: its latency counts from then, so a late answer
+    delays the next requests' measurements too, as it would a real client's)."""
     latencies: list[float] = []
     answers: dict[int, int | None] = {}
     errors = [0]
     lock = threading.Lock()
     counter = iter(range(len(texts)))
     deadline = time.monotonic() + cap_s
+    start = time.perf_counter() + 0.05
 
     def worker() -> None:
         mine, got = [], {}
@@ -194,6 +217,9 @@ def http_lookups(server: Server, texts: list[str], clients: int, cap_s: float = 
             if time.monotonic() > deadline:
                 break
             t = time.perf_counter()
+            if rate:
+                t = start + i / rate
+                time.sleep(max(0.0, t - time.perf_counter()))
             status, body = call(conn, "POST", "/lookup", {"text": texts[i]})
             mine.append(time.perf_counter() - t)
             if status == 200:
@@ -214,7 +240,7 @@ def http_lookups(server: Server, texts: list[str], clients: int, cap_s: float = 
         t.join()
     wall = time.perf_counter() - started
     return {
-        "clients": clients,
+        "clients": clients if not rate else f"{clients} at {rate:g}/s",
         "requests": len(latencies),
         "errors": errors[0],
         "p50_ms": pct(latencies, 50),
@@ -267,21 +293,20 @@ def with_writer(server: Server, texts: list[str], posted: list[str], batch: int)
 # -- one store ------------------------------------------------------------------------
 
 
-def queries_for(name: str) -> list[str]:
-    """Texts the store does not hold, shuffled: half of CLINC150 (the 100k store: half of BANKING77)."""
-    texts = real_100k()[2] if name == "100k" else read_texts(DATA_ROOT / "clinc150" / "clinc150.csv")[1::2]
-    return [texts[i] for i in np.random.default_rng(0).permutation(len(texts))]
+def query_texts() -> tuple[list[str], list[str]]:
+    """(texts for the in-process peer and the 1-client phase: CLINC150 texts no store holds,
+    texts for the other phases: CLINC150 texts, shuffled, which each phase marks as its own)."""
+    _, held_out = clinc_split()
+    texts = read_texts(DATA_ROOT / "clinc150" / "clinc150.csv")
+    return held_out, [texts[i] for i in np.random.default_rng(1).permutation(len(texts))]
 
 
 def run_store(name: str, posted: list[str], args, tmp: Path) -> list[dict]:
     path = store_path(name)
     if not (path / "clusterer.db").exists():
         BUILDERS[name](path)
-    queries = queries_for(name)
-    need = args.peer + args.lookups * (len(args.clients) + 1) + 100
-    if need > len(queries):
-        raise SystemExit(f"{need} query texts needed, {len(queries)} available: lower --lookups")
-    peer_texts = queries[: args.peer]
+    held_out, queries = query_texts()
+    peer_texts = held_out[: args.peer]
     row, peer_answers = in_process(path, peer_texts)
     rows = [dict(row, store=name)]
     print(name, rows[-1], flush=True)
@@ -289,7 +314,7 @@ def run_store(name: str, posted: list[str], args, tmp: Path) -> list[dict]:
     if name in args.writer_stores:
         served = tmp / f"{name}-copy"
         shutil.copytree(path, served)
-    offset = args.peer
+    offset = 0
     try:
         with Server(served, tmp / f"{name}.log") as server:
             http_lookups(server, [f"{q} (warm-up)" for q in queries[-100:]], 4)
@@ -305,6 +330,13 @@ def run_store(name: str, posted: list[str], args, tmp: Path) -> list[dict]:
                     same = [answers[i] == a for i, a in enumerate(peer_answers) if i in answers]
                     result["agree"] = round(float(np.mean(same)), 4) if same else None
                 rows.append(dict(result, store=name, ready_s=round(server.ready_s, 1)))
+                print(name, rows[-1], flush=True)
+            if args.rate:
+                phase = [f"{q} (paced)" for q in queries[offset : offset + args.lookups]]
+                offset += args.lookups
+                result = http_lookups(server, phase, 8, rate=args.rate)
+                result.pop("answers")
+                rows.append(dict(result, store=name))
                 print(name, rows[-1], flush=True)
             if name in args.writer_stores:
                 phase = [f"{q} (writer)" for q in queries[offset : offset + args.lookups]]
@@ -344,8 +376,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--stores", default="sample,100k,1m")
     ap.add_argument("--clients", default="1,8,32", help="client counts, in order")
-    ap.add_argument("--lookups", type=int, default=1500, help="lookups per phase")
+    ap.add_argument("--lookups", type=int, default=1200, help="lookups per phase")
     ap.add_argument("--peer", type=int, default=300, help="lookups of the in-process peer (and of the 1-client phase)")
+    ap.add_argument("--rate", type=float, default=150.0, help="lookups/s of the paced 8-client phase (0: none)")
     ap.add_argument("--writer-stores", default="sample,100k", help="stores with a writer phase (on a copy)")
     ap.add_argument("--posted", type=int, default=1000, help="texts the writer posts alongside the readers")
     ap.add_argument("--batch", type=int, default=100, help="texts per POST /sentences")
