@@ -18,6 +18,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -59,6 +60,11 @@ def _probed_lists(index, lists: np.ndarray, d: int):
             continue
         codes = faiss.rev_swig_ptr(invlists.get_codes(lst), size * d * 4).view(np.float32).reshape(size, d)
         yield a, b, codes, faiss.rev_swig_ptr(invlists.get_ids(lst), size)
+
+
+def _listed(index, first: int, last: int):
+    """:func:`_probed_lists` of the lists ``first`` to ``last - 1``."""
+    return _probed_lists(index, np.arange(first, min(last, index.nlist), dtype=np.int64), index.d)
 
 
 def _blocked_ivf_range_search(index, queries: np.ndarray, threshold: np.float32):
@@ -166,7 +172,7 @@ class VectorIndex:
     def __init__(self, index, dimension: int):
         self.index = index
         self.dimension = dimension
-        self.follower: VectorIndex | None = None
+        self.follower: Any = None
         self._journal: list[tuple[np.ndarray, np.ndarray | None]] | None = None
 
     @classmethod
@@ -242,10 +248,14 @@ class VectorIndex:
 
     # -- a follower: a copy kept in step with this index ---------------------------
 
+    def start_journal(self) -> None:
+        """Record every change from now on, for :meth:`attach_follower`. Call it where nothing
+        changes the index meanwhile (under the read side of the store's lock)."""
+        self._journal = []
+
     def snapshot(self) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, vectors) copies of everything stored, in storage order, and from now on a journal
-        of the changes made after it, for :meth:`attach_follower`. Call it where nothing changes
-        the index meanwhile (under the read side of the store's lock)."""
+        """(ids, vectors) copies of everything stored, and a journal started (see
+        :meth:`start_journal`, whose conditions apply)."""
         faiss = _faiss()
         if isinstance(self.index, faiss.IndexIDMap) and isinstance(self.index.index, faiss.IndexFlat):
             n = self.ntotal
@@ -254,18 +264,28 @@ class VectorIndex:
             vectors = np.array(flat, dtype=np.float32).reshape(n, self.dimension)
         else:
             ids, vectors = self.vectors()
-        self._journal = []
+        self.start_journal()
         return ids, vectors
 
-    def attach_follower(self, follower: VectorIndex) -> None:
-        """Bring ``follower`` (built from :meth:`snapshot`) up to date with the changes journalled
-        since, and keep it so: every later add and remove is applied to it too. Call it where
-        nothing searches or changes the index meanwhile (under the write side of the lock)."""
+    def list_vectors(self, first: int, last: int, per_list: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) copies of the inverted lists ``first`` to ``last - 1`` of an IVF index
+        (at most ``per_list`` of each)."""
+        parts = [
+            (ids[:per_list].copy(), codes[:per_list].copy()) for _, _, codes, ids in _listed(self.index, first, last)
+        ]
+        if not parts:
+            return np.zeros(0, np.int64), np.zeros((0, self.dimension), np.float32)
+        return np.concatenate([p[0] for p in parts]).astype(np.int64), np.vstack([p[1] for p in parts])
+
+    def attach_follower(self, follower) -> None:
+        """Bring ``follower`` (built from copies taken after :meth:`start_journal`) up to date with
+        the changes journalled since, and keep it so: every later add and remove is applied to it
+        too. A journalled add is removed first, so a copy that caught it already holds it once.
+        Call it where nothing searches or changes the index meanwhile (under the write side)."""
         for ids, vectors in self._journal or []:
+            follower.remove(ids)
             if vectors is not None:
                 follower.add(ids, vectors)
-            else:
-                follower.remove(ids)
         self._journal = None
         self.follower = follower
 
