@@ -12,6 +12,8 @@ one run:
   (the server's embedding cache does not help). The 1-client phase
   sends the peer's own texts, and ``agree`` is the share of its answers naming the cluster the
   peer named (the server searches an IVF copy above 20,000 sentences; the peer searches exactly);
+- the lookup copy the server searches above 20,000 sentences, in process: what share of the
+  store's own index's 10 and 64 nearest it finds, for queries near stored sentences;
 - readers with a writer: 8 lookup clients while one client posts batches of new sentences
   (``POST /sentences``); the readers' p99 against the idle 8-client p99, and every posted text
   is found stored afterwards (on a copy of the store).
@@ -265,6 +267,38 @@ def in_process(path: Path, texts: list[str]) -> tuple[dict, list[int | None]]:
     return row, answers
 
 
+def copy_recall(path: Path, n: int = 300) -> dict | None:
+    """How much of what the store's own index finds the lookup copy finds, in process: for ``n``
+    queries near stored sentences (a stored vector plus noise, cosine about 0.9 to it), the
+    share of the index's 10 and 64 nearest among the copy's. None below the copy's size."""
+    from clusterer.api import Store
+    from indexer.replica import EXACT_MAX
+
+    with Store.open(path) as store:
+        if store.count() <= EXACT_MAX:
+            return None
+        store.lookup_copy.enable()
+        started = time.perf_counter()
+        store.lookup_index()
+        store.lookup_copy.wait()
+        built = time.perf_counter() - started
+        copy = store.lookup_index()
+        rng = np.random.default_rng(2)
+        _, x = store.embeddings(rng.choice(store.index.ids(), n, replace=False).tolist())
+        noise = rng.standard_normal(x.shape).astype(np.float32)
+        q = x + 0.5 * noise / np.linalg.norm(noise, axis=1, keepdims=True)
+        q /= np.linalg.norm(q, axis=1, keepdims=True)
+        truth, found = store.index.search(q, 64).ids, copy.search(q, 64).ids
+    share = {k: float(np.mean([len(set(a[:k]) & set(b[:k])) / k for a, b in zip(truth, found)])) for k in (10, 64)}
+    return {
+        "clients": "copy",
+        "kind": copy.kind,
+        "built_s": round(built, 1),
+        "recall10": share[10],
+        "recall64": share[64],
+    }
+
+
 def with_writer(server: Server, texts: list[str], posted: list[str], batch: int) -> dict:
     """8 lookup clients while one client posts ``posted`` in batches; readers' latency and what landed."""
     before = call(server.connect(), "GET", "/stats")[1]["sentences"]
@@ -310,6 +344,10 @@ def run_store(name: str, posted: list[str], args, tmp: Path) -> list[dict]:
     row, peer_answers = in_process(path, peer_texts)
     rows = [dict(row, store=name)]
     print(name, rows[-1], flush=True)
+    recall = copy_recall(path)
+    if recall is not None:
+        rows.append(dict(recall, store=name))
+        print(name, rows[-1], flush=True)
     served = path
     if name in args.writer_stores:
         served = tmp / f"{name}-copy"
@@ -363,6 +401,13 @@ def table(rows: list[dict]) -> str:
             )
         if r.get("agree") is not None:
             notes.append(f"same cluster as in-process: {r['agree']:.3f}")
+        if r["clients"] == "copy":
+            notes.append(
+                f"{r['kind']}, built in {r['built_s']} s; of the index's nearest 10 / 64 it finds "
+                f"{r['recall10']:.3f} / {r['recall64']:.3f}"
+            )
+            lines.append(f"| {r['store']} | lookup copy | | | | | {'; '.join(notes)} |")
+            continue
         if r.get("errors"):
             notes.append(f"{r['errors']} errors")
         lines.append(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from collections.abc import Iterator
 
 import numpy as np
@@ -44,7 +45,7 @@ class LookupCopy:
         self.cache = cache
         self.above: int | None = None
         self._lock = threading.Lock()
-        self._building: VectorIndex | None = None
+        self._building: weakref.ref[VectorIndex] | None = None  # weak: a swapped-out index is freed
         self._thread: threading.Thread | None = None
 
     def enable(self, above: int | None = EXACT_MAX) -> None:
@@ -66,15 +67,16 @@ class LookupCopy:
         if index is not None and index.follower is not None:
             return "copy"
         thread = self._thread
-        if index is not None and self._building is index and thread is not None and thread.is_alive():
+        building = self._building() if self._building is not None else None
+        if index is not None and building is index and thread is not None and thread.is_alive():
             return "building"
         return "source"
 
     def _start(self, index: VectorIndex) -> None:
         with self._lock:
-            if self._building is index:
+            if self._building is not None and self._building() is index:
                 return
-            self._building = index
+            self._building = weakref.ref(index)
             self._thread = threading.Thread(target=self.build, args=(index,), name="clusterer-lookup-copy", daemon=True)
             self._thread.start()
 

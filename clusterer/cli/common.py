@@ -112,11 +112,9 @@ RUN_ID = IdType("run", MAX_SMALL_ID)
 def library_errors() -> tuple[type[BaseException], ...]:
     from sqlalchemy.exc import SQLAlchemyError
 
-    from clusterer.errors import ClustererError
-    from indexer.errors import IndexerError
-    from storage.errors import StorageError
+    from clusterer import errors
 
-    return (ClustererError, IndexerError, StorageError, SQLAlchemyError, OSError)
+    return (*errors.library_errors(), SQLAlchemyError, OSError)
 
 
 def one_line(message: object) -> str:
