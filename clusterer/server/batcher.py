@@ -18,13 +18,14 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, cast
 
 import numpy as np
+
+from clusterer.service.lru import LRU
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -183,40 +184,18 @@ class MicroBatcher(Generic[T, R]):
         self._thread.join(timeout)
 
 
-class EmbeddingCache:
+class EmbeddingCache(LRU):
     """Recent texts' embeddings, least recently used dropped first (``size`` 0 keeps none).
 
     Thread-safe; the arrays handed out are read-only so no caller can change a cached one."""
 
     def __init__(self, size: int = 4096):
-        self.size = max(0, int(size))
-        self._data: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = self.misses = 0
+        super().__init__(size)
 
-    def get(self, text: str) -> np.ndarray | None:
-        with self._lock:
-            vector = self._data.get(text)
-            if vector is None:
-                self.misses += 1
-                return None
-            self._data.move_to_end(text)
-            self.hits += 1
-            return vector
-
-    def put(self, text: str, vector: np.ndarray) -> None:
-        if not self.size:
-            return
-        vector = np.array(vector, dtype=np.float32)
+    def put(self, key, value) -> None:
+        vector = np.array(value, dtype=np.float32)
         vector.flags.writeable = False
-        with self._lock:
-            self._data[text] = vector
-            self._data.move_to_end(text)
-            while len(self._data) > self.size:
-                self._data.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._data)
+        super().put(key, vector)
 
 
 class Embedder:

@@ -11,11 +11,11 @@ run and curation edit changes, in this process or any other.
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
+from clusterer.service.lru import LRU
 from clusterer.service.views import ClusterInfo, Member
 from storage import curation as cur
 from storage import sentences as sq
@@ -87,72 +87,47 @@ def _copy_meta(meta):
 
 
 class CardCache:
-    """The dicts of recent cards of one store version, least recently used dropped first.
-
-    Entries of an older version are dropped when a newer one is first seen. Thread-safe."""
+    """The dicts of recent cards of one store version, least recently used dropped first; the
+    entries of an older version go when a newer one is first seen. Thread-safe."""
 
     def __init__(self, size: int = 1024):
-        self.size = max(0, int(size))
-        self._data: OrderedDict[Hashable, dict[str, Any]] = OrderedDict()
+        self._cards = LRU(size)
         self._version: Hashable = None
         self._lock = threading.Lock()
-        self.hits = self.misses = 0
+
+    @property
+    def hits(self) -> int:
+        return self._cards.hits
 
     def get(self, version: Hashable, key: Hashable) -> dict[str, Any] | None:
         with self._lock:
             if version != self._version:
-                self._data.clear()
+                self._cards.clear()
                 self._version = version
-            found = self._data.get(key)
-            if found is None:
-                self.misses += 1
-                return None
-            self._data.move_to_end(key)
-            self.hits += 1
-        return copy_card(found)
+        found = self._cards.get(key)
+        return None if found is None else copy_card(found)
 
     def put(self, version: Hashable, key: Hashable, data: dict[str, Any]) -> None:
-        if not self.size:
-            return
-        kept = copy_card(data)
         with self._lock:
-            if version != self._version:
-                return
-            self._data[key] = kept
-            while len(self._data) > self.size:
-                self._data.popitem(last=False)
+            if version == self._version:
+                self._cards.put(key, copy_card(data))
 
 
 class TextCache:
-    """Texts by sentence id, least recently used dropped first. A stored sentence's text never
-    changes and ids are never reused, so an entry never goes stale (a deleted sentence is simply
-    no longer found by a search). Thread-safe."""
+    """Texts by sentence id. A stored sentence's text never changes and ids are never reused,
+    so an entry never goes stale (a deleted sentence is simply no longer found by a search)."""
 
     def __init__(self, size: int = 65536):
-        self.size = max(0, int(size))
-        self._data: OrderedDict[int, str] = OrderedDict()
-        self._lock = threading.Lock()
+        self._texts = LRU(size)
 
     def read(self, ids, fetch) -> dict[int, str]:
         """``{id: text}`` of ``ids``, those not held read with ``fetch(missing_ids)``."""
-        out: dict[int, str] = {}
-        missing = []
-        with self._lock:
-            for i in ids:
-                text = self._data.get(i)
-                if text is None:
-                    missing.append(i)
-                else:
-                    self._data.move_to_end(i)
-                    out[i] = text
+        out: dict[int, str] = {int(i): t for i, t in self._texts.get_many(ids).items()}  # type: ignore[call-overload]
+        missing = [i for i in ids if i not in out]
         if missing:
             found = fetch(missing)
+            self._texts.put_many(found)
             out.update(found)
-            if self.size:
-                with self._lock:
-                    self._data.update(found)
-                    while len(self._data) > self.size:
-                        self._data.popitem(last=False)
         return out
 
 
