@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from indexer import batch_search
 from indexer.errors import IndexerError
 
 FLAT_MAX = 200_000
@@ -41,119 +42,6 @@ def _faiss():
     import faiss
 
     return faiss
-
-
-BLOCKED_RANGE_MIN_QUERIES = 32
-
-
-def _probed_lists(index, lists: np.ndarray, d: int):
-    """(start, end, vectors, ids) of each run of one inverted list in the sorted probe list
-    ``lists``: the stored vectors and ids of that list, read in place; empty lists are skipped."""
-    faiss = _faiss()
-    starts = np.flatnonzero(np.r_[True, lists[1:] != lists[:-1]]) if len(lists) else np.zeros(0, np.int64)
-    ends = np.r_[starts[1:], len(lists)]
-    invlists = index.invlists
-    for a, b in zip(starts.tolist(), ends.tolist()):
-        lst = int(lists[a])
-        size = invlists.list_size(lst)
-        if not size:
-            continue
-        codes = faiss.rev_swig_ptr(invlists.get_codes(lst), size * d * 4).view(np.float32).reshape(size, d)
-        yield a, b, codes, faiss.rev_swig_ptr(invlists.get_ids(lst), size)
-
-
-def _listed(index, first: int, last: int):
-    """:func:`_probed_lists` of the lists ``first`` to ``last - 1``."""
-    return _probed_lists(index, np.arange(first, min(last, index.nlist), dtype=np.int64), index.d)
-
-
-def _blocked_ivf_range_search(index, queries: np.ndarray, threshold: np.float32):
-    nq, d = queries.shape
-    _, probes = index.quantizer.search(queries, index.nprobe)
-    lists = probes.ravel()
-    owners = np.repeat(np.arange(nq), probes.shape[1])
-    valid = lists >= 0
-    lists, owners = lists[valid], owners[valid]
-    order = np.argsort(lists, kind="stable")
-    lists, owners = lists[order], owners[order]
-    rows, cols, sims = [], [], []
-    for a, b, codes, list_ids in _probed_lists(index, lists, d):
-        q = owners[a:b]
-        block = queries[q] @ codes.T
-        r, c = np.nonzero(block >= threshold)
-        if len(r):
-            rows.append(q[r])
-            cols.append(list_ids[c].astype(np.int64))
-            sims.append(block[r, c])
-    if not rows:
-        return np.zeros(nq + 1, np.int64), np.zeros(0, np.float32), np.zeros(0, np.int64)
-    rows_all = np.concatenate(rows)
-    by_query = np.argsort(rows_all, kind="stable")
-    lims = np.zeros(nq + 1, np.int64)
-    np.cumsum(np.bincount(rows_all, minlength=nq), out=lims[1:])
-    return lims, np.concatenate(sims)[by_query], np.concatenate(cols)[by_query]
-
-
-def one_blas_thread():
-    """BLAS on one thread for a loop of small products: a multithreaded BLAS starts its team for
-    each (25 x 384) x (384 x 80) product, which on a busy machine costs ten times the product
-    (measured: 1.9 s against 0.17 s for the 1,264 lists of a 100k index, two cores under load)."""
-    from threadpoolctl import threadpool_limits
-
-    return threadpool_limits(1, user_api="blas")
-
-
-BLOCKED_SEARCH_MIN_QUERIES = 64
-BLOCKED_SEARCH_CHUNK = 4096
-
-
-def _blocked_ivf_search(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(similarities, ids) of the ``k`` best of each query among its ``nprobe`` lists, list by
-    list: each inverted list is compared with all the queries that probe it in one matrix
-    product (BLAS), and each (query, list) pair keeps its ``k`` best; the lists probed are
-    FAISS's, so the results are its own (up to float rounding at ties) in a fraction of the time
-    FAISS takes scanning the lists query by query."""
-    sims_out = np.empty((len(queries), k), np.float32)
-    ids_out = np.empty((len(queries), k), np.int64)
-    with one_blas_thread():
-        for start in range(0, len(queries), BLOCKED_SEARCH_CHUNK):
-            chunk = queries[start : start + BLOCKED_SEARCH_CHUNK]
-            sims_out[start : start + len(chunk)], ids_out[start : start + len(chunk)] = _blocked_chunk(index, chunk, k)
-    return sims_out, ids_out
-
-
-def _blocked_chunk(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    nq, d = queries.shape
-    nprobe = index.nprobe
-    _, probes = index.quantizer.search(queries, nprobe)
-    flat = probes.ravel()
-    order = np.argsort(flat, kind="stable")
-    order = order[flat[order] >= 0]
-    lists = flat[order]
-    cand_s = np.full((nq, nprobe * k), -np.inf, np.float32)
-    cand_i = np.full((nq, nprobe * k), -1, np.int64)
-    for a, b, codes, list_ids in _probed_lists(index, lists, d):
-        size = len(codes)
-        pairs = order[a:b]
-        rows, slots = pairs // nprobe, pairs % nprobe
-        block = queries[rows] @ codes.T
-        kk = min(k, size)
-        if kk < size:
-            top = np.argpartition(block, size - kk, axis=1)[:, size - kk :]  # the kk largest, no negated copy
-            block = np.take_along_axis(block, top, axis=1)
-        else:
-            top = np.broadcast_to(np.arange(kk), block.shape)
-        cols = slots[:, None] * k + np.arange(kk)[None, :]
-        cand_s[rows[:, None], cols] = block
-        cand_i[rows[:, None], cols] = list_ids[top]
-    if k < cand_s.shape[1]:
-        part = np.argpartition(-cand_s, k - 1, axis=1)[:, :k]
-        cand_s, cand_i = np.take_along_axis(cand_s, part, axis=1), np.take_along_axis(cand_i, part, axis=1)
-    best = np.argsort(-cand_s, axis=1, kind="stable")
-    sims = np.take_along_axis(cand_s, best, axis=1)
-    found = np.isfinite(sims)
-    ids = np.where(found, np.take_along_axis(cand_i, best, axis=1), -1)
-    return np.where(found, sims, -np.finfo(np.float32).max).astype(np.float32), ids
 
 
 def nlist_for(n: int) -> int:
@@ -213,6 +101,13 @@ class VectorIndex:
     def is_exact(self) -> bool:
         return self.kind == "Flat"
 
+    def _flat_ip(self) -> bool:
+        faiss = _faiss()
+        if not isinstance(self.index, faiss.IndexIDMap):
+            return False
+        inner = faiss.downcast_index(self.index.index)
+        return isinstance(inner, faiss.IndexFlat) and inner.metric_type == faiss.METRIC_INNER_PRODUCT
+
     @property
     def ntotal(self) -> int:
         return int(self.index.ntotal)
@@ -257,10 +152,10 @@ class VectorIndex:
         """(ids, vectors) copies of everything stored, and a journal started (see
         :meth:`start_journal`, whose conditions apply)."""
         faiss = _faiss()
-        if isinstance(self.index, faiss.IndexIDMap) and isinstance(self.index.index, faiss.IndexFlat):
+        if self._flat_ip():
             n = self.ntotal
             ids = faiss.vector_to_array(self.index.id_map).astype(np.int64)
-            flat = faiss.rev_swig_ptr(self.index.index.get_xb(), n * self.dimension)
+            flat = faiss.rev_swig_ptr(faiss.downcast_index(self.index.index).get_xb(), n * self.dimension)
             vectors = np.array(flat, dtype=np.float32).reshape(n, self.dimension)
         else:
             ids, vectors = self.vectors()
@@ -270,9 +165,8 @@ class VectorIndex:
     def list_vectors(self, first: int, last: int, per_list: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(ids, vectors) copies of the inverted lists ``first`` to ``last - 1`` of an IVF index
         (at most ``per_list`` of each)."""
-        parts = [
-            (ids[:per_list].copy(), codes[:per_list].copy()) for _, _, codes, ids in _listed(self.index, first, last)
-        ]
+        lists = batch_search.listed(self.index, first, last)
+        parts = [(ids[:per_list].copy(), codes[:per_list].copy()) for _, _, codes, ids in lists]
         if not parts:
             return np.zeros(0, np.int64), np.zeros((0, self.dimension), np.float32)
         return np.concatenate([p[0] for p in parts]).astype(np.int64), np.vstack([p[1] for p in parts])
@@ -295,8 +189,11 @@ class VectorIndex:
     def search(self, queries: np.ndarray, k: int) -> SearchResult:
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         k = max(1, min(k, max(self.ntotal, 1)))
-        if len(queries) >= BLOCKED_SEARCH_MIN_QUERIES and isinstance(self.index, _faiss().IndexIVFFlat):
-            return SearchResult(*_blocked_ivf_search(self.index, queries, k))
+        faiss = _faiss()
+        if len(queries) >= batch_search.IVF_MIN_QUERIES and isinstance(self.index, faiss.IndexIVFFlat):
+            return SearchResult(*batch_search.ivf_search(self.index, queries, k))
+        if len(queries) >= batch_search.FLAT_MIN_QUERIES and self._flat_ip():
+            return SearchResult(*batch_search.flat_search(self.index, queries, k))
         sims, ids = self.index.search(queries, k)
         return SearchResult(sims, ids)
 
@@ -334,9 +231,9 @@ class VectorIndex:
         probed are the same, so the results are too (up to float rounding at the threshold).
         """
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
-        if len(queries) >= BLOCKED_RANGE_MIN_QUERIES and isinstance(self.index, _faiss().IndexIVFFlat):
-            with one_blas_thread():
-                return _blocked_ivf_range_search(self.index, queries, np.float32(threshold))
+        if len(queries) >= batch_search.RANGE_MIN_QUERIES and isinstance(self.index, _faiss().IndexIVFFlat):
+            with batch_search.one_blas_thread():
+                return batch_search.ivf_range_search(self.index, queries, np.float32(threshold))
         lims, sims, ids = self.index.range_search(queries, float(threshold))
         return lims, sims, ids
 

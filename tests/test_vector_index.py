@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 
+from indexer import batch_search
 from indexer import vector_index as vi
 from indexer.sentence_store import INDEX_FILE, SentenceStore
 from indexer.vector_index import IndexFileError, VectorIndex, checksum_bytes, load_index, write_atomic
@@ -35,7 +36,7 @@ def test_batched_ivf_range_search_matches_faiss_on_the_same_probes():
     index, ids, vectors = _make("ivf", rng)
     index.set_nprobe(4)  # not exhaustive: both must probe the same lists
     index.remove(ids[:50])
-    queries = vectors[rng.choice(len(vectors), vi.BLOCKED_RANGE_MIN_QUERIES + 8, replace=False)]
+    queries = vectors[rng.choice(len(vectors), batch_search.RANGE_MIN_QUERIES + 8, replace=False)]
     lims, sims, got_ids = index.range_search(queries, 0.5)
     ref_lims, ref_sims, ref_ids = index.index.range_search(queries, 0.5)
     for j in range(len(queries)):
@@ -240,7 +241,7 @@ def test_rebuild_index_command(tmp_path):
 
 
 def test_blocked_ivf_search_equals_faiss_scan():
-    from indexer.vector_index import BLOCKED_SEARCH_MIN_QUERIES, _blocked_ivf_search
+    from indexer.batch_search import IVF_MIN_QUERIES, ivf_search
 
     rng = np.random.default_rng(3)
     centres = rng.standard_normal((60, 32)).astype(np.float32)
@@ -251,18 +252,39 @@ def test_blocked_ivf_search_equals_faiss_scan():
     queries = np.ascontiguousarray(x[rng.integers(0, 6000, 200)] + 0.05, dtype=np.float32)
     for k in (1, 10, 150):  # 150 is above most lists' sizes
         f_sims, f_ids = index.index.search(queries, k)
-        b_sims, b_ids = _blocked_ivf_search(index.index, queries, k)
+        b_sims, b_ids = ivf_search(index.index, queries, k)
         assert b_ids.shape == (200, k)
         overlap = np.mean([len(set(a) & set(b)) / k for a, b in zip(f_ids.tolist(), b_ids.tolist())])
         assert overlap > 0.995
         np.testing.assert_allclose(b_sims, f_sims, atol=1e-5)
-    assert len(queries) >= BLOCKED_SEARCH_MIN_QUERIES
+    assert len(queries) >= IVF_MIN_QUERIES
     hit = index.search(queries, 5)  # the public search takes the blocked path for a batch this size
     np.testing.assert_allclose(hit.similarities, index.index.search(queries, 5)[0], atol=1e-5)
     tiny = VectorIndex.ivf(32, x[:2000], nlist=64, nprobe=64)
     tiny.add(np.arange(3, dtype=np.int64), x[:3])  # fewer stored than k: -1 padding as FAISS pads
-    sims, ids = _blocked_ivf_search(tiny.index, queries[:4], 5)
+    sims, ids = ivf_search(tiny.index, queries[:4], 5)
     f_sims, f_ids = tiny.index.search(queries[:4], 5)
     assert (ids[:, 3:] == -1).all() and (f_ids[:, 3:] == -1).all()
     np.testing.assert_allclose(sims[:, :3], f_sims[:, :3], atol=1e-5)
     assert np.array_equal(sims[:, 3:], f_sims[:, 3:])
+
+
+def test_flat_search_of_many_queries_equals_faiss():
+    import faiss
+
+    from indexer.batch_search import FLAT_MIN_QUERIES, flat_search
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3000, 48)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    index = VectorIndex.flat(48)
+    index.add(np.arange(10, 3010), x)
+    queries = x[rng.choice(3000, 50, replace=False)] + 0.1 * rng.standard_normal((50, 48)).astype(np.float32)
+    assert len(queries) >= FLAT_MIN_QUERIES
+    for k in (1, 30, 3000, 5000):
+        sims, ids = flat_search(index.index, queries, k)
+        f_sims, f_ids = faiss.IndexIDMap.search(index.index, queries, min(k, 3000))
+        np.testing.assert_allclose(sims, f_sims, atol=1e-5)
+        assert (ids == f_ids).mean() > 0.999  # the same neighbours, in the same order (but exact ties)
+    found = index.search(queries, 30)  # VectorIndex.search takes this path from FLAT_MIN_QUERIES queries
+    np.testing.assert_allclose(found.similarities, flat_search(index.index, queries, 30)[0])
