@@ -78,7 +78,6 @@ class MicroBatcher(Generic[T, R]):
         self._queue: queue.Queue[_Request[T]] = queue.Queue(max_queued)
         self._closed = threading.Event()
         self._held: _Request[T] | None = None
-        self._active = False
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
@@ -122,28 +121,9 @@ class MicroBatcher(Generic[T, R]):
             batch = self._take()
             if batch is None:
                 break
-            self._active = True
-            try:
-                self.on_batch(len(batch))
-                self._answer(batch)
-            finally:
-                self._active = False
+            self.on_batch(len(batch))
+            self._answer(batch)
         self._fail_waiting()
-
-    @property
-    def thread(self) -> threading.Thread:
-        return self._thread
-
-    @property
-    def busy(self) -> bool:
-        """A batch is running or requests are waiting."""
-        return self._active or self._held is not None or not self._queue.empty()
-
-    def wait_idle(self, timeout: float) -> None:
-        """Return once nothing runs or waits, or after ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        while self.busy and time.monotonic() < deadline:
-            time.sleep(0.001)
 
     def _answer(self, batch: list[_Request[T]]) -> None:
         try:
