@@ -9,9 +9,9 @@ one run:
   its answer comes (p50, p99, lookups/s: the most the server answers, and the latency then),
   then 8 clients offering 150 lookups/s in all on a fixed schedule (the latency at that load,
   counted from each request's scheduled time). Every phase sends texts no earlier phase sent
-  (the server's embedding cache does not help). The 1-client phase
-  sends the peer's own texts, and ``agree`` is the share of its answers naming the cluster the
-  peer named (the server searches an IVF copy above 20,000 sentences; the peer searches exactly);
+  (the server's embedding cache does not help). The 1-client phase sends the peer's own texts,
+  and ``agree`` is the share of its answers naming the cluster the peer named (the server
+  searches a coded copy of the index above 20,000 sentences; the peer, the index itself);
 - the lookup copy the server searches above 20,000 sentences, in process: what share of the
   store's own index's 10 and 64 nearest it finds, for queries near stored sentences;
 - readers with a writer: 8 lookup clients while one client posts batches of new sentences

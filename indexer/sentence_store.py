@@ -206,7 +206,7 @@ class SentenceStore:
         return self.cache.index
 
     def lookup_index(self) -> VectorIndex:
-        """The index lookups and unfiltered searches use: the cache's, or its IVF copy once
+        """The index lookups and unfiltered searches use: the cache's, or its coded copy once
         :attr:`lookup_copy` is enabled and the copy is built (see :mod:`indexer.replica`)."""
         return self.lookup_copy.index()
 

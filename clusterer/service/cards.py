@@ -88,7 +88,8 @@ def _copy_meta(meta):
 
 class CardCache:
     """The dicts of recent cards of one store version, least recently used dropped first; the
-    entries of an older version go when a newer one is first seen. Thread-safe."""
+    entries of an older version go when a newer one is first seen. Thread-safe. The dicts are
+    shared: hand out a :func:`copy_card` of one, never the dict itself."""
 
     def __init__(self, size: int = 1024):
         self._cards = LRU(size)
@@ -104,13 +105,12 @@ class CardCache:
             if version != self._version:
                 self._cards.clear()
                 self._version = version
-        found = self._cards.get(key)
-        return None if found is None else copy_card(found)
+        return self._cards.get(key)
 
     def put(self, version: Hashable, key: Hashable, data: dict[str, Any]) -> None:
         with self._lock:
             if version == self._version:
-                self._cards.put(key, copy_card(data))
+                self._cards.put(key, data)
 
 
 class TextCache:

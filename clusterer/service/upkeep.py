@@ -112,13 +112,12 @@ class Gather:
     def labels(self, ids) -> dict[int, int | None]:
         """The labels of ``ids`` (those the run holds), each read once per transaction."""
         seen = self.known
-        wanted = [i for i in {int(i) for i in np.asarray(ids).ravel() if i >= 0} if i not in seen]
+        asked = {int(i) for i in np.asarray(ids).ravel() if i >= 0}
+        wanted = [i for i in asked if i not in seen]
         if wanted:
             found = cq.labels_for(self.session, self.state.run_id, wanted)
             seen.update({i: found.get(i, _ABSENT) for i in wanted})
-        return {
-            i: label for i in (int(i) for i in np.asarray(ids).ravel() if i >= 0) if (label := seen[i]) is not _ABSENT
-        }
+        return {i: label for i in asked if (label := seen[i]) is not _ABSENT}
 
     @staticmethod
     def label_fn(known: dict[int, int | None]) -> Callable[[np.ndarray], np.ndarray]:
